@@ -1,0 +1,40 @@
+"""Models: the shipped diffusion models, and a sample from one of them judged by the shape classifier."""
+
+import streamlit as st
+
+from workbench.app_state import cached_pipeline
+from workbench.data import CLASSES
+from workbench.sampling import judge, sample
+from workbench.zoo import ModelLoadError, list_models
+
+st.title("Shipped models")
+st.write(
+    "Two small class-conditional diffusion models trained by this project on procedural shapes, "
+    "and the classifier that judges their samples. Everything else in the workbench runs on them by default."
+)
+rows = st.cache_data(list_models)()
+st.dataframe(
+    [{"model": r["name"], "architecture": r["architecture"], "parameters (M)": round(r["parameters"] / 1e6, 2),
+      "weights": "present" if r["weights"] else "missing", "description": r["description"]} for r in rows],
+    hide_index=True,
+)
+
+st.subheader("Sample")
+c1, c2, c3, c4 = st.columns(4)
+model = c1.selectbox("Model", [r["name"] for r in rows], key="models_model")
+cls = c2.selectbox("Class", list(CLASSES), key="models_class")
+steps = c3.slider("DDIM steps", 5, 100, 50, key="models_steps")
+seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="models_seed")
+if st.button("Sample 8 images", type="primary", key="models_run"):
+    try:
+        pipe = cached_pipeline(model)
+    except ModelLoadError as exc:
+        st.error(str(exc))
+        st.stop()
+    with st.spinner("Sampling…"):
+        result = sample(pipe, [CLASSES.index(cls)] * 8, list(range(int(seed), int(seed) + 8)), steps=steps)
+    metrics = judge(result)
+    st.metric("Class accuracy", f"{metrics['class_accuracy']:.0%}")
+    st.caption(f"{result.latency_s:.2f} s for 8 images with classifier-free guidance on {pipe.device}.")
+    imgs = ((result.images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    st.image(list(imgs), width=128)

@@ -1,0 +1,67 @@
+"""Sampling many images reproducibly (one seed per image) and judging them with the shipped classifier."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from workbench.schedulers import make_scheduler
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # [n, 3, H, W] in [-1, 1], on the CPU
+    labels: list[int]
+    seeds: list[int]
+    latency_s: float  # wall time of the pipeline calls alone
+
+
+def sample(
+    pipe,
+    labels: list[int],
+    seeds: list[int],
+    steps: int = 50,
+    guidance_scale: float | None = None,
+    scheduler: str | None = None,
+    batch_size: int = 64,
+) -> SampleResult:
+    """Sample ``labels[i]`` from ``seeds[i]`` for every i, in batches; each image depends only on its own seed."""
+    if len(labels) != len(seeds):
+        raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
+    original = pipe.scheduler
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, original.config)
+    try:
+        return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size)
+    finally:
+        pipe.scheduler = original
+
+
+def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size) -> SampleResult:
+    device = pipe._execution_device
+    out, elapsed = [], 0.0
+    for start in range(0, len(labels), batch_size):
+        lab = labels[start : start + batch_size]
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        images = pipe(lab, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+                      output_type="pt").images
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed += time.perf_counter() - t0
+        out.append(images.float().cpu())
+    return SampleResult(torch.cat(out), list(labels), list(seeds), elapsed)
+
+
+def judge(result: SampleResult, fd_min_samples: int = 64) -> dict:
+    """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes."""
+    from workbench.classifier import class_accuracy, fd_shapes
+
+    metrics = {"class_accuracy": class_accuracy(result.images, result.labels)}
+    if len(result.labels) >= fd_min_samples:
+        metrics["fd_shapes"] = fd_shapes(result.images, result.labels)
+    return metrics
