@@ -69,8 +69,8 @@ def load_classifier(device: str = "cpu") -> ShapeClassifier:
         raise ModelLoadError(f"the shape classifier has no weights at {path}; "
                              "train it with `python -m workbench train --model shape-classifier`")
     _check_safetensors(weights)
-    model = ShapeClassifier.from_pretrained(path, use_safetensors=True)
-    return model.to(device=device, dtype=torch.float32).eval()
+    model = ShapeClassifier.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
+    return model.to(device).eval()
 
 
 @torch.no_grad()

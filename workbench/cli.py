@@ -114,6 +114,22 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return record
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from workbench.bench import bench_foundation
+
+    suites = {"foundation": bench_foundation}
+    if args.suite not in suites:
+        raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(suites)}")
+    report = suites[args.suite](repeats=args.repeats)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.suite}.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.json:
+        print(json.dumps(report, indent=2))
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -152,12 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
+    p.add_argument("suite", help="foundation")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    p.add_argument("--out", default=None, help="folder for the suite's JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
+
     from workbench.zoo import ModelLoadError
+
+    diffusers_logging.disable_progress_bar()  # the CLI reports progress itself; keep stderr readable
 
     try:
         report = args.func(args)

@@ -161,23 +161,23 @@ def load_pipeline(name_or_path: str, device: str | torch.device = "cpu", dtype: 
         if not (path / "model_index.json").exists():
             raise ModelLoadError(f"embedded model {target!r} has no weights at {path}; "
                                  f"train it with `python -m workbench train --model {target}`")
-        pipe = _load_folder(path)
+        pipe = _load_folder(path, dtype)
     elif Path(target).expanduser().is_dir():
-        pipe = _load_folder(Path(target).expanduser())
+        pipe = _load_folder(Path(target).expanduser(), dtype)
     elif os.path.exists(target):
         raise ModelLoadError(f"{target!r} is a file, not a diffusers model folder (expected model_index.json inside)")
     elif _HUB_ID.match(target):
-        pipe = _load_hub(target)
+        pipe = _load_hub(target, dtype)
     else:
         raise ModelLoadError(
             f"unknown model {target!r}: not an embedded model ({', '.join(EMBEDDED)}), "
             "not an existing local folder, and not a hub id of the form owner/name"
         )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)
+    return pipe.to(device)
 
 
-def _load_folder(path: Path):
+def _load_folder(path: Path, dtype: torch.dtype):
     index = path / "model_index.json"
     if not index.exists():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing")
@@ -202,10 +202,10 @@ def _load_folder(path: Path):
     pipeline_cls = ShapesPipeline if config.get("_class_name") == "ShapesPipeline" else None
     try:
         if pipeline_cls is not None:
-            return pipeline_cls.from_pretrained(path, use_safetensors=True)
+            return pipeline_cls.from_pretrained(path, use_safetensors=True, dtype=dtype, low_cpu_mem_usage=False)
         from diffusers import DiffusionPipeline
 
-        return DiffusionPipeline.from_pretrained(path, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(path, use_safetensors=True, dtype=dtype)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises many kinds; the user needs one message
@@ -223,7 +223,7 @@ def _check_safetensors(path: Path) -> None:
         raise ModelLoadError(f"weights file {path} is corrupt or not a safetensors file ({exc})") from None
 
 
-def _load_hub(repo_id: str):
+def _load_hub(repo_id: str, dtype: torch.dtype):
     """Load from the hub with a hard time limit, so an offline machine gets an answer, not a hang."""
     from diffusers import DiffusionPipeline
 
@@ -237,7 +237,7 @@ def _load_hub(repo_id: str):
 
                 model_info(repo_id, timeout=HUB_TIMEOUT_S / 2)
             result["pipe"] = DiffusionPipeline.from_pretrained(
-                repo_id, use_safetensors=True, local_files_only=offline
+                repo_id, use_safetensors=True, local_files_only=offline, dtype=dtype
             )
         except Exception as exc:
             result["error"] = exc
