@@ -39,14 +39,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _progress_printer(prefix: str):
-    def show(info: dict) -> None:
-        parts = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
-        print(f"[{prefix}] {parts}", file=sys.stderr, flush=True)
-
-    return show
-
-
 def cmd_models(args: argparse.Namespace) -> dict:
     from workbench.zoo import list_models
 
@@ -104,11 +96,21 @@ def cmd_train(args: argparse.Namespace) -> dict:
                       time_limit_min=args.time_limit_min, device=args.device,
                       init_from=args.init_from, bf16=not args.fp32)
     out = Path(args.out)
-    show = _progress_printer(args.model)
-    if args.model == "shape-classifier":
-        record = train_classifier(cfg, out, progress=show)
-    else:
-        record = train_diffusion(cfg, out, progress=show)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, desc=f"train {args.model}", unit="step", file=sys.stderr)
+
+    def show(info: dict) -> None:
+        bar.update(info["step"] + 1 - bar.n)
+        bar.set_postfix(loss=f"{info['loss']:.4f}")
+
+    try:
+        if args.model == "shape-classifier":
+            record = train_classifier(cfg, out, progress=show)
+        else:
+            record = train_diffusion(cfg, out, progress=show)
+    finally:
+        bar.close()
     if not args.json:
         print(json.dumps(record, indent=2))
     return record
