@@ -1,0 +1,135 @@
+"""Block discovery: which modules of a denoiser are the units FRDiff caches and the workbench records.
+
+A *block* is a module path from ``named_modules()``. Discovery is structural, not a list of names: a module is a
+block when its class is one of diffusers' building blocks (``ResnetBlock2D``, ``Transformer2DModel``, a transformer
+block such as DiT's or PixArt's ``BasicTransformerBlock``, or an ``Attention`` used as a UNet block) and it is not
+inside another block. A denoiser built from none of these falls back to the elements of its innermost
+``nn.ModuleList``\\s -- the repeated units of any architecture.
+
+FLOP shares are measured with ``torch.utils.flop_counter.FlopCounterMode`` on one real forward, not estimated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# Class name → kind. Kinds decide which feature-reuse rule applies (PAPER.md, "Feature reuse").
+BLOCK_KINDS: dict[str, str] = {
+    "ResnetBlock2D": "resnet",
+    "Transformer2DModel": "attention",
+    "BasicTransformerBlock": "transformer_block",
+    "DiTTransformerBlock": "transformer_block",
+    "JointTransformerBlock": "transformer_block",
+    "FluxTransformerBlock": "transformer_block",
+    "FluxSingleTransformerBlock": "transformer_block",
+}
+# Used as a block only where it stands in a ModuleList of its own (UNet2DModel's attention blocks).
+_LIST_ONLY_KINDS = {"Attention": "attention"}
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One hookable block.
+
+    name: ``named_modules()`` path; type: class name; kind: resnet | attention | transformer_block | generic;
+    output_shape: shape of its (first) output for the example input; parameters: count;
+    flops: FLOPs of one denoiser call spent inside it; flop_share: flops / the whole call's FLOPs.
+    """
+
+    name: str
+    type: str
+    kind: str
+    output_shape: tuple[int, ...]
+    parameters: int
+    flops: int
+    flop_share: float
+
+
+def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
+    cls = type(module).__name__
+    if cls in BLOCK_KINDS:
+        kind = BLOCK_KINDS[cls]
+        if kind == "transformer_block" and getattr(module, "norm_type", None) == "ada_norm_zero":
+            return "dit_block"  # adaLN-Zero: the DiT reuse rule applies
+        return kind
+    if cls in _LIST_ONLY_KINDS and isinstance(parent, nn.ModuleList):
+        return _LIST_ONLY_KINDS[cls]
+    return None
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, kind)`` of every block, outermost first in ``named_modules()`` order."""
+    parents: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        for child_name, _ in module.named_children():
+            parents[f"{name}.{child_name}" if name else child_name] = module
+    found: list[tuple[str, str]] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(b + ".") for b, _ in found):
+            continue
+        kind = _kind(module, parents.get(name))
+        if kind is not None:
+            found.append((name, kind))
+    if found:
+        return found
+    # Fallback for unknown architectures: elements of ModuleLists that hold no ModuleList themselves.
+    for name, module in model.named_modules():
+        if isinstance(parents.get(name), nn.ModuleList) and not any(
+            isinstance(m, nn.ModuleList) for m in module.modules()
+        ):
+            found.append((name, "generic"))
+    return found
+
+
+def _first_tensor(output) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return _first_tensor(output[0])
+    sample = getattr(output, "sample", None)
+    return sample if isinstance(sample, torch.Tensor) else None
+
+
+@torch.no_grad()
+def discover_blocks(model: nn.Module, *args, **kwargs) -> list[BlockInfo]:
+    """Blocks of ``model`` in execution order, with output shapes, parameters and FLOP shares of one forward.
+
+    Pass the denoiser's real inputs (e.g. captured from one pipeline step) so shapes and FLOPs are those of use.
+    """
+    blocks = find_blocks(model)
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}  # insertion order = execution order
+    handles = []
+    for name, _ in blocks:
+
+        def hook(_m, _a, out, name=name):
+            t = _first_tensor(out)
+            if name not in shapes:
+                shapes[name] = tuple(t.shape) if t is not None else ()
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        with FlopCounterMode(display=False, depth=None) as counter:
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    total = sum(counts.get("Global", {}).values()) or 1
+    kinds = dict(blocks)
+    order = list(shapes) + [name for name, _ in blocks if name not in shapes]  # never-called blocks last
+    infos = []
+    for name in order:
+        kind = kinds[name]
+        flops = int(sum(counts.get(f"{root}.{name}", {}).values()))
+        infos.append(
+            BlockInfo(name=name, type=type(modules[name]).__name__, kind=kind, output_shape=shapes.get(name, ()),
+                      parameters=sum(p.numel() for p in modules[name].parameters()), flops=flops,
+                      flop_share=flops / total)
+        )
+    return infos
