@@ -85,11 +85,12 @@ def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
     return found
 
 
-def _first_tensor(output) -> torch.Tensor | None:
+def first_tensor(output) -> torch.Tensor | None:
+    """The main tensor of a module's output: the tensor itself, the first of a tuple, or ``.sample``."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output:
-        return _first_tensor(output[0])
+        return first_tensor(output[0])
     sample = getattr(output, "sample", None)
     return sample if isinstance(sample, torch.Tensor) else None
 
@@ -107,7 +108,7 @@ def discover_blocks(model: nn.Module, *args, **kwargs) -> list[BlockInfo]:
     for name, _ in blocks:
 
         def hook(_m, _a, out, name=name):
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if name not in shapes:
                 shapes[name] = tuple(t.shape) if t is not None else ()
 

@@ -60,3 +60,59 @@ def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
     med, times = median_time(lambda: make_shapes(4096, seed=0), repeats)
     return dict(suite="foundation", machine=machine_info(), device=device, models=models,
                 data=dict(images=4096, median_s=med, images_per_s=4096 / med))
+
+
+def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50) -> dict:
+    """Sampling time with the recorder attached (per reduction) against the same run without hooks.
+
+    Same pipeline call (4 images, CFG, DDIM, ``steps`` steps). Runs are interleaved (plain, stats, pool16, full,
+    plain, …) so that drifts of a shared machine hit all variants alike; the overhead is the median over repeats of
+    (recorded / the plain run just before it) − 1. Sampling time only: the recorder's one-off planning forward is
+    reported separately as ``plan_s``.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from workbench.recorder import record_run
+    from workbench.zoo import EMBEDDED, load_pipeline
+
+    reductions = ("stats", "pool16", "full")
+    report: dict = dict(suite="record-overhead", machine=machine_info(), device=device, steps=steps, models={})
+    for name in EMBEDDED:
+        pipe = load_pipeline(name, device=device)
+
+        def plain(pipe=pipe):
+            gens = [torch.Generator().manual_seed(i) for i in range(4)]
+            t0 = time.perf_counter()
+            pipe([0, 1, 2, 3], num_inference_steps=steps, generator=gens, output_type="pt")
+            return time.perf_counter() - t0
+
+        def recorded(reduction, pipe=pipe, name=name):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = record_run(pipe, name, Path(tmp) / "run", labels=[0, 1, 2, 3], seeds=[0, 1, 2, 3],
+                                 steps=steps, reduction=reduction)
+                manifest = json.loads((out / "manifest.json").read_text())
+                size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+            return manifest["timing"]["sampling_s"], manifest["timing"]["plan_s"], size
+
+        plain()  # warm-up
+        base_runs: list[float] = []
+        rows: dict = {r: dict(runs_s=[], ratios=[], plan_s=[], store_bytes=0) for r in reductions}
+        for _ in range(repeats):
+            base = plain()
+            base_runs.append(base)
+            for r in reductions:
+                t, plan_s, size = recorded(r)
+                rows[r]["runs_s"].append(t)
+                rows[r]["ratios"].append(t / base)
+                rows[r]["plan_s"].append(plan_s)
+                rows[r]["store_bytes"] = size
+        result = {"no_hooks_s": statistics.median(base_runs), "no_hooks_runs_s": base_runs}
+        for r in reductions:
+            row = rows[r]
+            result[r] = dict(sampling_s=statistics.median(row["runs_s"]), runs_s=row["runs_s"],
+                             overhead=statistics.median(row["ratios"]) - 1, paired_ratios=row["ratios"],
+                             plan_s=statistics.median(row["plan_s"]), store_bytes=row["store_bytes"])
+        report["models"][name] = result
+    return report

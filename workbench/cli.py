@@ -116,10 +116,94 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return record
 
 
-def cmd_bench(args: argparse.Namespace) -> dict:
-    from workbench.bench import bench_foundation
+def _load(args: argparse.Namespace):
+    import torch
 
-    suites = {"foundation": bench_foundation}
+    from workbench.zoo import load_pipeline
+
+    return load_pipeline(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _example_call(pipe, n: int = 1):
+    """A one-step call of ``pipe`` for discovering its blocks on real inputs."""
+    if hasattr(pipe, "class_to_index"):
+        return lambda: pipe([0] * n, num_inference_steps=1, output_type="pt")
+    return lambda: pipe(prompt=["a photo"] * n, num_inference_steps=1, output_type="latent")
+
+
+def cmd_blocks(args: argparse.Namespace) -> dict:
+    from frdiff.blocks import discover_blocks
+    from workbench.recorder import capture_denoiser_call, denoiser_of
+
+    pipe = _load(args)
+    call_args, call_kwargs = capture_denoiser_call(pipe, _example_call(pipe))
+    blocks = discover_blocks(denoiser_of(pipe), *call_args, **call_kwargs)
+    rows = [dict(name=b.name, type=b.type, kind=b.kind, output_shape=list(b.output_shape), parameters=b.parameters,
+                 flops=b.flops, flop_share=b.flop_share) for b in blocks]
+    if not args.json:
+        print(f"{'block':<34} {'type':<22} {'kind':<11} {'output shape':<20} {'params':>9} {'FLOP share':>10}")
+        for r in rows:
+            print(f"{r['name']:<34} {r['type']:<22} {r['kind']:<11} {str(r['output_shape']):<20} "
+                  f"{r['parameters']:>9} {r['flop_share']:>10.1%}")
+        print(f"blocks cover {sum(r['flop_share'] for r in rows):.1%} of one denoiser call's FLOPs")
+    return {"model": args.model, "blocks": rows}
+
+
+def cmd_record(args: argparse.Namespace) -> dict:
+    from workbench.recorder import BudgetError, record_run
+    from workbench.store import FeatureStore
+
+    pipe = _load(args)
+    seeds = parse_seeds(args.seed)
+    labels = prompts = None
+    if args.prompt is not None:
+        prompts = [args.prompt] * len(seeds)
+    else:
+        try:
+            labels = [pipe.class_to_index(args.cls)] * len(seeds)
+        except (AttributeError, ValueError) as exc:
+            msg = str(exc) if isinstance(exc, ValueError) else "this model takes --prompt, not --class"
+            raise UserError(msg) from None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.steps, desc="record", unit="step", file=sys.stderr, disable=args.json)
+    try:
+        out = record_run(pipe, args.model, args.out, labels=labels, prompts=prompts, seeds=seeds, steps=args.steps,
+                         scheduler=args.scheduler, reduction=args.reduce,
+                         blocks=args.blocks.split(",") if args.blocks else None, guidance_scale=args.guidance,
+                         disk_budget=int(args.budget_mb * 2**20) if args.budget_mb else None,
+                         progress=lambda done, total: bar.update(done - bar.n))
+    except (BudgetError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    store = FeatureStore.open(out)
+    report = dict(out=str(out), complete=store.complete, steps=store.steps_done, blocks=len(store.blocks),
+                  reduction=args.reduce, timing=store.manifest["timing"],
+                  store_bytes=sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()))
+    if not args.json:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+    return report
+
+
+def cmd_runs(args: argparse.Namespace) -> dict:
+    from workbench.store import list_runs
+
+    rows = list_runs(args.dir)
+    if not args.json:
+        if not rows:
+            print(f"no recorded runs under {args.dir}")
+        for r in rows:
+            print(f"{r['status']:<11} {r.get('model', ''):<12} {r.get('scheduler', ''):<6} "
+                  f"{r.get('steps_done', '')}/{r.get('steps', '')} steps  {r.get('reduction', ''):<7} {r['path']}")
+    return {"runs": rows}
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from workbench.bench import bench_foundation, bench_record_overhead
+
+    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead}
     if args.suite not in suites:
         raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(suites)}")
     report = suites[args.suite](repeats=args.repeats)
@@ -171,8 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("blocks", help="table of the denoiser's hookable blocks with shapes and FLOP shares")
+    p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_blocks)
+
+    p = sub.add_parser("record", help="record every block's features across the steps of one sampling run")
+    p.add_argument("--model", default="tiny-unet")
+    p.add_argument("--class", dest="cls", default="circle", help="class name or index (class-conditional models)")
+    p.add_argument("--prompt", default=None, help="prompt (text-to-image pipelines)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", default="0-3", help="seeds, one image each: 0-3, 1,5,9 …")
+    p.add_argument("--scheduler", default="ddim", help="ddim | dpmpp | euler | unipc")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--reduce", default="pool16", choices=["full", "pool16", "stats"],
+                   help="full maps, maps pooled to ≤16×16 in float16, or streaming statistics only")
+    p.add_argument("--blocks", default=None, help="comma-separated block names (default: all)")
+    p.add_argument("--budget-mb", type=float, default=None, help="refuse runs whose store would exceed this")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("runs", help="list recorded runs with their status")
+    p.add_argument("dir", nargs="?", default="runs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
-    p.add_argument("suite", help="foundation")
+    p.add_argument("suite", help="foundation | record-overhead")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     p.add_argument("--out", default=None, help="folder for the suite's JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")

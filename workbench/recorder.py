@@ -1,0 +1,438 @@
+"""Recording every selected block's output at every denoiser call of a stock pipeline run.
+
+Observation only: forward hooks on the blocks and on the denoiser, attached for one run and always removed
+(``try/finally``), and the pipeline's own ``__call__`` drives sampling -- no copy of the sampling loop. Streaming
+statistics (adjacent-step cosine similarity and relative L1 per block and sample) are computed on the model's device
+during the run, so a large model can be analysed without storing feature maps at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from frdiff.blocks import discover_blocks, find_blocks, first_tensor
+from workbench.store import ARRAYS, write_manifest
+
+# Pipelines whose CFG batch puts the conditional half first; every other known one is [uncond, cond].
+_COND_FIRST = {"DiTPipeline"}
+
+
+class BudgetError(RuntimeError):
+    """The run would not fit the disk or memory budget; raised before sampling starts."""
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How much of each block output is stored.
+
+    spatial: pool maps to at most this side (None: full resolution); channels: keep at most this many channels,
+    evenly spaced (None: all); float16: store half precision; maps: store maps at all (False: statistics only).
+    """
+
+    name: str
+    spatial: int | None = None
+    channels: int | None = None
+    float16: bool = False
+    maps: bool = True
+
+
+REDUCTIONS = {
+    "full": Reduction("full"),
+    "pool16": Reduction("pool16", spatial=16, float16=True),
+    "stats": Reduction("stats", float16=True, maps=False),
+}
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The network a pipeline calls every step (``unet`` or ``transformer``)."""
+    for name in ("unet", "transformer", "prior"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"{type(pipe).__name__} has no unet or transformer to record")
+
+
+def as_map(t: torch.Tensor) -> torch.Tensor:
+    """Block output → [B, C, H, W] where possible: token sequences on a square grid become maps."""
+    if t.ndim == 3:
+        n = t.shape[1]
+        side = int(round(n**0.5))
+        if side * side == n:
+            return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+    return t
+
+
+def reduce_map(t: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Apply a reduction to one block output (on its device)."""
+    t = as_map(t.detach())
+    if t.ndim == 4:
+        if reduction.channels is not None and t.shape[1] > reduction.channels:
+            idx = torch.linspace(0, t.shape[1] - 1, reduction.channels, device=t.device).round().long()
+            t = t.index_select(1, idx)
+        if reduction.spatial is not None and max(t.shape[-2:]) > reduction.spatial:
+            t = F.adaptive_avg_pool2d(t.float(), (min(t.shape[-2], reduction.spatial),
+                                                   min(t.shape[-1], reduction.spatial)))
+    return t.to(torch.float16 if reduction.float16 else torch.float32)
+
+
+def reduced_shape(shape: tuple[int, ...], reduction: Reduction) -> tuple[int, ...]:
+    return tuple(reduce_map(torch.empty(shape, device="meta"), reduction).shape)
+
+
+def adjacent_stats(cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cosine similarity and relative L1 Σ|cur − prev| / Σ|prev| (PAPER.md, "The observation")."""
+    a, b = cur.flatten(1).float(), prev.flatten(1).float()
+    cos = F.cosine_similarity(a, b, dim=1, eps=1e-12)
+    rel = (a - b).abs().sum(1) / b.abs().sum(1).clamp_min(1e-12)
+    return cos, rel
+
+
+class _Stop(Exception):
+    pass
+
+
+def capture_denoiser_call(pipe, call: Callable[[], object]) -> tuple[tuple, dict]:
+    """Run ``call`` (a pipeline call) only until its first denoiser call; return that call's ``(args, kwargs)``."""
+    denoiser = denoiser_of(pipe)
+    captured: dict = {}
+
+    def grab(_m, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _Stop
+
+    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        call()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:
+        raise RuntimeError("the pipeline call never reached its denoiser")
+    return captured["args"], captured["kwargs"]
+
+
+def _timestep_of(args: tuple, kwargs: dict) -> int:
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    if t is None:
+        return -1
+    t = torch.as_tensor(t)
+    return int(t.flatten()[0].item()) if t.numel() else -1
+
+
+@dataclass
+class RecordPlan:
+    """Everything known before sampling: blocks, shapes, sizes. ``estimate_bytes`` is the store's size on disk
+    before compression; ``device_bytes`` the extra device memory the recorder holds during the run."""
+
+    blocks: list[dict]
+    steps: int
+    batch: int
+    images: int
+    reduction: Reduction
+    estimate_bytes: int
+    device_bytes: int
+    io_shape: tuple[int, ...]
+
+
+def plan_recording(pipe, call: Callable[[], object], steps: int, images: int, reduction: Reduction,
+                   blocks: list[str] | None = None) -> RecordPlan:
+    """Discover blocks on the real inputs of ``call`` and size the store for ``steps`` steps."""
+    denoiser = denoiser_of(pipe)
+    args, kwargs = capture_denoiser_call(pipe, call)
+    infos = discover_blocks(denoiser, *args, **kwargs)
+    if blocks:
+        known = {b.name for b in infos}
+        unknown = [b for b in blocks if b not in known]
+        if unknown:
+            raise ValueError(f"unknown block(s) {', '.join(unknown)}; see `python -m workbench blocks`")
+        infos = [b for b in infos if b.name in set(blocks)]
+    sample = args[0] if args else next(iter(kwargs.values()))
+    batch = int(sample.shape[0])
+    if batch not in (images, 2 * images):
+        raise ValueError(f"the denoiser sees a batch of {batch} for {images} images; cannot split CFG halves")
+    elem = 2 if reduction.float16 else 4
+    per_step = 0
+    for b in infos:
+        if reduction.maps:
+            per_step += int(np.prod(reduced_shape(b.output_shape, reduction))) * elem
+    io = int(np.prod(sample.shape[1:]))
+    per_step += batch * io * 4 + images * io * 4 + 2 * len(infos) * batch * 4  # outputs, latents, stats
+    full_bytes = sum(int(np.prod(b.output_shape)) * 4 for b in infos)
+    return RecordPlan(
+        blocks=[asdict(b) | {"output_shape": list(b.output_shape)} for b in infos],
+        steps=steps, batch=batch, images=images, reduction=reduction,
+        estimate_bytes=per_step * steps, device_bytes=2 * full_bytes, io_shape=tuple(sample.shape[1:]),
+    )
+
+
+def check_budget(plan: RecordPlan, disk_budget: int | None, memory_budget: int | None, free_disk: int) -> None:
+    """Refuse a plan that does not fit, naming the reductions that would."""
+    limit = min(x for x in (disk_budget, free_disk) if x is not None)
+    problems = []
+    if plan.estimate_bytes > limit:
+        problems.append(f"the store would take {_mb(plan.estimate_bytes)} but the disk budget is {_mb(limit)}")
+    if memory_budget is not None and plan.device_bytes > memory_budget:
+        problems.append(f"recording needs {_mb(plan.device_bytes)} of device memory, "
+                        f"over the {_mb(memory_budget)} budget")
+    if not problems:
+        return
+    fits = []
+    for name, red in REDUCTIONS.items():
+        if red == plan.reduction:
+            continue
+        scaled = _rescale(plan, red)
+        if scaled <= limit:
+            fits.append(f"--reduce {name} ({_mb(scaled)})")
+    hint = ("; would fit: " + ", ".join(fits)) if fits else "; no reduction fits: record fewer blocks or steps"
+    raise BudgetError("; ".join(problems) + hint)
+
+
+def _rescale(plan: RecordPlan, reduction: Reduction) -> int:
+    elem = 2 if reduction.float16 else 4
+    maps = sum(int(np.prod(reduced_shape(tuple(b["output_shape"]), reduction))) for b in plan.blocks)
+    io = int(np.prod(plan.io_shape))
+    per_step = (maps * elem if reduction.maps else 0) + (plan.batch + plan.images) * io * 4
+    return (per_step + 2 * len(plan.blocks) * plan.batch * 4) * plan.steps
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+class Recorder:
+    """Hooks that write one run into ``out_dir`` step by step. Use as a context manager around a pipeline call."""
+
+    def __init__(self, pipe, plan: RecordPlan, out_dir: str | Path, manifest: dict,
+                 progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                 flush_every_s: float = 3.0):
+        self.pipe, self.plan, self.out = pipe, plan, Path(out_dir)
+        # Steps are buffered on the device and written together at most every flush_every_s seconds (and always
+        # when the run ends or fails): per-step writes of many small chunks would cost more than the statistics.
+        self.flush_every_s = flush_every_s
+        self._buffer: dict[str, list[torch.Tensor]] = {}
+        self._flushed = 0
+        self._last_flush = 0.0
+        self.manifest = manifest
+        self.progress, self.cancel = progress, cancel
+        self.denoiser = denoiser_of(pipe)
+        self.step = 0
+        self._handles: list = []
+        self._prev: dict[str, torch.Tensor] = {}
+        self._current: dict[str, torch.Tensor] = {}
+        self._cos = self._rel = None
+        self._latents = None
+
+    def _create_arrays(self) -> None:
+        p = self.plan
+        root = zarr.open_group(str(self.out / ARRAYS), mode="w")
+        nblocks = len(p.blocks)
+        # Small per-step arrays are chunked 10 steps at a time: one file per step would cost more than the data.
+        k_steps = min(10, p.steps)
+        for k in ("cosine", "rel_l1"):
+            root.create_array(f"stats/{k}", shape=(p.steps, nblocks, p.batch), chunks=(k_steps, nblocks, p.batch),
+                              dtype="float32", fill_value=np.nan)
+        if p.reduction.maps:
+            for i, b in enumerate(p.blocks):
+                shape = reduced_shape(tuple(b["output_shape"]), p.reduction)
+                root.create_array(f"features/{i}", shape=(p.steps, *shape), chunks=(1, *shape),
+                                  dtype="float16" if p.reduction.float16 else "float32")
+        for key, n in (("denoiser_output", p.batch), ("latents", p.images)):
+            root.create_array(key, shape=(p.steps, n, *p.io_shape), chunks=(k_steps, n, *p.io_shape),
+                              dtype="float32")
+        self.root = root
+
+    def __enter__(self) -> Recorder:
+        self._create_arrays()
+        write_manifest(self.out, self.manifest)
+        self._last_flush = time.perf_counter()
+        modules = dict(self.denoiser.named_modules())
+        names = [b["name"] for b in self.plan.blocks]
+        self._names = names
+        for name in names:
+            self._handles.append(modules[name].register_forward_hook(self._block_hook(name)))
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        self._handles.append(self.denoiser.register_forward_hook(self._post_hook, with_kwargs=True))
+        return self
+
+    def _block_hook(self, name: str):
+        def hook(_m, _args, output):
+            t = first_tensor(output)
+            if t is None or name in self._current:
+                return
+            self._current[name] = t.detach()
+
+        return hook
+
+    def _pre_hook(self, _m, args, kwargs):
+        if self.step >= self.plan.steps:
+            raise RuntimeError(f"the denoiser was called more than the planned {self.plan.steps} times; "
+                               "record one pipeline call whose scheduler evaluates once per step")
+        if self.cancel is not None and self.cancel():
+            raise KeyboardInterrupt("recording cancelled")
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        self._latents = sample.detach()[: self.plan.images]
+        self._timestep = _timestep_of(args, kwargs)
+        self._current = {}
+
+    def _post_hook(self, _m, _args, _kwargs, output):
+        s, p = self.step, self.plan
+        nb = len(self._names)
+        cos = torch.full((nb, p.batch), float("nan"), device=self._latents.device)
+        rel = torch.full_like(cos, float("nan"))
+        maps = []
+        for i, name in enumerate(self._names):
+            cur = self._current.get(name)
+            if cur is None:
+                raise RuntimeError(f"block {name} did not run at step {s}")
+            if name in self._prev:
+                cos[i], rel[i] = adjacent_stats(cur, self._prev[name])
+            self._prev[name] = cur
+            if p.reduction.maps:
+                maps.append(reduce_map(cur, p.reduction))
+        arrays = {"stats/cosine": cos, "stats/rel_l1": rel, "denoiser_output": first_tensor(output).detach().float(),
+                  "latents": self._latents.float()}
+        arrays.update({f"features/{i}": m for i, m in enumerate(maps)})
+        for key, value in arrays.items():
+            self._buffer.setdefault(key, []).append(value)
+        self.manifest["recorded_timesteps"].append(self._timestep)
+        self.step += 1
+        if time.perf_counter() - self._last_flush >= self.flush_every_s or self.step == p.steps:
+            self.flush()
+        if self.progress:
+            self.progress(self.step, p.steps)
+
+    def flush(self) -> None:
+        """Write the buffered steps (one device→host transfer per array), then the manifest that covers them."""
+        if self.step > self._flushed:
+            s0, s1 = self._flushed, self.step
+            for key, values in self._buffer.items():
+                self.root[key][s0:s1] = torch.stack(values).cpu().numpy()
+            self._buffer.clear()
+            self._flushed = s1
+            self.manifest["steps_done"] = s1
+            write_manifest(self.out, self.manifest)
+        self._last_flush = time.perf_counter()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        # Steps finished before a failure are kept; a step that failed half-way was never buffered.
+        self.flush()
+        self._prev.clear()
+        self._current.clear()
+        self.manifest["complete"] = exc_type is None and self.step == self.plan.steps
+        if exc_type is not None:
+            self.manifest["error"] = f"{exc_type.__name__}: {exc}"
+        write_manifest(self.out, self.manifest)
+
+
+def package_versions() -> dict:
+    import diffusers
+
+    return dict(python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
+                zarr=zarr.__version__, numpy=np.__version__)
+
+
+def base_manifest(pipe, model_id: str, plan: RecordPlan, scheduler_name: str, steps: int, seeds: list[int],
+                  conditions: list, guidance_scale: float, cfg_layout: str) -> dict:
+    """The manifest written before the first step (``complete: false`` until the run ends)."""
+    denoiser = denoiser_of(pipe)
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    return {
+        "format": "frdiff-workbench-run",
+        "version": 1,
+        "model": {"id": model_id, "architecture": type(denoiser).__name__, "pipeline": type(pipe).__name__},
+        "scheduler": {"name": scheduler_name, "class": type(pipe.scheduler).__name__,
+                      "config": dict(pipe.scheduler.config)},
+        "steps": steps,
+        "timesteps": [int(t) for t in sched.timesteps],
+        "recorded_timesteps": [],
+        "seeds": seeds,
+        "conditions": conditions,
+        "guidance_scale": guidance_scale,
+        "cfg": {"layout": cfg_layout, "images": plan.images, "batch": plan.batch},
+        "reduction": asdict(plan.reduction),
+        "blocks": plan.blocks,
+        "dtype": str(denoiser.dtype).replace("torch.", ""),
+        "estimate_bytes": plan.estimate_bytes,
+        "versions": package_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "steps_done": 0,
+    }
+
+
+def cfg_layout(pipe, guidance_scale: float) -> str:
+    """Order of the halves in the denoiser's CFG batch: ``uncond_first`` (SD, ours), ``cond_first`` (DiT)."""
+    if guidance_scale <= 1.0:
+        return "none"
+    return "cond_first" if type(pipe).__name__ in _COND_FIRST else "uncond_first"
+
+
+__all__ = ["BudgetError", "REDUCTIONS", "Recorder", "Reduction", "base_manifest", "capture_denoiser_call",
+           "cfg_layout", "check_budget", "denoiser_of", "find_blocks", "plan_recording"]
+
+
+def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,
+               prompts: list[str] | None = None, seeds: list[int] | None = None, steps: int = 50,
+               scheduler: str = "ddim", reduction: str | Reduction = "pool16", blocks: list[str] | None = None,
+               guidance_scale: float | None = None, disk_budget: int | None = None, memory_budget: int | None = None,
+               progress: Callable[[int, int], None] | None = None,
+               cancel: Callable[[], bool] | None = None) -> Path:
+    """Record one sampling run of ``pipe`` (classes for our pipelines, prompts for text-to-image ones) into
+    ``out_dir``. The budget is checked before sampling starts; the store is written step by step."""
+    import shutil
+
+    from workbench.schedulers import make_scheduler
+
+    red = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
+    conditions = labels if labels is not None else prompts
+    if not conditions:
+        raise ValueError("give classes (labels) or prompts to record")
+    seeds = seeds if seeds is not None else list(range(len(conditions)))
+    if len(seeds) != len(conditions):
+        raise ValueError(f"{len(seeds)} seeds for {len(conditions)} images")
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(scheduler, original.config)
+    try:
+        if guidance_scale is None:
+            guidance_scale = float(getattr(pipe.config, "default_guidance_scale", 7.5))
+
+        def call(n_steps: int):
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+            if labels is not None:
+                return pipe(labels, num_inference_steps=n_steps, guidance_scale=guidance_scale, generator=gens,
+                            output_type="pt")
+            return pipe(prompt=list(prompts), num_inference_steps=n_steps, guidance_scale=guidance_scale,
+                        generator=gens, output_type="latent")
+
+        t0 = time.perf_counter()
+        plan = plan_recording(pipe, lambda: call(steps), steps, len(conditions), red, blocks)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        check_budget(plan, disk_budget, memory_budget, shutil.disk_usage(out).free)
+        manifest = base_manifest(pipe, model_id, plan, scheduler, steps, seeds, list(conditions), guidance_scale,
+                                 cfg_layout(pipe, guidance_scale))
+        manifest["timing"] = {"plan_s": time.perf_counter() - t0}
+        recorder = Recorder(pipe, plan, out, manifest, progress=progress, cancel=cancel)
+        with recorder:
+            t1 = time.perf_counter()
+            call(steps)
+            manifest["timing"]["sampling_s"] = time.perf_counter() - t1
+        return out
+    finally:
+        pipe.scheduler = original
