@@ -3,7 +3,7 @@
 import streamlit as st
 
 from workbench.app_state import cached_pipeline
-from workbench.data import CLASSES
+from workbench.data import CLASSES, to_uint8
 from workbench.sampling import judge, sample
 from workbench.zoo import ModelLoadError, list_models
 
@@ -36,5 +36,4 @@ if st.button("Sample 8 images", type="primary", key="models_run"):
     metrics = judge(result)
     st.metric("Class accuracy", f"{metrics['class_accuracy']:.0%}")
     st.caption(f"{result.latency_s:.2f} s for 8 images with classifier-free guidance on {pipe.device}.")
-    imgs = ((result.images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    st.image(list(imgs), width=128)
+    st.image(list(to_uint8(result.images).numpy()), width=128)

@@ -38,6 +38,18 @@ def test_manifest_describes_the_run(full_run):
     assert len(full_run.blocks) == 18
 
 
+def test_size_estimate_is_the_arrays_uncompressed_size(full_run):
+    import zarr
+
+    root = zarr.open_group(str(full_run.directory / "arrays.zarr"), mode="r")
+    nbytes = 0
+    for _, array in root.arrays():
+        nbytes += array.nbytes
+    for _, group in root.groups():
+        nbytes += sum(a.nbytes for _, a in group.arrays())
+    assert nbytes == full_run.manifest["estimate_bytes"]
+
+
 def test_recorded_features_equal_a_manual_forward(full_run, random_unet_pipe):
     """Replay step 2: feed the recorded denoiser input through the UNet and grab one block by hand."""
     pipe = random_unet_pipe

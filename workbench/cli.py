@@ -55,7 +55,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     import torch
 
     from workbench.sampling import judge, sample
-    from workbench.train import _save_grid
+    from workbench.train import save_grid
     from workbench.zoo import load_pipeline
 
     if args.n < 1:
@@ -80,7 +80,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _save_grid(result.images, out, rows=max(1, int(args.n**0.5)))
+        save_grid(result.images, out, rows=max(1, int(args.n**0.5)))
         report["out"] = str(out)
     if not args.json:
         for k, v in report.items():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from frdiff.blocks import discover_blocks, find_blocks, first_tensor
+from frdiff.blocks import discover_blocks, first_tensor
 from workbench.store import ARRAYS, write_manifest
 
 # Pipelines whose CFG batch puts the conditional half first; every other known one is [uncond, cond].
@@ -162,19 +162,25 @@ def plan_recording(pipe, call: Callable[[], object], steps: int, images: int, re
     batch = int(sample.shape[0])
     if batch not in (images, 2 * images):
         raise ValueError(f"the denoiser sees a batch of {batch} for {images} images; cannot split CFG halves")
-    elem = 2 if reduction.float16 else 4
-    per_step = 0
-    for b in infos:
-        if reduction.maps:
-            per_step += int(np.prod(reduced_shape(b.output_shape, reduction))) * elem
-    io = int(np.prod(sample.shape[1:]))
-    per_step += batch * io * 4 + images * io * 4 + 2 * len(infos) * batch * 4  # outputs, latents, stats
-    full_bytes = sum(int(np.prod(b.output_shape)) * 4 for b in infos)
+    shapes = [b.output_shape for b in infos]
+    io_shape = tuple(sample.shape[1:])
     return RecordPlan(
         blocks=[asdict(b) | {"output_shape": list(b.output_shape)} for b in infos],
         steps=steps, batch=batch, images=images, reduction=reduction,
-        estimate_bytes=per_step * steps, device_bytes=2 * full_bytes, io_shape=tuple(sample.shape[1:]),
+        estimate_bytes=store_bytes(shapes, batch, images, io_shape, steps, reduction),
+        device_bytes=2 * sum(int(np.prod(s)) * 4 for s in shapes),  # previous + current output of every block
+        io_shape=io_shape,
     )
+
+
+def store_bytes(block_shapes: list[tuple[int, ...]], batch: int, images: int, io_shape: tuple[int, ...], steps: int,
+                reduction: Reduction) -> int:
+    """Uncompressed size of a store: block maps (if kept), denoiser outputs, latents and statistics."""
+    elem = 2 if reduction.float16 else 4
+    maps = sum(int(np.prod(reduced_shape(tuple(s), reduction))) for s in block_shapes) if reduction.maps else 0
+    io = int(np.prod(io_shape))
+    per_step = maps * elem + (batch + images) * io * 4 + 2 * len(block_shapes) * batch * 4
+    return per_step * steps
 
 
 def check_budget(plan: RecordPlan, disk_budget: int | None, memory_budget: int | None, free_disk: int) -> None:
@@ -192,19 +198,12 @@ def check_budget(plan: RecordPlan, disk_budget: int | None, memory_budget: int |
     for name, red in REDUCTIONS.items():
         if red == plan.reduction:
             continue
-        scaled = _rescale(plan, red)
+        scaled = store_bytes([tuple(b["output_shape"]) for b in plan.blocks], plan.batch, plan.images,
+                             plan.io_shape, plan.steps, red)
         if scaled <= limit:
             fits.append(f"--reduce {name} ({_mb(scaled)})")
     hint = ("; would fit: " + ", ".join(fits)) if fits else "; no reduction fits: record fewer blocks or steps"
     raise BudgetError("; ".join(problems) + hint)
-
-
-def _rescale(plan: RecordPlan, reduction: Reduction) -> int:
-    elem = 2 if reduction.float16 else 4
-    maps = sum(int(np.prod(reduced_shape(tuple(b["output_shape"]), reduction))) for b in plan.blocks)
-    io = int(np.prod(plan.io_shape))
-    per_step = (maps * elem if reduction.maps else 0) + (plan.batch + plan.images) * io * 4
-    return (per_step + 2 * len(plan.blocks) * plan.batch * 4) * plan.steps
 
 
 def _mb(n: int) -> str:
@@ -383,8 +382,6 @@ def cfg_layout(pipe, guidance_scale: float) -> str:
     return "cond_first" if type(pipe).__name__ in _COND_FIRST else "uncond_first"
 
 
-__all__ = ["BudgetError", "REDUCTIONS", "Recorder", "Reduction", "base_manifest", "capture_denoiser_call",
-           "cfg_layout", "check_budget", "denoiser_of", "find_blocks", "plan_recording"]
 
 
 def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,

@@ -55,7 +55,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
 
 
-def _save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
+def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
+    """Write [-1, 1] images as a PNG grid with ``rows`` rows, upscaled 2× for viewing."""
     from PIL import Image
 
     u = to_uint8(images).numpy()
@@ -179,7 +180,7 @@ def _sample_grid(pipe, path: Path) -> None:
     labels = [c for c in range(len(CLASSES)) for _ in range(6)]
     gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
     images = pipe(labels, num_inference_steps=50, generator=gens, output_type="pt").images
-    _save_grid(images, path, rows=len(CLASSES))
+    save_grid(images, path, rows=len(CLASSES))
 
 
 def train_classifier(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:
