@@ -146,6 +146,15 @@ def test_over_budget_refused_before_sampling(tmp_path, random_unet_pipe):
     assert not (tmp_path / "b" / "manifest.json").exists()
 
 
+def test_memory_budget_names_the_fix(tmp_path, random_dit_pipe):
+    with pytest.raises(BudgetError, match=r"device memory .* record fewer blocks"):
+        record_run(random_dit_pipe, "d", tmp_path / "m", labels=[0], steps=2, reduction="stats",
+                   memory_budget=1024)
+    out = record_run(random_dit_pipe, "d", tmp_path / "m", labels=[0], steps=2, reduction="stats",
+                     blocks=["transformer_blocks.0"], memory_budget=2 * 2 * 256 * 128 * 4)
+    assert FeatureStore.open(out).blocks == ["transformer_blocks.0"]
+
+
 def test_interrupted_run_is_readable_and_incomplete(tmp_path, random_unet_pipe):
     out = tmp_path / "cut"
     calls = {"n": 0}

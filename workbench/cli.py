@@ -172,6 +172,7 @@ def cmd_record(args: argparse.Namespace) -> dict:
                          scheduler=args.scheduler, reduction=args.reduce,
                          blocks=args.blocks.split(",") if args.blocks else None, guidance_scale=args.guidance,
                          disk_budget=int(args.budget_mb * 2**20) if args.budget_mb else None,
+                         memory_budget=int(args.memory_budget_mb * 2**20) if args.memory_budget_mb else None,
                          progress=lambda done, total: bar.update(done - bar.n))
     except (BudgetError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full maps, maps pooled to ≤16×16 in float16, or streaming statistics only")
     p.add_argument("--blocks", default=None, help="comma-separated block names (default: all)")
     p.add_argument("--budget-mb", type=float, default=None, help="refuse runs whose store would exceed this")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="refuse runs whose recorder would hold more device memory than this")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="run folder (created)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -184,26 +184,25 @@ def store_bytes(block_shapes: list[tuple[int, ...]], batch: int, images: int, io
 
 
 def check_budget(plan: RecordPlan, disk_budget: int | None, memory_budget: int | None, free_disk: int) -> None:
-    """Refuse a plan that does not fit, naming the reductions that would."""
+    """Refuse a plan that does not fit, saying what would: a smaller reduction (disk) or fewer blocks (memory)."""
     limit = min(x for x in (disk_budget, free_disk) if x is not None)
     problems = []
     if plan.estimate_bytes > limit:
-        problems.append(f"the store would take {_mb(plan.estimate_bytes)} but the disk budget is {_mb(limit)}")
+        fits = []
+        for name, red in REDUCTIONS.items():
+            size = store_bytes([tuple(b["output_shape"]) for b in plan.blocks], plan.batch, plan.images,
+                               plan.io_shape, plan.steps, red)
+            if red != plan.reduction and size <= limit:
+                fits.append(f"--reduce {name} ({_mb(size)})")
+        hint = ("would fit: " + ", ".join(fits)) if fits else "no reduction fits: record fewer blocks or steps"
+        problems.append(f"the store would take {_mb(plan.estimate_bytes)} but the disk budget is {_mb(limit)}; {hint}")
     if memory_budget is not None and plan.device_bytes > memory_budget:
-        problems.append(f"recording needs {_mb(plan.device_bytes)} of device memory, "
-                        f"over the {_mb(memory_budget)} budget")
-    if not problems:
-        return
-    fits = []
-    for name, red in REDUCTIONS.items():
-        if red == plan.reduction:
-            continue
-        scaled = store_bytes([tuple(b["output_shape"]) for b in plan.blocks], plan.batch, plan.images,
-                             plan.io_shape, plan.steps, red)
-        if scaled <= limit:
-            fits.append(f"--reduce {name} ({_mb(scaled)})")
-    hint = ("; would fit: " + ", ".join(fits)) if fits else "; no reduction fits: record fewer blocks or steps"
-    raise BudgetError("; ".join(problems) + hint)
+        problems.append(
+            f"recording needs {_mb(plan.device_bytes)} of device memory (each block's previous and current output, "
+            f"for the statistics), over the {_mb(memory_budget)} budget; record fewer blocks (--blocks) or images"
+        )
+    if problems:
+        raise BudgetError("; ".join(problems))
 
 
 def _mb(n: int) -> str:
