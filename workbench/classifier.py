@@ -70,7 +70,7 @@ def load_classifier(device: str = "cpu") -> ShapeClassifier:
                              "train it with `python -m workbench train --model shape-classifier`")
     _check_safetensors(weights)
     model = ShapeClassifier.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
-    return model.to(device).eval()
+    return model.to(device).train(False)  # inference mode
 
 
 @torch.no_grad()

@@ -95,7 +95,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     ema_pipe = copy.deepcopy(pipe)  # the shipped weights: an exponential moving average of the trained ones
     ema_modules = [m for m in (ema_pipe.denoiser, ema_pipe.class_encoder) if m is not None]
     for m in ema_modules:
-        m.eval().requires_grad_(False)
+        m.train(False).requires_grad_(False)
     params = [p for m in trainables for p in m.parameters()]
     ema_params = [p for m in ema_modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -207,7 +207,7 @@ def train_classifier(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict],
             progress(dict(step=step, loss=loss.item(), elapsed_s=time.time() - start))
         if cfg.time_limit_min and time.time() - start > cfg.time_limit_min * 60:
             break
-    model.eval()
+    model.train(False)
     val = make_shapes(10_000, CLASSIFIER_VAL_SEED, device=device)
     with torch.no_grad():
         pred = torch.cat([model(x).argmax(1) for x in val.images.split(1000)])

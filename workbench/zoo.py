@@ -108,7 +108,8 @@ def build_pipeline(name: str, seed: int = 0) -> ShapesPipeline:
                               default_guidance_scale=spec.default_guidance_scale)
     for module in (pipe.denoiser, pipe.class_encoder):
         if module is not None:
-            module.eval()  # as from_pretrained leaves them; DiT's label embedding drops classes in train mode
+            # Inference mode, as from_pretrained leaves them: DiT's label embedding drops classes in train mode.
+            module.train(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
