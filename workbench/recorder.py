@@ -157,7 +157,8 @@ def plan_recording(pipe, call: Callable[[], object], steps: int, images: int, re
         unknown = [b for b in blocks if b not in known]
         if unknown:
             raise ValueError(f"unknown block(s) {', '.join(unknown)}; see `python -m workbench blocks`")
-        infos = [b for b in infos if b.name in set(blocks)]
+        wanted = set(blocks)
+        infos = [b for b in infos if b.name in wanted]
     sample = args[0] if args else next(iter(kwargs.values()))
     batch = int(sample.shape[0])
     if batch not in (images, 2 * images):
@@ -229,8 +230,8 @@ class Recorder:
         self._handles: list = []
         self._prev: dict[str, torch.Tensor] = {}
         self._current: dict[str, torch.Tensor] = {}
-        self._cos = self._rel = None
-        self._latents = None
+        self._latents: torch.Tensor | None = None
+        self._timestep = -1
 
     def _create_arrays(self) -> None:
         p = self.plan
