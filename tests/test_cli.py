@@ -55,3 +55,20 @@ def test_parse_seeds():
     for bad in ("", "a-b", "5-2"):
         with pytest.raises(UserError):
             parse_seeds(bad)
+
+
+def test_record_then_analyze_json(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("record", "--model", "tiny-dit", "--class", "cross", "--steps", "4", "--seed", "0-1",
+                   "--reduce", "stats", "--out", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["complete"] and rec["steps"] == 4 and rec["blocks"] == 6
+    proc = run_cli("analyze", str(run), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["steps"] == 4 and len(report["timesteps"]) == 4
+    assert [b["name"] for b in report["blocks"]] == [f"transformer_blocks.{i}" for i in range(6)]
+    assert all(-1 <= b["mean_adjacent_cosine"] <= 1 and b["mean_adjacent_rel_l1"] >= 0 for b in report["blocks"])
+    proc = run_cli("runs", str(tmp_path), "--json")
+    assert json.loads(proc.stdout)["runs"][0]["status"] == "complete"

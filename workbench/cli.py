@@ -201,6 +201,25 @@ def cmd_runs(args: argparse.Namespace) -> dict:
     return {"runs": rows}
 
 
+def cmd_analyze(args: argparse.Namespace) -> dict:
+    from workbench.analysis.similarity import summarize_store
+    from workbench.store import FeatureStore, StoreError
+
+    try:
+        store = FeatureStore.open(args.dir)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    report = summarize_store(store, threshold=args.threshold)
+    if not args.json:
+        state = "complete" if report["complete"] else "INCOMPLETE"
+        print(f"{args.dir}: {report['steps']} steps ({state}); keyframes at accumulated rel-L1 > {args.threshold}")
+        print(f"{'block':<34} {'adj. cosine':>11} {'adj. rel-L1':>11} {'keyframes':>9}")
+        for b in report["blocks"]:
+            print(f"{b['name']:<34} {b['mean_adjacent_cosine']:>11.4f} {b['mean_adjacent_rel_l1']:>11.4f} "
+                  f"{b['keyframes']:>9}")
+    return report
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from workbench.bench import bench_foundation, bench_record_overhead
 
@@ -285,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="runs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("analyze", help="per-block temporal redundancy of a recorded run")
+    p.add_argument("dir", help="a run folder written by `record`")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="keyframe whenever the accumulated relative L1 since the last one exceeds this")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
     p.add_argument("suite", help="foundation | record-overhead")
