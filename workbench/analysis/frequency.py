@@ -1,0 +1,71 @@
+"""Frequency analysis: radial power spectra of feature maps, predicted x0 and images, and error spectra.
+
+The paper's claim to test (PAPER.md, "FR vs fewer steps"): fewer steps keep low-frequency structure and lose
+high-frequency detail, feature reuse keeps the detail. An *error spectrum* -- the radial spectrum of
+(variant − reference) from the same seed -- shows which frequencies a variant loses.
+
+Spectra use numpy's FFT over the last two axes of whole arrays; radial binning is one matrix product with a
+precomputed bin-membership matrix (no loops over pixels or channels). Radius is in cycles per image side,
+bin k holds frequencies with round(|f|) = k, from 0 (mean) to the Nyquist radius H/2.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=32)
+def _bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    fy = np.fft.fftfreq(h) * h
+    fx = np.fft.fftfreq(w) * w
+    radius = np.rint(np.hypot(fy[:, None], fx[None, :])).astype(int).ravel()
+    nbins = min(h, w) // 2 + 1
+    keep = radius < nbins
+    member = np.zeros((h * w, nbins))
+    member[np.arange(h * w)[keep], radius[keep]] = 1.0
+    return member, member.sum(0)
+
+
+def radial_spectrum(x: np.ndarray) -> np.ndarray:
+    """Mean power per radial frequency bin over the last two axes: ``[..., H, W]`` → ``[..., H//2 + 1]``."""
+    x = np.asarray(x, dtype=np.float64)
+    h, w = x.shape[-2:]
+    power = np.abs(np.fft.fft2(x)) ** 2 / (h * w)
+    member, counts = _bins(h, w)
+    return (power.reshape(*x.shape[:-2], h * w) @ member) / counts
+
+
+def band_energy(spectrum: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 3)) -> dict[str, np.ndarray]:
+    """Share of (non-DC) spectral energy in low / mid / high bands; ``edges`` are fractions of the Nyquist radius."""
+    s = np.asarray(spectrum)[..., 1:]
+    n = s.shape[-1]
+    r = np.arange(1, n + 1) / n
+    total = s.sum(-1).clip(min=1e-30)
+    masks = {"low": r <= edges[0], "mid": (r > edges[0]) & (r <= edges[1]), "high": r > edges[1]}
+    return {k: s[..., m].sum(-1) / total for k, m in masks.items()}
+
+
+def spectra_over_time(maps: np.ndarray) -> np.ndarray:
+    """Channel- and sample-averaged radial spectrum per step: ``[steps, batch, C, H, W]`` → ``[steps, bins]``."""
+    spec = radial_spectrum(maps)
+    return spec.reshape(spec.shape[0], -1, spec.shape[-1]).mean(1)
+
+
+def error_spectrum(variant: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Radial spectrum of (variant − reference), averaged over every axis but the frequency one."""
+    diff = np.asarray(variant, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    spec = radial_spectrum(diff)
+    return spec.reshape(-1, spec.shape[-1]).mean(0)
+
+
+def predicted_x0(latents: np.ndarray, eps: np.ndarray, timesteps: list[int], alphas_cumprod: np.ndarray) -> np.ndarray:
+    """x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t per step (ε-prediction), ``[steps, batch, ...]``.
+
+    ``latents`` are the denoiser's inputs: for Euler-type schedulers the scaled input √ᾱ·x0 + √(1−ᾱ)·ε, which the
+    same formula inverts.
+    """
+    a = np.asarray(alphas_cumprod, dtype=np.float64)[np.asarray(timesteps)]
+    a = a.reshape(-1, *([1] * (np.asarray(latents).ndim - 1)))
+    return (np.asarray(latents, dtype=np.float64) - np.sqrt(1 - a) * eps) / np.sqrt(a)
