@@ -1,0 +1,28 @@
+import numpy as np
+
+from workbench import figures
+
+
+def test_figures_carry_the_data_and_labels():
+    ts = [999, 979, 959, 939]
+    vals = np.array([[np.nan, 0.9, 0.95, 0.97], [np.nan, 0.8, 0.85, 0.9]])
+    fig = figures.blocks_steps_heatmap(vals, ["a.b", "c.d"], ts)
+    np.testing.assert_array_equal(fig.data[0].z, vals)
+    assert list(fig.data[0].y) == ["a.b", "c.d"] and "t=999" in fig.layout.xaxis.ticktext[0]
+
+    curves = figures.similarity_curves({"a.b": np.ones((4, 3)) * 0.5}, ts)
+    assert len(curves.data) == 2 and np.allclose(curves.data[1].y, 0.5)
+
+    m = figures.steps_matrix(np.eye(4), ts, "a.b")
+    assert m.layout.title.text.startswith("a.b")
+
+    spec = figures.spectra_over_time_figure(np.ones((4, 17)), ts, "x0")
+    assert np.asarray(spec.data[0].z).shape == (17, 4)
+
+    err = figures.error_spectra_figure({"M=2": np.arange(1, 5.0), "25 steps": np.ones(4)})
+    assert [d.name for d in err.data] == ["M=2", "25 steps"] and err.layout.yaxis.type == "log"
+
+    img = np.zeros((8, 8, 3))
+    grid = figures.image_grid({"full": img, "M=2": img + 0.5}, reference="full")
+    heat = [d for d in grid.data if d.type == "heatmap"]
+    assert len(heat) == 2 and np.allclose(heat[1].z, 0.5)

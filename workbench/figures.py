@@ -1,0 +1,101 @@
+"""Plotly figure builders: pure functions from analysis results to ``go.Figure`` (no Streamlit here).
+
+Time axes show the step index (0 = noisiest) and the timestep; block names are the module paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+_FONT = dict(size=16)
+
+
+def _step_ticks(timesteps: Sequence[int], every: int | None = None) -> dict:
+    n = len(timesteps)
+    every = every or max(1, n // 10)
+    idx = list(range(0, n, every))
+    return dict(tickmode="array", tickvals=idx, ticktext=[f"{i}<br>t={timesteps[i]}" for i in idx])
+
+
+def blocks_steps_heatmap(values: np.ndarray, blocks: Sequence[str], timesteps: Sequence[int],
+                         metric: str = "cosine") -> go.Figure:
+    """Blocks × steps heatmap of an adjacent-step metric (``values``: [blocks, steps])."""
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(range(len(timesteps))), y=list(blocks), colorscale="Viridis",
+        colorbar=dict(title=metric), customdata=np.broadcast_to(np.asarray(timesteps), np.shape(values)),
+        hovertemplate="block %{y}<br>step %{x} (t=%{customdata})<br>" + metric + " %{z:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=f"Adjacent-step {metric} per block", font=_FONT, xaxis=_step_ticks(timesteps),
+                      xaxis_title="step (timestep)", yaxis=dict(autorange="reversed"),
+                      height=max(400, 24 * len(blocks)))
+    return fig
+
+
+def steps_matrix(matrix: np.ndarray, timesteps: Sequence[int], block: str, metric: str = "cosine") -> go.Figure:
+    """Steps × steps similarity matrix of one block (``matrix``: [steps, steps])."""
+    fig = go.Figure(go.Heatmap(z=matrix, colorscale="Viridis", colorbar=dict(title=metric),
+                               hovertemplate="step %{y} vs %{x}: %{z:.4f}<extra></extra>"))
+    ticks = _step_ticks(timesteps)
+    fig.update_layout(title=f"{block}: {metric} between steps", font=_FONT, xaxis=ticks,
+                      yaxis=dict(ticks, autorange="reversed"), xaxis_title="step", yaxis_title="step",
+                      height=560, width=620)
+    return fig
+
+
+def similarity_curves(curves: dict[str, np.ndarray], timesteps: Sequence[int], metric: str = "cosine") -> go.Figure:
+    """One line per block: mean over samples of [steps, batch] values, with a ±1 std band across samples."""
+    fig = go.Figure()
+    steps = np.arange(len(timesteps))
+    for name, values in curves.items():
+        v = np.asarray(values, dtype=float)
+        mean, std = v.mean(1), v.std(1)
+        fig.add_trace(go.Scatter(x=np.r_[steps, steps[::-1]], y=np.r_[mean + std, (mean - std)[::-1]],
+                                 fill="toself", opacity=0.2, line=dict(width=0), showlegend=False,
+                                 hoverinfo="skip", legendgroup=name))
+        fig.add_trace(go.Scatter(x=steps, y=mean, name=name, mode="lines", legendgroup=name))
+    fig.update_layout(title=f"Adjacent-step {metric} (band: ±1 std across samples)", font=_FONT,
+                      xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)", yaxis_title=metric)
+    return fig
+
+
+def spectra_over_time_figure(spectra: np.ndarray, timesteps: Sequence[int], title: str) -> go.Figure:
+    """Radial power spectrum per step (``spectra``: [steps, bins]), log colour scale."""
+    fig = go.Figure(go.Heatmap(z=np.log10(np.asarray(spectra).T + 1e-12), colorscale="Magma",
+                               colorbar=dict(title="log10 power")))
+    fig.update_layout(title=title, font=_FONT, xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
+                      yaxis_title="radial frequency (cycles / image)")
+    return fig
+
+
+def error_spectra_figure(spectra: dict[str, np.ndarray]) -> go.Figure:
+    """Error spectra of several variants against one reference: which frequencies each one loses."""
+    fig = go.Figure()
+    for name, spec in spectra.items():
+        fig.add_trace(go.Scatter(x=np.arange(len(spec)), y=spec, name=name, mode="lines+markers"))
+    fig.update_layout(title="Error spectrum vs the full run (same seeds)", font=_FONT, yaxis_type="log",
+                      xaxis_title="radial frequency (cycles / image)", yaxis_title="error power")
+    return fig
+
+
+def image_grid(images: dict[str, np.ndarray], reference: str | None = None) -> go.Figure:
+    """Images side by side (``[H, W, 3]`` floats in [0, 1]); with ``reference``, a row of |diff| maps below."""
+    names = list(images)
+    rows = 2 if reference else 1
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=rows, cols=len(names), subplot_titles=names + ([f"|{n} − {reference}|" for n in names]
+                                                                              if reference else []))
+    for j, name in enumerate(names, start=1):
+        img = np.clip(np.asarray(images[name]), 0, 1)
+        fig.add_trace(go.Image(z=(img * 255).astype(np.uint8)), row=1, col=j)
+        if reference:
+            diff = np.abs(img - np.asarray(images[reference])).mean(-1)
+            fig.add_trace(go.Heatmap(z=diff, colorscale="Inferno", zmin=0, zmax=max(float(diff.max()), 1e-6),
+                                     showscale=j == len(names)), row=2, col=j)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, autorange="reversed")
+    fig.update_layout(font=_FONT, height=300 * rows)
+    return fig
