@@ -116,3 +116,26 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
                              plan_s=statistics.median(row["plan_s"]), store_bytes=row["store_bytes"])
         report["models"][name] = result
     return report
+
+
+def bench_analysis(repeats: int = 3, device: str = "cpu", steps: int = 50) -> dict:
+    """Time to analyse a full recorded run of tiny-unet (all blocks, ``steps`` steps, 4 images, full maps):
+    reading every block from the store, adjacent statistics, steps × steps matrices and spectra per step."""
+    import tempfile
+    from pathlib import Path
+
+    from workbench.analysis.similarity import analyze_maps
+    from workbench.recorder import record_run
+    from workbench.store import FeatureStore
+    from workbench.zoo import load_pipeline
+
+    pipe = load_pipeline("tiny-unet", device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = record_run(pipe, "tiny-unet", Path(tmp) / "run", labels=[0, 1, 2, 3], seeds=[0, 1, 2, 3],
+                         steps=steps, reduction="full")
+        store = FeatureStore.open(out)
+        med, runs = median_time(lambda: analyze_maps(FeatureStore.open(out)), repeats)
+        size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+        blocks = len(store.blocks)
+    return dict(suite="analysis", machine=machine_info(), model="tiny-unet", steps=steps, images=4, blocks=blocks,
+                store_bytes=size, median_s=med, runs_s=runs)

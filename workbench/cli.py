@@ -221,9 +221,9 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from workbench.bench import bench_foundation, bench_record_overhead
+    from workbench.bench import bench_analysis, bench_foundation, bench_record_overhead
 
-    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead}
+    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis}
     if args.suite not in suites:
         raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(suites)}")
     report = suites[args.suite](repeats=args.repeats)
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
-    p.add_argument("suite", help="foundation | record-overhead")
+    p.add_argument("suite", help="foundation | record-overhead | analysis")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     p.add_argument("--out", default=None, help="folder for the suite's JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -245,7 +245,10 @@ class Recorder:
         if p.reduction.maps:
             for i, b in enumerate(p.blocks):
                 shape = reduced_shape(tuple(b["output_shape"]), p.reduction)
-                root.create_array(f"features/{i}", shape=(p.steps, *shape), chunks=(1, *shape),
+                # One chunk per step and CFG half (a reader of one half reads only it); uncompressed, since float
+                # features barely compress and skipping it halves write and read time.
+                chunk = (1, p.images, *shape[1:])
+                root.create_array(f"features/{i}", shape=(p.steps, *shape), chunks=chunk, compressors=None,
                                   dtype="float16" if p.reduction.float16 else "float32")
         for key, n in (("denoiser_output", p.batch), ("latents", p.images)):
             root.create_array(key, shape=(p.steps, n, *p.io_shape), chunks=(k_steps, n, *p.io_shape),

@@ -11,30 +11,38 @@ bin k holds frequencies with round(|f|) = k, from 0 (mean) to the Nyquist radius
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 
 
 @lru_cache(maxsize=32)
 def _bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin membership of the half-plane of a real FFT, each column weighted by how many full-plane
+    frequencies it stands for (its conjugate twin counts too), so the result equals the full-FFT average."""
     fy = np.fft.fftfreq(h) * h
-    fx = np.fft.fftfreq(w) * w
+    fx = np.fft.rfftfreq(w) * w
     radius = np.rint(np.hypot(fy[:, None], fx[None, :])).astype(int).ravel()
+    twin = ((fx > 0) & (fx < w / 2)).astype(float)
+    weight = np.broadcast_to(1.0 + twin[None, :], (h, fx.size)).ravel()
     nbins = min(h, w) // 2 + 1
     keep = radius < nbins
-    member = np.zeros((h * w, nbins))
-    member[np.arange(h * w)[keep], radius[keep]] = 1.0
+    member = np.zeros((h * fx.size, nbins), dtype=np.float32)
+    member[np.arange(h * fx.size)[keep], radius[keep]] = weight[keep]
     return member, member.sum(0)
 
 
 def radial_spectrum(x: np.ndarray) -> np.ndarray:
     """Mean power per radial frequency bin over the last two axes: ``[..., H, W]`` → ``[..., H//2 + 1]``."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    x = x.astype(np.float32) if x.dtype != np.float64 else x
     h, w = x.shape[-2:]
-    power = np.abs(np.fft.fft2(x)) ** 2 / (h * w)
+    f = scipy.fft.rfft2(x, workers=os.cpu_count() or 1)
+    power = (f.real**2 + f.imag**2) / (h * w)
     member, counts = _bins(h, w)
-    return (power.reshape(*x.shape[:-2], h * w) @ member) / counts
+    return (power.reshape(*x.shape[:-2], -1) @ member.astype(power.dtype)) / counts
 
 
 def band_energy(spectrum: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 3)) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import torch
 
 def _flat(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(maps)
-    return x.reshape(x.shape[0], x.shape[1], -1).to(torch.float64)  # [steps, batch, features]
+    return x.reshape(x.shape[0], x.shape[1], -1).to(torch.float32)  # [steps, batch, features]
 
 
 def adjacent_similarity(maps: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
@@ -75,3 +75,20 @@ def summarize_store(store, threshold: float = 0.1, cond: bool | None = True) -> 
         blocks.append({"name": name, **summarize_block(stats["cosine"], stats["rel_l1"], threshold)})
     return {"run": str(store.directory), "steps": store.steps_done, "timesteps": store.timesteps,
             "complete": store.complete, "threshold": threshold, "blocks": blocks}
+
+
+def analyze_maps(store, cond: bool | None = True) -> dict[str, dict[str, np.ndarray]]:
+    """Everything the similarity and frequency views need, for every block of a run with stored maps:
+    adjacent statistics, steps × steps cosine and relative-L1 matrices, and the spectrum of each step."""
+    from workbench.analysis.frequency import spectra_over_time
+
+    out = {}
+    for name in store.blocks:
+        maps = store.features(name, cond=cond)
+        entry = adjacent_similarity(maps)
+        entry["cosine_matrix"] = similarity_matrix(maps, "cosine")
+        entry["rel_l1_matrix"] = similarity_matrix(maps, "rel_l1")
+        if maps.ndim == 5:
+            entry["spectra"] = spectra_over_time(maps)
+        out[name] = entry
+    return out
