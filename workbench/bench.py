@@ -70,11 +70,11 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
     (recorded / the plain run just before it) − 1. Sampling time only: the recorder's one-off planning forward is
     reported separately as ``plan_s``.
     """
-    import json
     import tempfile
     from pathlib import Path
 
     from workbench.recorder import record_run
+    from workbench.store import FeatureStore
     from workbench.zoo import EMBEDDED, load_pipeline
 
     reductions = ("stats", "pool16", "full")
@@ -92,9 +92,9 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
             with tempfile.TemporaryDirectory() as tmp:
                 out = record_run(pipe, name, Path(tmp) / "run", labels=[0, 1, 2, 3], seeds=[0, 1, 2, 3],
                                  steps=steps, reduction=reduction)
-                manifest = json.loads((out / "manifest.json").read_text())
-                size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-            return manifest["timing"]["sampling_s"], manifest["timing"]["plan_s"], size
+                store = FeatureStore.open(out)
+                timing = store.manifest["timing"]
+                return timing["sampling_s"], timing["plan_s"], store.disk_bytes()
 
         plain()  # warm-up
         base_runs: list[float] = []
@@ -135,7 +135,7 @@ def bench_analysis(repeats: int = 3, device: str = "cpu", steps: int = 50) -> di
                          steps=steps, reduction="full")
         store = FeatureStore.open(out)
         med, runs = median_time(lambda: analyze_maps(FeatureStore.open(out)), repeats)
-        size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+        size = store.disk_bytes()
         blocks = len(store.blocks)
     return dict(suite="analysis", machine=machine_info(), model="tiny-unet", steps=steps, images=4, blocks=blocks,
                 store_bytes=size, median_s=med, runs_s=runs)

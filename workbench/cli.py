@@ -51,18 +51,23 @@ def cmd_models(args: argparse.Namespace) -> dict:
     return {"models": rows}
 
 
-def cmd_sample(args: argparse.Namespace) -> dict:
+def _load(args: argparse.Namespace):
     import torch
 
+    from workbench.zoo import load_pipeline
+
+    return load_pipeline(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def cmd_sample(args: argparse.Namespace) -> dict:
     from workbench.sampling import judge, sample
     from workbench.train import save_grid
-    from workbench.zoo import load_pipeline
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    pipe = load_pipeline(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = _load(args)
     if args.cls == "all":
         labels = [i % pipe.num_classes for i in range(args.n)]
     else:
@@ -114,14 +119,6 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if not args.json:
         print(json.dumps(record, indent=2))
     return record
-
-
-def _load(args: argparse.Namespace):
-    import torch
-
-    from workbench.zoo import load_pipeline
-
-    return load_pipeline(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _example_call(pipe, n: int = 1):
@@ -181,7 +178,7 @@ def cmd_record(args: argparse.Namespace) -> dict:
     store = FeatureStore.open(out)
     report = dict(out=str(out), complete=store.complete, steps=store.steps_done, blocks=len(store.blocks),
                   reduction=args.reduce, timing=store.manifest["timing"],
-                  store_bytes=sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()))
+                  store_bytes=store.disk_bytes())
     if not args.json:
         for k, v in report.items():
             print(f"{k}: {v}")

@@ -92,6 +92,10 @@ class FeatureStore:
     def has_maps(self) -> bool:
         return self.manifest["reduction"]["maps"]
 
+    def disk_bytes(self) -> int:
+        """Bytes the run takes on disk (manifest and arrays)."""
+        return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
+
     def _half(self, array: np.ndarray, cond: bool | None) -> np.ndarray:
         layout = self.manifest["cfg"]["layout"]
         if cond is None or layout == "none":

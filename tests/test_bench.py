@@ -1,0 +1,15 @@
+"""Smoke tests of the benchmark suites at tiny size (the numbers themselves come from the commands, not tests)."""
+
+from workbench.bench import bench_analysis, bench_record_overhead
+
+
+def test_record_overhead_suite_runs_small():
+    report = bench_record_overhead(repeats=1, steps=2)
+    for row in report["models"].values():
+        assert row["no_hooks_s"] > 0 and len(row["stats"]["paired_ratios"]) == 1
+        assert row["stats"]["store_bytes"] < row["pool16"]["store_bytes"] < row["full"]["store_bytes"]
+
+
+def test_analysis_suite_runs_small():
+    report = bench_analysis(repeats=1, steps=2)
+    assert report["blocks"] == 18 and report["median_s"] > 0 and report["store_bytes"] > 0
