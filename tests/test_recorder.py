@@ -116,10 +116,12 @@ def test_reductions():
 
 
 def test_stats_only_run_has_no_maps(tmp_path, random_dit_pipe):
+    before = random_dit_pipe.scheduler
     out = record_run(random_dit_pipe, "tiny-dit(random)", tmp_path / "s", labels=[0], steps=3, reduction="stats",
                      scheduler="dpmpp")
     store = FeatureStore.open(out)
     assert store.manifest["scheduler"]["name"] == "dpmpp" and store.complete
+    assert random_dit_pipe.scheduler is before  # the pipeline's own scheduler is back
     with pytest.raises(StoreError, match="statistics only"):
         store.features(store.blocks[0])
     assert store.stats(store.blocks[0])["cosine"].shape == (3, 1)

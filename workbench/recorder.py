@@ -397,7 +397,7 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     ``out_dir``. The budget is checked before sampling starts; the store is written step by step."""
     import shutil
 
-    from workbench.schedulers import make_scheduler
+    from workbench.schedulers import scheduler_swapped
 
     red = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
     conditions = labels if labels is not None else prompts
@@ -406,9 +406,7 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     seeds = seeds if seeds is not None else list(range(len(conditions)))
     if len(seeds) != len(conditions):
         raise ValueError(f"{len(seeds)} seeds for {len(conditions)} images")
-    original = pipe.scheduler
-    pipe.scheduler = make_scheduler(scheduler, original.config)
-    try:
+    with scheduler_swapped(pipe, scheduler):
         if guidance_scale is None:
             guidance_scale = float(getattr(pipe.config, "default_guidance_scale", 7.5))
 
@@ -434,5 +432,3 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
             call(steps)
             manifest["timing"]["sampling_s"] = time.perf_counter() - t1
         return out
-    finally:
-        pipe.scheduler = original

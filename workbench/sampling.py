@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.schedulers import make_scheduler
+from workbench.schedulers import scheduler_swapped
 
 
 @dataclass
@@ -30,13 +30,8 @@ def sample(
     """Sample ``labels[i]`` from ``seeds[i]`` for every i, in batches; each image depends only on its own seed."""
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
-    original = pipe.scheduler
-    if scheduler is not None:
-        pipe.scheduler = make_scheduler(scheduler, original.config)
-    try:
+    with scheduler_swapped(pipe, scheduler):
         return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size)
-    finally:
-        pipe.scheduler = original
 
 
 def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size) -> SampleResult:

@@ -6,6 +6,9 @@ with (betas, timestep spacing) carries over, as diffusers recommends for swappin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -38,3 +41,15 @@ def scheduler_name(scheduler) -> str:
         if type(scheduler) is cls:
             return key
     return type(scheduler).__name__
+
+
+@contextmanager
+def scheduler_swapped(pipe, name: str | None) -> Iterator[None]:
+    """Run ``pipe`` with scheduler ``name`` (``None``: keep its own) and always put the original back."""
+    original = pipe.scheduler
+    if name is not None:
+        pipe.scheduler = make_scheduler(name, original.config)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original
