@@ -10,9 +10,10 @@ from workbench.sampling import sample
 @pytest.mark.parametrize("fixture", ["unet_pipe", "dit_pipe"])
 def test_shipped_model_samples_requested_classes(fixture, request):
     pipe = request.getfixturevalue(fixture)
-    labels = [c for c in range(6) for _ in range(2)]
-    result = sample(pipe, labels, seeds=list(range(1000, 1012)), steps=20)
-    assert result.images.shape == (12, 3, 32, 32) and torch.isfinite(result.images).all()
+    # 5 per class: with 2 per class one unlucky seed moves the accuracy by 1/12, too coarse for a 0.5 floor
+    labels = [c for c in range(6) for _ in range(5)]
+    result = sample(pipe, labels, seeds=list(range(1000, 1030)), steps=20)
+    assert result.images.shape == (30, 3, 32, 32) and torch.isfinite(result.images).all()
     accuracy = (classify(result.images) == torch.tensor(labels)).float().mean().item()
     # Far above chance (1/6); the full-quality numbers (50 steps, 600 samples) are in docs/models/.
     assert accuracy >= 0.5, accuracy
