@@ -1,4 +1,21 @@
-"""FRDiff: feature reuse and score mixing for diffusers pipelines (arXiv 2312.03517).
+"""FRDiff: feature reuse, score mixing and keyframe policies on stock diffusers pipelines (arXiv 2312.03517).
 
-Depends on torch and diffusers only; never imports ``workbench``.
+    import frdiff
+    policy = frdiff.make_preset("uniform", pipe.unet, steps=50, interval=2, mix=True)
+    with frdiff.apply(pipe, policy) as run:
+        images = pipe(...).images
+
+Depends on torch and diffusers only.
 """
+
+from .apply import FRRun, RunReport, apply, attached_hooks, exclusive
+from .blocks import denoiser_of, discover_blocks, find_blocks
+from .policy import Mixing, Policy, PolicyError, model_fingerprint
+from .presets import PRESETS, make_preset, threshold_keyframes, threshold_policy
+from .speedup import measure_savings, predicted_speedup, step_costs
+
+__all__ = [
+    "FRRun", "Mixing", "PRESETS", "Policy", "PolicyError", "RunReport", "apply", "attached_hooks", "denoiser_of",
+    "discover_blocks", "exclusive", "find_blocks", "make_preset", "measure_savings", "model_fingerprint",
+    "predicted_speedup", "step_costs", "threshold_keyframes", "threshold_policy",
+]

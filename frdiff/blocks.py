@@ -85,6 +85,17 @@ def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
     return found
 
 
+def denoiser_of(pipe) -> nn.Module:
+    """The network a pipeline calls every step (``unet`` or ``transformer``); a module is its own denoiser."""
+    if isinstance(pipe, nn.Module):
+        return pipe
+    for name in ("unet", "transformer", "prior"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"{type(pipe).__name__} has no unet or transformer (the denoiser FRDiff hooks)")
+
+
 def first_tensor(output) -> torch.Tensor | None:
     """The main tensor of a module's output: the tensor itself, the first of a tuple, or ``.sample``."""
     if isinstance(output, torch.Tensor):

@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the suite's JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
+
+    from workbench.cli_engine import add_commands
+
+    add_commands(sub)
     return parser
 
 

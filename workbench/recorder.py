@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from frdiff.blocks import discover_blocks, first_tensor
+from frdiff.blocks import denoiser_of, discover_blocks, first_tensor
 from workbench.store import ARRAYS, write_manifest
 
 # Pipelines whose CFG batch puts the conditional half first; every other known one is [uncond, cond].
@@ -52,15 +52,6 @@ REDUCTIONS = {
     "pool16": Reduction("pool16", spatial=16, float16=True),
     "stats": Reduction("stats", float16=True, maps=False),
 }
-
-
-def denoiser_of(pipe) -> torch.nn.Module:
-    """The network a pipeline calls every step (``unet`` or ``transformer``)."""
-    for name in ("unet", "transformer", "prior"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise ValueError(f"{type(pipe).__name__} has no unet or transformer to record")
 
 
 def as_map(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,205 @@
+"""``frdiff.apply(pipe, policy)``: run a stock diffusers pipeline with feature reuse and score mixing.
+
+    with frdiff.apply(pipe, policy) as run:
+        images = pipe(...).images
+    print(run.report())
+
+One hook on the denoiser counts its calls (call k = step k; one call per step, CFG batched, as in SD, DiT and the
+project's pipeline, for DDIM, DPM-Solver++ (multistep), Euler and UniPC) and, per step (PAPER.md):
+
+- *full* step (every policy block a keyframe): the stock forward; its output becomes ε_key.
+- *FR* step with λ(r) > 0: the forward with the block hooks reusing their caches, then ε̂ = λ·ε_FR + (1 − λ)·ε_key
+  on the batched CFG output, before the pipeline applies guidance.
+- λ(r) = 0: the denoiser is not called; ε_key is returned as this step's output. That is where time is saved.
+
+Reuse under multistep solvers: DPM-Solver++ and UniPC combine this step's output with earlier ones. A reused ε
+enters that history as if it were a fresh evaluation at the current timestep, so the solver's higher-order terms see
+two (nearly) equal outputs at different times; the benchmarks measure what that costs (``docs/engine.md``).
+
+Several pipeline calls may run inside one ``with``: each run of ``steps`` denoiser calls starts afresh. Hooks are
+removed and caches freed on exit, also after an exception. A pipeline (its denoiser) runs one policy at a time:
+:func:`exclusive` holds the same per-denoiser lock for plain runs of a shared pipeline, and a call of the denoiser
+from another thread while a policy is applied raises instead of silently mixing two runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import ModelHook
+from torch import nn
+
+from .blocks import denoiser_of, find_blocks, first_tensor
+from .policy import Policy, PolicyError, model_fingerprint
+from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target, wrapper
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+STEP_HOOK = f"{HOOK_PREFIX}-step"
+
+
+def _lock_of(denoiser: nn.Module) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(denoiser)
+        if lock is None:
+            lock = _LOCKS[denoiser] = threading.Lock()
+        return lock
+
+
+@contextmanager
+def exclusive(pipe, timeout: float | None = None):
+    """Hold ``pipe``'s denoiser for one run without a policy (the reference run of a shared pipeline)."""
+    lock = _lock_of(denoiser_of(pipe))
+    if not lock.acquire(timeout=-1 if timeout is None else timeout):
+        raise RuntimeError("the pipeline is busy with another run; try again when it finishes")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass
+class RunReport:
+    """What an applied run did: per-step decisions and counts (the last complete or partial run)."""
+
+    steps: int
+    step_kinds: list[str] = field(default_factory=list)  # full | fr | skip, per executed step
+    lambdas: list[float] = field(default_factory=list)
+    timesteps: list[float] = field(default_factory=list)
+    denoiser_calls: int = 0
+    block_reuses: int = 0
+    runs: int = 0  # complete pipeline runs inside the ``with``
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+class _StepHook(ModelHook):
+    """Denoiser-level control: step counting, skipping and score mixing (``new_forward``)."""
+
+    _is_stateful = True
+
+    def __init__(self, policy: Policy, state: ReuseState, scheduler, owner: int, report: RunReport):
+        super().__init__()
+        self.policy, self.state, self.scheduler, self.owner, self.report = policy, state, scheduler, owner, report
+        self.kinds = policy.step_kinds()
+        self.lams = policy.step_lambdas()
+        self.calls = 0
+        self.eps_key = None
+        self.wrap = None
+
+    def reset_state(self, module):
+        self.calls, self.eps_key = 0, None
+        return module
+
+    def _start_run(self) -> None:
+        n = getattr(self.scheduler, "num_inference_steps", None) if self.scheduler is not None else None
+        if n is not None and int(n) != self.policy.steps:
+            raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
+                               f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
+        self.calls, self.eps_key = 0, None
+        self.state.clear()
+        self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
+        self.report.denoiser_calls = self.report.block_reuses = 0
+        self.state.reused = 0
+
+    def new_forward(self, module, *args, **kwargs):
+        if threading.get_ident() != self.owner:
+            raise RuntimeError("this denoiser has an FRDiff policy applied in another thread; run shared pipelines "
+                               "inside frdiff.apply(...) or frdiff.exclusive(...) so runs take turns")
+        if self.calls == 0 or self.calls >= self.policy.steps:
+            self._start_run()
+        s = self.calls
+        self.calls += 1
+        if self.calls == self.policy.steps:
+            self.report.runs += 1
+        kind, lam = self.kinds[s], self.lams[s]
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        self.report.timesteps.append(float(torch.as_tensor(t).flatten()[0]) if t is not None else float("nan"))
+        self.report.step_kinds.append(kind)
+        self.report.lambdas.append(lam)
+        if kind == "skip":
+            return self.wrap(self.eps_key)
+        self.state.step = s
+        before = self.state.reused
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        self.report.denoiser_calls += 1
+        self.report.block_reuses += self.state.reused - before
+        eps = first_tensor(out)
+        if kind == "full" or self.eps_key is None:
+            self.eps_key, self.wrap = eps, wrapper(out)
+            return out
+        if lam < 1.0:
+            mixed = torch.lerp(self.eps_key, eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
+            return wrapper(out)(mixed)
+        return out
+
+
+class FRRun:
+    """Handle returned by :func:`apply`: the report of what ran (read it after the ``with`` block)."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._report = RunReport(steps=policy.steps)
+
+    def report(self) -> RunReport:
+        return self._report
+
+
+@contextmanager
+def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | None = None):
+    """Run ``pipe`` (a diffusers pipeline, or a denoiser module) with ``policy`` inside the ``with`` block.
+
+    check_model: validate block names, granularities and the config fingerprint against this denoiser.
+    timeout: seconds to wait while another thread runs the same pipeline (``None`` waits).
+    """
+    denoiser = denoiser_of(pipe)
+    scheduler = getattr(pipe, "scheduler", None)
+    if check_model:
+        policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser))
+    else:
+        policy.check()
+    lock = _lock_of(denoiser)
+    if not lock.acquire(timeout=-1 if timeout is None else timeout):
+        raise RuntimeError("the pipeline is busy with another FRDiff run; try again when it finishes")
+    run = FRRun(policy)
+    state = ReuseState(policy.keyframes)
+    modules = dict(denoiser.named_modules())
+    kinds = dict(find_blocks(denoiser))
+    attached: list[tuple[nn.Module, str]] = []
+    start = time.perf_counter()
+    try:
+        step_hook = _StepHook(policy, state, scheduler, threading.get_ident(), run._report)
+        attach(denoiser, step_hook, STEP_HOOK)
+        attached.append((denoiser, STEP_HOOK))
+        reuses = (~policy.keyframes).any(1).tolist() if policy.blocks else []
+        for i, name in enumerate(policy.blocks):
+            if not reuses[i]:
+                continue  # computed at every step: no hook, stock speed
+            target, hook_cls = hook_target(modules[name], kinds.get(name, "generic"), policy.granularity[i])
+            hook_name = f"{HOOK_PREFIX}-reuse-{i}"
+            attach(target, hook_cls(state, i, name), hook_name)
+            attached.append((target, hook_name))
+        yield run
+    finally:
+        for module, hook_name in reversed(attached):
+            detach(module, hook_name)
+        state.clear()
+        run._report.seconds = time.perf_counter() - start
+        lock.release()
+
+
+def attached_hooks(pipe) -> list[str]:
+    """Names of FRDiff hooks still attached to ``pipe``'s denoiser (empty after every run)."""
+    found = []
+    for name, module in denoiser_of(pipe).named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None:
+            found += [f"{name or '<denoiser>'}:{h}" for h in registry.hooks if h.startswith(HOOK_PREFIX)]
+    return found

@@ -1,0 +1,126 @@
+"""Ready-made policies: no reuse, the paper's uniform keyframes, reduced NFE, DeepCache-style and threshold.
+
+Each builder takes the denoiser (for its blocks and fingerprint) and the schedule, and returns a validated
+:class:`~frdiff.policy.Policy` whose provenance names the preset and its parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import find_blocks
+from .policy import Mixing, Policy, model_ref
+
+PRESETS = ("none", "uniform", "reduced-nfe", "deepcache", "threshold")
+
+
+def uniform_mask(n_blocks: int, steps: int, interval: int) -> torch.Tensor:
+    """Keyframes at steps 0, M, 2M, … for every block (the paper's uniform policy)."""
+    if interval < 1:
+        raise ValueError(f"interval must be ≥ 1, got {interval}")
+    mask = torch.zeros(n_blocks, steps, dtype=torch.bool)
+    mask[:, ::interval] = True
+    return mask
+
+
+def _policy(denoiser: nn.Module, blocks, mask, steps, scheduler, provenance, granularity=None, mixing=None):
+    names, kinds = [b for b, _ in blocks], [k for _, k in blocks]
+    if granularity is None:
+        granularity = ["block" if k == "generic" else "feature" for k in kinds]
+    return Policy(blocks=names, keyframes=mask, steps=steps, scheduler=scheduler, granularity=granularity,
+                  kinds=kinds, mixing=mixing or Mixing(), model=model_ref(denoiser),
+                  provenance={"made_by": "preset", **provenance}).check(model_blocks=dict(blocks))
+
+
+def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "ddim", interval: int = 2,
+                mix: bool = False, mixing: Mixing | None = None) -> Policy:
+    """Build preset ``name`` (one of :data:`PRESETS` except ``threshold``, see :func:`threshold_policy`).
+
+    - ``none``: every block computed at every step; runs exactly as the stock pipeline.
+    - ``uniform``: keyframes every ``interval`` steps for all blocks, feature-level reuse (PAPER.md); ``mix`` turns
+      on score mixing with the paper's defaults (or ``mixing``).
+    - ``reduced-nfe``: keyframes every ``interval`` steps and λ = 0: non-keyframe steps reuse the last denoiser
+      output without calling it. For DDIM that is DDIM on the keyframe timesteps (tests check it).
+    - ``deepcache``: like DeepCache, the shallowest blocks (UNet: ``down_blocks.0`` and the last up block;
+      transformers: the first and last block) are computed at every step and every other block reuses its whole
+      output between keyframes every ``interval`` steps.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    blocks = find_blocks(denoiser)
+    nb = len(blocks)
+    params = {"preset": name, "steps": steps, "scheduler": scheduler}
+    if name == "none":
+        return _policy(denoiser, blocks, torch.ones(nb, steps, dtype=torch.bool), steps, scheduler, params)
+    if name == "uniform":
+        mixing = mixing or Mixing(enabled=mix)
+        params |= {"interval": interval, "mixing": mixing.enabled}
+        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params, mixing=mixing)
+    if name == "reduced-nfe":
+        params |= {"interval": interval}
+        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params,
+                       mixing=Mixing(enabled=True, schedule="constant", value=0.0))
+    if name == "deepcache":
+        shallow = shallow_blocks([b for b, _ in blocks])
+        mask = uniform_mask(nb, steps, interval)
+        for i, (b, _) in enumerate(blocks):
+            if b in shallow:
+                mask[i] = True
+        params |= {"interval": interval, "always_computed": sorted(shallow)}
+        return _policy(denoiser, blocks, mask, steps, scheduler, params, granularity=["block"] * nb)
+    if name == "threshold":
+        raise ValueError("the threshold preset needs a recorded run: use threshold_policy (CLI: policy from-run)")
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+
+
+def shallow_blocks(names: list[str]) -> set[str]:
+    """The blocks DeepCache keeps computing: the UNet's first down and last up level, else first and last block."""
+    ups = sorted({int(n.split(".")[1]) for n in names if n.startswith("up_blocks.") and n.split(".")[1].isdigit()})
+    shallow = {n for n in names if n.startswith("down_blocks.0.")}
+    if ups:
+        shallow |= {n for n in names if n.startswith(f"up_blocks.{ups[-1]}.")}
+    if not shallow and names:
+        shallow = {names[0], names[-1]}
+    return shallow
+
+
+def threshold_keyframes(rel_l1: torch.Tensor, delta: float) -> torch.Tensor:
+    """Keyframe mask ``[blocks, steps]`` from adjacent relative L1 ``[blocks, steps]`` (column 0 unused).
+
+    Per block, a step is a keyframe when the relative change accumulated since the last keyframe, Σ rel-L1 of the
+    adjacent steps in between, exceeds ``delta``; step 0 always is. (The loop is over steps only — each step's
+    decision depends on the previous keyframe — and runs on all blocks at once.)
+    """
+    if delta < 0:
+        raise ValueError(f"threshold must be ≥ 0, got {delta}")
+    rel = torch.nan_to_num(torch.as_tensor(rel_l1, dtype=torch.float64), nan=0.0)
+    nb, steps = rel.shape
+    mask = torch.zeros(nb, steps, dtype=torch.bool)
+    mask[:, 0] = True
+    acc = torch.zeros(nb, dtype=torch.float64)
+    for s in range(1, steps):
+        acc += rel[:, s]
+        hit = acc > delta
+        mask[:, s] = hit
+        acc[hit] = 0.0
+    return mask
+
+
+def threshold_policy(denoiser: nn.Module, rel_l1: dict[str, torch.Tensor], steps: int, delta: float,
+                     scheduler: str = "ddim", source: str | None = None, mix: bool = False) -> Policy:
+    """Per-block keyframes from a recorded run's adjacent relative L1 (``{block: [steps]}``, step 0 ignored).
+
+    Blocks of the model missing from ``rel_l1`` are left out of the policy (always computed).
+    """
+    blocks = [(b, k) for b, k in find_blocks(denoiser) if b in rel_l1]
+    if not blocks:
+        raise ValueError("the recorded run shares no block with this model")
+    bad = [b for b, _ in blocks if len(rel_l1[b]) != steps]
+    if bad:
+        raise ValueError(f"recorded curves have {len(rel_l1[bad[0]])} steps, expected {steps} (block {bad[0]})")
+    rel = torch.stack([torch.as_tensor(rel_l1[b], dtype=torch.float64) for b, _ in blocks])
+    mask = threshold_keyframes(rel, delta)
+    params = {"preset": "threshold", "threshold": delta, "steps": steps, "scheduler": scheduler, "source": source,
+              "mixing": mix}
+    return _policy(denoiser, blocks, mask, steps, scheduler, params, mixing=Mixing(enabled=mix))

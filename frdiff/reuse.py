@@ -1,0 +1,257 @@
+"""Feature-reuse hooks, one per block type (PAPER.md, "Feature reuse"), on diffusers' ``HookRegistry``.
+
+Each hook wraps one stock module's ``forward`` (no class swapping). At a step where its block is a keyframe the
+stock forward runs unchanged and the hook caches the block's heavy, timestep-independent part; at other steps it
+skips that part and recomputes only the light remainder from the current inputs:
+
+- :class:`ResnetFeatureHook` (``ResnetBlock2D``): caches ``conv1(act(norm1(x)))`` (after the block's up/down
+  sampling); a reuse step recomputes the time-embedding add, ``norm2``, act, ``conv2`` and the shortcut of the
+  current input.
+- :class:`ResidualFeatureHook` (``Transformer2DModel``, SD's attention block): caches the residual branch,
+  output − input; a reuse step returns current input + cache.
+- :class:`SelfAttentionFeatureHook` (hooked on a transformer block's ``attn1``): caches the self-attention output
+  *before* gating. The block's own forward still runs, so adaLN-Zero's shift/scale/gate come from the current
+  timestep and class and the MLP branch is recomputed (DiT, PAPER.md). For other transformer blocks (PixArt's, with
+  cross-attention; plain ``BasicTransformerBlock``) the same rule applies: self-attention is reused, cross-attention
+  and the feed-forward are recomputed — cross-attention depends on the changing hidden states, and the feed-forward
+  is where adaLN-single's timestep modulation acts.
+- :class:`WholeBlockHook` (``block`` granularity, any block): caches the whole output and skips the forward.
+
+A hook asks the shared :class:`ReuseState` whether its block is computed at the current step. The answer is a bool
+(policy runs) or, for Auto-FR, a 0-d gate tensor g (1 = compute): then both paths run and the result is
+g·computed + (1 − g)·cached, which is exact in the forward pass for hard gates and lets gradients reach g.
+Cached tensors stay on the model's device and are dropped by :meth:`ReuseState.clear` when the run ends.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from .blocks import first_tensor
+
+HOOK_PREFIX = "frdiff"
+
+
+class ReuseState:
+    """What every hook of one applied run shares: the current step and the keyframe decisions."""
+
+    def __init__(self, keyframes: torch.Tensor):
+        self.mask: list[list[bool]] = keyframes.tolist()  # [blocks][steps]; python lists: cheap to index per call
+        self.gates: torch.Tensor | None = None  # Auto-FR: [blocks, steps] hard straight-through gates
+        self.step = 0
+        self.hooks: list[_ReuseHook] = []
+        self.reused = 0  # block reuses in this run (for the report)
+
+    def decide(self, idx: int) -> bool | torch.Tensor:
+        if self.gates is not None:
+            return self.gates[idx, self.step]
+        return self.mask[idx][self.step]
+
+    def clear(self) -> None:
+        for hook in self.hooks:
+            hook.cache = None
+
+
+def wrapper(template):
+    """A function putting a tensor into the structure of module output ``template`` (tensor, tuple or diffusers
+    ``BaseOutput``), without holding on to the template's main tensor."""
+    if isinstance(template, torch.Tensor):
+        return lambda t: t
+    if isinstance(template, tuple):
+        rest = tuple(template[1:])
+        return lambda t: (t,) + rest
+    cls, key = type(template), next(iter(template.keys()))
+    others = {k: v for k, v in template.items() if k != key}
+    return lambda t: cls(**{key: t, **others})
+
+
+def _rewrap(template, tensor: torch.Tensor):
+    return wrapper(template)(tensor)
+
+
+def _blend(gate: torch.Tensor, computed: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+    g = gate.to(computed.dtype)
+    return g * computed + (1 - g) * cached
+
+
+class _ReuseHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, state: ReuseState, idx: int, block: str):
+        super().__init__()
+        self.state, self.idx, self.block = state, idx, block
+        self.cache = None
+        state.hooks.append(self)
+
+    def reset_state(self, module):
+        self.cache = None
+        return module
+
+    def _check_batch(self, current: torch.Tensor, cached: torch.Tensor) -> None:
+        if current.shape[0] != cached.shape[0]:
+            raise RuntimeError(f"block {self.block}: batch size changed from {cached.shape[0]} at its keyframe to "
+                               f"{current.shape[0]}; a policy run must keep one batch for all its steps")
+
+
+class ResnetFeatureHook(_ReuseHook):
+    """``ResnetBlock2D``: reuse ``conv1(act(norm1(x)))``, recompute the time-dependent rest."""
+
+    def initialize_hook(self, module):
+        self._capture = False
+        self._captured = None
+
+        def grab(_m, _a, out):
+            if self._capture:
+                self._captured = out
+
+        self._handle = module.conv1.register_forward_hook(grab)
+        return module
+
+    def deinitalize_hook(self, module):  # (sic: diffusers' spelling)
+        self._handle.remove()
+        return module
+
+    def new_forward(self, module, input_tensor, temb, *args, **kwargs):
+        decision = self.state.decide(self.idx)
+        if self.cache is None or decision is True:
+            self._capture = True
+            try:
+                out = self.fn_ref.original_forward(input_tensor, temb, *args, **kwargs)
+            finally:
+                self._capture = False
+            self.cache, self._captured = self._captured, None
+            return out
+        self._check_batch(input_tensor, self.cache)
+        if decision is False:
+            self.state.reused += 1
+            return resnet_light(module, input_tensor, temb, self.cache)
+        h = _blend(decision, resnet_heavy(module, input_tensor), self.cache)
+        self.cache = h
+        return resnet_light(module, input_tensor, temb, h)
+
+
+def resnet_heavy(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The cached part of ``ResnetBlock2D.forward``: ``conv1(resample(act(norm1(x))))``."""
+    h = m.nonlinearity(m.norm1(x))
+    if m.upsample is not None:
+        h = m.upsample(h)
+    elif m.downsample is not None:
+        h = m.downsample(h)
+    return m.conv1(h)
+
+
+def resnet_light(m: nn.Module, x: torch.Tensor, temb: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+    """The rest of ``ResnetBlock2D.forward`` given the heavy part ``h`` (diffusers 0.42's order of operations)."""
+    if m.upsample is not None:
+        x = m.upsample(x)
+    elif m.downsample is not None:
+        x = m.downsample(x)
+    if m.time_emb_proj is not None and temb is not None:
+        if not m.skip_time_act:
+            temb = m.nonlinearity(temb)
+        temb = m.time_emb_proj(temb)[:, :, None, None]
+    if m.time_embedding_norm == "default":
+        if temb is not None:
+            h = h + temb
+        h = m.norm2(h)
+    elif m.time_embedding_norm == "scale_shift":
+        scale, shift = torch.chunk(temb, 2, dim=1)
+        h = m.norm2(h) * (1 + scale) + shift
+    else:
+        h = m.norm2(h)
+    h = m.conv2(m.dropout(m.nonlinearity(h)))
+    if m.conv_shortcut is not None:
+        x = m.conv_shortcut(x)
+    return (x + h) / m.output_scale_factor
+
+
+class ResidualFeatureHook(_ReuseHook):
+    """``Transformer2DModel``: reuse the residual branch (output − input); output = current input + cache."""
+
+    def new_forward(self, module, hidden_states, *args, **kwargs):
+        decision = self.state.decide(self.idx)
+        if self.cache is None or decision is not False:
+            out = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+            branch = first_tensor(out) - hidden_states
+            if self.cache is not None and isinstance(decision, torch.Tensor):
+                branch = _blend(decision, branch, self.cache)
+                out = _rewrap(out, hidden_states + branch)
+            self.cache, self._wrap = branch, wrapper(out)
+            return out
+        self._check_batch(hidden_states, self.cache)
+        self.state.reused += 1
+        return self._wrap(hidden_states + self.cache)
+
+
+class SelfAttentionFeatureHook(_ReuseHook):
+    """A transformer block's ``attn1``: reuse the self-attention output before the block gates it."""
+
+    def new_forward(self, module, *args, **kwargs):
+        decision = self.state.decide(self.idx)
+        if self.cache is None or decision is not False:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if self.cache is not None and isinstance(decision, torch.Tensor):
+                out = _rewrap(out, _blend(decision, first_tensor(out), first_tensor(self.cache)))
+            self.cache = out
+            return out
+        self.state.reused += 1
+        return self.cache
+
+
+class WholeBlockHook(_ReuseHook):
+    """``block`` granularity: reuse the block's whole output and skip its forward."""
+
+    def new_forward(self, module, *args, **kwargs):
+        decision = self.state.decide(self.idx)
+        if self.cache is None or decision is not False:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if self.cache is not None and isinstance(decision, torch.Tensor):
+                out = _rewrap(out, _blend(decision, first_tensor(out), first_tensor(self.cache)))
+            self.cache = out
+            return out
+        self.state.reused += 1
+        return self.cache
+
+
+def hook_target(block: nn.Module, kind: str, granularity: str) -> tuple[nn.Module, type[_ReuseHook]]:
+    """The module to hook and the hook class for a block of ``kind`` at ``granularity``."""
+    if granularity == "block" or kind == "generic":
+        return block, WholeBlockHook
+    if kind == "resnet":
+        return block, ResnetFeatureHook
+    if kind == "attention":
+        return block, ResidualFeatureHook
+    if kind in ("dit_block", "transformer_block"):
+        attn = getattr(block, "attn1", None) or getattr(block, "attn", None)
+        if attn is None:
+            return block, WholeBlockHook
+        return attn, SelfAttentionFeatureHook
+    raise ValueError(f"no reuse rule for block kind {kind!r}")
+
+
+def heavy_module_name(block: str, block_module: nn.Module, kind: str, granularity: str) -> str:
+    """``named_modules`` path of the part a reuse step skips (for FLOP-based speedup prediction)."""
+    target, hook_cls = hook_target(block_module, kind, granularity)
+    if hook_cls is ResnetFeatureHook:
+        return f"{block}.conv1"
+    if hook_cls is SelfAttentionFeatureHook:
+        suffix = "attn1" if getattr(block_module, "attn1", None) is target else "attn"
+        return f"{block}.{suffix}"
+    return block
+
+
+def attach(module: nn.Module, hook: ModelHook, name: str) -> None:
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def detach(module: nn.Module, name: str) -> None:
+    """Remove hook ``name``; drop the registry (and the forward it installed) when it was the last hook."""
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return
+    registry.remove_hook(name, recurse=False)
+    if not registry.hooks:
+        module.__dict__.pop("forward", None)
+        del module._diffusers_hook

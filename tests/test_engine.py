@@ -1,0 +1,339 @@
+"""The FRDiff engine: exactness of the no-reuse policy, each reuse rule against a manual computation, score mixing,
+presets, speedup prediction and hook hygiene."""
+
+import copy
+import threading
+
+import pytest
+import torch
+
+import frdiff
+from frdiff import Mixing, Policy, make_preset
+from frdiff.presets import shallow_blocks
+from workbench.schedulers import make_scheduler
+
+SCHEDULERS = ["ddim", "dpmpp", "euler", "unipc"]
+
+
+def _run(pipe, steps=6, seeds=(0, 1), labels=(0, 3), **kw):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return pipe(list(labels), num_inference_steps=steps, generator=gens, output_type="pt", **kw).images
+
+
+def _policy(pipe, blocks, mask, steps, granularity=None, mixing=None):
+    den = frdiff.denoiser_of(pipe)
+    kinds = dict(frdiff.find_blocks(den))
+    return Policy(blocks=blocks, keyframes=torch.tensor(mask, dtype=torch.bool), steps=steps,
+                  kinds=[kinds[b] for b in blocks], granularity=granularity, mixing=mixing or Mixing(),
+                  model={"architecture": type(den).__name__, "fingerprint": frdiff.model_fingerprint(den)})
+
+
+# ---- exactness -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["unet_pipe", "dit_pipe"])
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_none_policy_reproduces_the_stock_pipeline_exactly(fixture, scheduler, request):
+    pipe = request.getfixturevalue(fixture)
+    before = pipe.scheduler
+    pipe.scheduler = make_scheduler(scheduler, before.config)
+    try:
+        ref = _run(pipe)
+        with frdiff.apply(pipe, make_preset("none", pipe.denoiser, 6, scheduler=scheduler)) as run:
+            out = _run(pipe)
+    finally:
+        pipe.scheduler = before
+    assert torch.equal(ref, out)
+    assert run.report().denoiser_calls == 6 and run.report().block_reuses == 0
+
+
+def test_keyframe_steps_run_the_stock_forward_even_with_reuse_hooks(unet_pipe, dit_pipe):
+    """With hooks attached (uniform M=2), step 0 is the stock call bit for bit, and a reuse step fed the very same
+    inputs reproduces it up to float rounding (every light path recomputes what the stock forward does)."""
+    for pipe in (unet_pipe, dit_pipe):
+        den = pipe.denoiser
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        t = torch.tensor([500, 500])
+        labels = torch.tensor([1, 6])
+
+        def call(pipe=pipe, x=x, t=t, labels=labels):
+            return pipe.denoise(x, t, labels)
+
+        ref = call()
+        for gran in ("feature", "block"):
+            policy = make_preset("uniform", den, 4, interval=2)
+            policy.granularity = [gran] * len(policy.blocks)
+            with frdiff.apply(den, policy, check_model=False) as run:
+                first, second = call(), call()
+            assert torch.equal(first, ref)
+            assert run.report().block_reuses == len(policy.blocks)
+            torch.testing.assert_close(second, ref, atol=1e-5, rtol=1e-4)
+
+
+# ---- each reuse rule against a manual computation ------------------------------------------------------------------
+def _capture(module):
+    """Record each call's (args, kwargs, output) of ``module`` (plain torch hooks)."""
+    calls = []
+    h1 = module.register_forward_pre_hook(lambda m, a, k: calls.append([a, k, None]), with_kwargs=True)
+    h2 = module.register_forward_hook(lambda m, a, o: calls[-1].__setitem__(2, o))
+    return calls, (h1, h2)
+
+
+def _two_steps(pipe, policy, target):
+    """Two denoiser calls (steps 0 and 1, different inputs and timesteps) under ``policy``; calls of ``target``."""
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(2, 3, 32, 32, generator=gen) for _ in range(2)]
+    ts = [torch.tensor([800, 800]), torch.tensor([760, 760])]
+    labels = torch.tensor([2, 6])
+    calls, handles = _capture(target)
+    try:
+        with frdiff.apply(pipe.denoiser, policy, check_model=False):
+            outs = [pipe.denoise(x, t, labels) for x, t in zip(xs, ts, strict=True)]
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, outs
+
+
+def test_resnet_reuse_equals_manual_computation(unet_pipe):
+    name = "up_blocks.1.resnets.0"  # has a conv shortcut (concatenated skip input) and a time embedding
+    block = dict(unet_pipe.unet.named_modules())[name]
+    assert block.conv_shortcut is not None
+    calls, _ = _two_steps(unet_pipe, _policy(unet_pipe, [name], [[1, 0]], 2), block)
+    (a0, _, _), (a1, _, out1) = calls[0], calls[1]
+    x0, x1, temb1 = a0[0], a1[0], a1[1]
+    silu = torch.nn.functional.silu
+    with torch.no_grad():
+        cached = block.conv1(silu(block.norm1(x0)))  # the keyframe's heavy part
+        h = cached + block.time_emb_proj(silu(temb1))[:, :, None, None]  # current timestep
+        h = block.conv2(silu(block.norm2(h)))
+        manual = (block.conv_shortcut(x1) + h) / block.output_scale_factor
+    torch.testing.assert_close(out1, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_reuse_is_current_input_plus_cached_residual(unet_pipe):
+    name = "down_blocks.1.attentions.0"
+    block = dict(unet_pipe.unet.named_modules())[name]
+    calls, _ = _two_steps(unet_pipe, _policy(unet_pipe, [name], [[1, 0]], 2), block)
+    (a0, _, o0), (a1, _, o1) = calls[0], calls[1]
+    first = frdiff.blocks.first_tensor
+    torch.testing.assert_close(first(o1), a1[0] + (first(o0) - a0[0]), atol=1e-6, rtol=0)
+    assert type(o1) is type(o0)  # the block's output structure is kept
+
+
+def test_dit_block_reuse_recomputes_adaln_and_mlp(dit_pipe):
+    name = "transformer_blocks.2"
+    block = dict(dit_pipe.transformer.named_modules())[name]
+    calls, _ = _two_steps(dit_pipe, _policy(dit_pipe, [name], [[1, 0]], 2), block)
+    (a0, k0, _), (a1, k1, out1) = calls[0], calls[1]
+    x0, x1 = a0[0] if a0 else k0["hidden_states"], a1[0] if a1 else k1["hidden_states"]
+    with torch.no_grad():
+        n0 = block.norm1(x0, k0["timestep"], k0["class_labels"], hidden_dtype=x0.dtype)[0]
+        attn0 = block.attn1(n0)  # cached at the keyframe, before gating
+        _, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(x1, k1["timestep"], k1["class_labels"],
+                                                                  hidden_dtype=x1.dtype)
+        h = gate_msa.unsqueeze(1) * attn0 + x1  # gate from the current timestep
+        n = block.norm3(h) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        manual = gate_mlp.unsqueeze(1) * block.ff(n) + h
+    torch.testing.assert_close(out1, manual, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fixture,name", [("unet_pipe", "mid_block.resnets.0"), ("dit_pipe", "transformer_blocks.0")])
+def test_block_granularity_returns_the_keyframe_output(fixture, name, request):
+    pipe = request.getfixturevalue(fixture)
+    block = dict(pipe.denoiser.named_modules())[name]
+    calls, _ = _two_steps(pipe, _policy(pipe, [name], [[1, 0]], 2, granularity=["block"]), block)
+    # the hooked forward returned the cache: the module's own hooks saw the keyframe's output object again
+    assert calls[1][2] is calls[0][2]
+
+
+# ---- score mixing --------------------------------------------------------------------------------------------------
+def test_mixing_lambda_follows_the_paper_ramp():
+    m = Mixing(enabled=True)
+    assert m.lam(0.0) == 0.0 and m.lam(0.43) == 0.0
+    assert m.lam(0.5) == pytest.approx(0.5)
+    assert m.lam(0.52) == pytest.approx((30 * 0.02 + 2) / 4)
+    assert m.lam(0.57) == 1.0 and m.lam(0.99) == 1.0
+    s = Mixing(enabled=True, schedule="sigmoid", center=0.3, slope=30)  # σ(−9) < 1e-3 snaps to 0
+    assert s.lam(0.3) == pytest.approx(0.5) and s.lam(0.0) == 0.0 and s.lam(1.0) == 1.0
+    assert Mixing(enabled=True, schedule="constant", value=0.25).lam(0.9) == 0.25
+    assert Mixing(enabled=False).lam(0.0) == 1.0
+    curve = Mixing(enabled=True).curve(50)
+    assert curve[21] == 0.0 and 0 < curve[23] < 1 and curve[29] == 1.0
+
+
+def test_mixed_output_is_lambda_weighted_and_lambda_zero_skips_the_call(unet_pipe):
+    den = unet_pipe.unet
+    x = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    ts = [torch.tensor([900, 900]), torch.tensor([600, 600]), torch.tensor([300, 300])]
+    labels = torch.tensor([0, 6])
+    blocks = [b for b, _ in frdiff.find_blocks(den)]
+    mask = [[1, 0, 0]] * len(blocks)
+
+    def calls(mixing):
+        with frdiff.apply(den, _policy(unet_pipe, blocks, mask, 3, mixing=mixing), check_model=False) as run:
+            return [unet_pipe.denoise(xi, t, labels) for xi, t in zip(x, ts, strict=True)], run.report()
+
+    (key, fr1, fr2), plain = calls(Mixing())
+    (k, m1, m2), mixed = calls(Mixing(enabled=True, schedule="constant", value=0.3))
+    assert torch.equal(k, key)
+    torch.testing.assert_close(m1, 0.3 * fr1 + 0.7 * key, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(m2, 0.3 * fr2 + 0.7 * key, atol=1e-6, rtol=1e-6)
+    (k, s1, s2), skipped = calls(Mixing(enabled=True, schedule="constant", value=0.0))
+    assert torch.equal(s1, key) and torch.equal(s2, key)
+    assert (plain.denoiser_calls, skipped.denoiser_calls) == (3, 1)
+    assert skipped.step_kinds == ["full", "skip", "skip"] and mixed.lambdas == [1.0, 0.3, 0.3]
+
+
+# ---- presets -------------------------------------------------------------------------------------------------------
+def test_reduced_nfe_on_ddim_equals_ddim_with_fewer_steps(unet_pipe):
+    """Reusing ε for a step is DDIM's larger step. With the shipped "trailing" spacing, M=2 at 10 steps computes at
+    timesteps 999, 799, …, 199 and reuses down to t = 0: exactly DDIM with 5 steps."""
+    steps = 10
+    with frdiff.apply(unet_pipe, make_preset("reduced-nfe", unet_pipe.unet, steps, interval=2)) as run:
+        reused = _run(unet_pipe, steps=steps)
+    assert run.report().denoiser_calls == 5
+    assert run.report().timesteps[::2] == [999.0, 799.0, 599.0, 399.0, 199.0]
+    sched = copy.deepcopy(unet_pipe.scheduler)
+    sched.set_timesteps(5)
+    assert sched.timesteps.tolist() == [999, 799, 599, 399, 199]
+    fewer = _run(unet_pipe, steps=5)
+    torch.testing.assert_close(reused, fewer, atol=1e-4, rtol=0)
+    assert not torch.allclose(reused, _run(unet_pipe, steps=steps), atol=1e-2)  # and it is not the 10-step run
+
+
+def test_presets_masks(unet_pipe, dit_pipe):
+    unet = unet_pipe.unet
+    u = make_preset("uniform", unet, 7, interval=3)
+    assert u.keyframes[0].tolist() == [True, False, False, True, False, False, True]
+    assert u.step_kinds() == ["full", "fr", "fr", "full", "fr", "fr", "full"]
+    assert make_preset("none", unet, 5).keyframes.all()
+    r = make_preset("reduced-nfe", unet, 6, interval=2)
+    assert r.step_kinds() == ["full", "skip"] * 3 and r.denoiser_calls() == 3
+    d = make_preset("deepcache", unet, 6, interval=2)
+    names = d.blocks
+    shallow = shallow_blocks(names)
+    assert shallow == {n for n in names if n.startswith(("down_blocks.0.", "up_blocks.2."))}
+    for i, n in enumerate(names):
+        assert d.keyframes[i].all() == (n in shallow)
+    assert set(d.granularity) == {"block"}
+    dd = make_preset("deepcache", dit_pipe.transformer, 4)
+    assert shallow_blocks(dd.blocks) == {"transformer_blocks.0", "transformer_blocks.5"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_preset("fast", unet, 5)
+    with pytest.raises(ValueError, match="recorded run"):
+        make_preset("threshold", unet, 5)
+
+
+def test_threshold_keyframes_match_the_analysis_rule():
+    from workbench.analysis.similarity import keyframes_for_threshold
+
+    rel = torch.rand(5, 30, generator=torch.Generator().manual_seed(0)) * 0.2
+    rel[:, 0] = float("nan")
+    mask = frdiff.threshold_keyframes(rel, 0.25)
+    for b in range(5):
+        assert mask[b].nonzero().flatten().tolist() == keyframes_for_threshold(rel[b].numpy(), 0.25)
+    # by hand: changes 0.1 each → accumulated 0.1, 0.2, 0.3 > 0.25 → every 3rd step
+    assert frdiff.threshold_keyframes(torch.full((1, 7), 0.1), 0.25)[0].tolist() == [1, 0, 0, 1, 0, 0, 1]
+
+
+# ---- speedup prediction --------------------------------------------------------------------------------------------
+def test_predicted_speedup_from_flop_shares(unet_pipe):
+    unet = unet_pipe.unet
+    savings = {"feature": {}, "block": {}}
+    u = make_preset("uniform", unet, 4, interval=2)
+    for b in u.blocks:
+        savings["feature"][b] = 0.5 / len(u.blocks)  # reuse saves half a call
+    assert frdiff.step_costs(u, savings) == pytest.approx([1, 0.5, 1, 0.5])
+    assert frdiff.predicted_speedup(u, savings) == pytest.approx(4 / 3)
+    assert frdiff.predicted_speedup(make_preset("reduced-nfe", unet, 4, interval=2), savings) == 2.0
+    assert frdiff.predicted_speedup(make_preset("none", unet, 4), savings) == 1.0
+
+
+def test_measured_savings_are_the_skipped_parts_flops(unet_pipe, dit_pipe):
+    from workbench.compare import measure_savings
+
+    s = measure_savings(unet_pipe)
+    total = s["total_flops"]
+    conv1 = unet_pipe.unet.down_blocks[0].resnets[0].conv1
+    # conv FLOPs by hand: 2 · out_ch · in_ch · k² · H · W per image; the measured call is batch 2 (CFG)
+    expected = 2 * conv1.out_channels * conv1.in_channels * 9 * 32 * 32 * 2
+    assert s["feature"]["down_blocks.0.resnets.0"] * total == pytest.approx(expected)
+    assert s["block"]["down_blocks.0.resnets.0"] > s["feature"]["down_blocks.0.resnets.0"]
+    assert s["feature"]["down_blocks.1.attentions.0"] == s["block"]["down_blocks.1.attentions.0"]
+    d = measure_savings(dit_pipe)
+    assert 0 < d["feature"]["transformer_blocks.0"] < d["block"]["transformer_blocks.0"] < 1
+
+
+# ---- hook hygiene and concurrency ----------------------------------------------------------------------------------
+def test_hooks_are_detached_after_success_and_after_failure(unet_pipe):
+    forward = unet_pipe.unet.forward
+    policy = make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    with frdiff.apply(unet_pipe, policy):
+        assert frdiff.attached_hooks(unet_pipe)
+        _run(unet_pipe, steps=4)
+    assert frdiff.attached_hooks(unet_pipe) == []
+    with pytest.raises(frdiff.PolicyError, match="policy is for 4 steps but the pipeline runs 6"):
+        with frdiff.apply(unet_pipe, policy):
+            _run(unet_pipe, steps=6)
+    assert frdiff.attached_hooks(unet_pipe) == []
+    with pytest.raises(KeyError):
+        with frdiff.apply(unet_pipe, policy):
+            raise KeyError("boom")
+    assert frdiff.attached_hooks(unet_pipe) == []
+    assert not any(hasattr(m, "_diffusers_hook") for m in unet_pipe.unet.modules())
+    assert unet_pipe.unet.forward == forward  # the stock bound method again
+    # and the pipeline is stock again
+    ref = _run(unet_pipe, steps=3)
+    with frdiff.apply(unet_pipe, make_preset("none", unet_pipe.unet, 3)):
+        assert torch.equal(_run(unet_pipe, steps=3), ref)
+
+
+def test_several_runs_inside_one_apply_each_start_afresh(unet_pipe):
+    policy = make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    with frdiff.apply(unet_pipe, policy) as run:
+        a = _run(unet_pipe, steps=4)
+        b = _run(unet_pipe, steps=4)
+    assert torch.equal(a, b) and run.report().runs == 2
+
+
+def test_another_thread_cannot_use_a_pipeline_while_a_policy_is_applied(unet_pipe):
+    policy = make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    errors = []
+
+    def other():
+        try:
+            _run(unet_pipe, steps=4)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    with frdiff.apply(unet_pipe, policy):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        with pytest.raises(RuntimeError, match="busy"):
+            with frdiff.apply(unet_pipe, policy, timeout=0.05):
+                pass
+    assert errors and "another thread" in errors[0]
+
+
+def test_concurrent_runs_of_one_pipeline_take_turns_and_stay_correct(unet_pipe):
+    none = make_preset("none", unet_pipe.unet, 4)
+    uni = make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    with frdiff.apply(unet_pipe, none):
+        ref_none = _run(unet_pipe, steps=4)
+    with frdiff.apply(unet_pipe, uni):
+        ref_uni = _run(unet_pipe, steps=4)
+    results = {}
+
+    def worker(name, policy):
+        for i in range(2):
+            with frdiff.apply(unet_pipe, policy):
+                results[(name, i)] = _run(unet_pipe, steps=4)
+
+    threads = [threading.Thread(target=worker, args=a) for a in (("none", none), ("uni", uni))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(results[("none", i)], ref_none) for i in range(2))
+    assert all(torch.equal(results[("uni", i)], ref_uni) for i in range(2))
+    assert not torch.equal(ref_none, ref_uni)

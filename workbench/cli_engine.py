@@ -1,0 +1,203 @@
+"""CLI commands of the FRDiff engine: ``policy make|validate|remap|from-run`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from workbench.cli import UserError, _load, parse_seeds
+
+
+def _policy_error(exc) -> UserError:
+    problems = getattr(exc, "problems", None) or [str(exc)]
+    return UserError("invalid policy: " + "; ".join(problems))
+
+
+def _preset(args, pipe, steps: int):
+    import frdiff
+
+    try:
+        return frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=args.scheduler or "ddim",
+                                  interval=args.interval, mix=args.mix)
+    except (ValueError, frdiff.PolicyError) as exc:
+        raise _policy_error(exc) from None
+
+
+def _load_policy(path: str):
+    import frdiff
+
+    try:
+        return frdiff.Policy.load(path)
+    except frdiff.PolicyError as exc:
+        raise _policy_error(exc) from None
+
+
+def _kinds_line(policy) -> str:
+    """One character per step: K full (keyframe), r FR (some blocks reuse), - skipped (λ = 0, no call)."""
+    return "".join({"full": "K", "fr": "r", "skip": "-"}[k] for k in policy.step_kinds())
+
+
+def cmd_policy(args: argparse.Namespace) -> dict:
+    import frdiff
+
+    if args.action == "make":
+        if not args.out:
+            raise UserError("policy make needs --out P.json")
+        args.model = args.model or "tiny-unet"
+        pipe = _load(args)
+        policy = _preset(args, pipe, args.steps)
+        policy.save(args.out)
+        report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
+                  "denoiser_calls": policy.denoiser_calls(), "step_kinds": _kinds_line(policy)}
+    elif args.action == "validate":
+        if not args.file:
+            raise UserError("policy validate needs a policy JSON file")
+        policy = _load_policy(args.file)
+        if args.model:
+            pipe = _load(args)
+            den = frdiff.denoiser_of(pipe)
+            problems = policy.problems(model_blocks=dict(frdiff.find_blocks(den)),
+                                       fingerprint=frdiff.model_fingerprint(den))
+            if problems:
+                raise UserError("invalid policy for " + args.model + ": " + "; ".join(problems))
+        report = {"valid": True, "file": args.file, "blocks": len(policy.blocks), "steps": policy.steps,
+                  "denoiser_calls": policy.denoiser_calls()}
+    elif args.action == "remap":
+        if not args.out or not args.file:
+            raise UserError("policy remap needs a policy file, --steps S and --out P.json")
+        policy = _load_policy(args.file).remap(args.steps)
+        policy.save(args.out)
+        report = {"out": args.out, "steps": policy.steps, "denoiser_calls": policy.denoiser_calls()}
+    elif args.action == "from-run":
+        if not args.out or args.threshold is None:
+            raise UserError("policy from-run needs --threshold δ and --out P.json")
+        report = _policy_from_run(args)
+    else:
+        raise UserError(f"unknown policy action {args.action!r}")
+    if not args.json:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+    return report
+
+
+def _policy_from_run(args) -> dict:
+    import torch
+
+    import frdiff
+    from workbench.store import FeatureStore, StoreError
+    from workbench.zoo import load_pipeline
+
+    if not args.file:
+        raise UserError("policy from-run needs the run folder written by `record`")
+    try:
+        store = FeatureStore.open(args.file)
+    except (FileNotFoundError, ValueError, StoreError) as exc:
+        raise UserError(str(exc)) from None
+    manifest = store.manifest
+    if not store.complete:
+        raise UserError(f"the run in {args.file} is incomplete ({store.steps_done} of {manifest['steps']} steps)")
+    pipe = load_pipeline(args.model or manifest["model"]["id"])
+    steps = len(store.timesteps)
+    rel = {}
+    for block in store.blocks:
+        stats = store.stats(block)
+        rel[block] = torch.as_tensor(stats["rel_l1"]).double().reshape(steps, -1).mean(1)
+    try:
+        policy = frdiff.threshold_policy(frdiff.denoiser_of(pipe), rel, steps, args.threshold,
+                                         scheduler=manifest["scheduler"]["name"], source=str(args.file),
+                                         mix=args.mix)
+    except (ValueError, frdiff.PolicyError) as exc:
+        raise _policy_error(exc) from None
+    policy.save(args.out)
+    return {"out": args.out, "blocks": len(policy.blocks), "steps": steps, "threshold": args.threshold,
+            "keyframes_per_block": policy.keyframes.sum(1).tolist(), "denoiser_calls": policy.denoiser_calls()}
+
+
+def cmd_run(args: argparse.Namespace) -> dict:
+    import frdiff
+    from workbench.compare import Variant, compare
+    from workbench.train import save_grid
+
+    pipe = _load(args)
+    seeds = parse_seeds(args.seeds)
+    if args.cls == "all":
+        labels = [s % pipe.num_classes for s in seeds]
+    else:
+        try:
+            labels = [pipe.class_to_index(args.cls)] * len(seeds)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if (args.policy is None) == (args.preset is None):
+        raise UserError("give exactly one of --policy P.json or --preset NAME")
+    if args.policy:
+        policy = _load_policy(args.policy)
+        steps = policy.steps
+        den = frdiff.denoiser_of(pipe)
+        problems = policy.problems(model_blocks=dict(frdiff.find_blocks(den)),
+                                   fingerprint=frdiff.model_fingerprint(den))
+        if problems:
+            raise UserError("invalid policy for " + args.model + ": " + "; ".join(problems))
+        name = Path(args.policy).stem
+    else:
+        steps = args.steps
+        policy = _preset(args, pipe, steps)
+        name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "")
+    result = compare(pipe, [Variant(name, policy)], labels, seeds, steps=steps, scheduler=args.scheduler,
+                     guidance_scale=args.guidance, repeats=args.repeats, keep_images=bool(args.out))
+    v, ref = result["variants"][0], result["reference"]
+    report = {k: v[k] for k in ("latency_s", "reference_latency_s", "speedup", "predicted_speedup", "denoiser_calls",
+                                "psnr", "ssim", "max_abs_diff", "class_accuracy")}
+    if "fd_shapes" in v:
+        report["fd_shapes"] = v["fd_shapes"]
+        report["reference_fd_shapes"] = ref["fd_shapes"]
+    report.update(model=args.model, policy=name, steps=steps, scheduler=args.scheduler or "ddim", n=len(seeds),
+                  reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"])
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = max(1, int(len(seeds) ** 0.5))
+        save_grid(v["images"], out / "variant.png", rows=rows)
+        save_grid(ref["images"], out / "reference.png", rows=rows)
+        policy.save(out / "policy.json")
+        (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
+        report["out"] = str(out)
+    if not args.json:
+        for k, val in report.items():
+            print(f"{k}: {val}")
+    return report
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("policy", help="make, validate, remap or derive (from a recorded run) an FRDiff policy")
+    p.add_argument("action", choices=["make", "validate", "remap", "from-run"])
+    p.add_argument("file", nargs="?", default=None, help="policy JSON (validate, remap) or run folder (from-run)")
+    p.add_argument("--model", default=None,
+                   help="embedded name, local folder or hub id (make: default tiny-unet; from-run: the run's model)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--preset", default="uniform", help="none | uniform | reduced-nfe | deepcache")
+    p.add_argument("--interval", type=int, default=2, help="keyframe every M steps (uniform, reduced-nfe, deepcache)")
+    p.add_argument("--mix", action="store_true", help="score mixing with the paper's defaults")
+    p.add_argument("--scheduler", default="ddim", help="scheduler the policy is for (ddim, dpmpp, euler, unipc)")
+    p.add_argument("--threshold", type=float, default=None, help="from-run: accumulated relative L1 per keyframe")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="where to write the policy JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("run", help="sample with a policy and compare it with the no-reuse run from the same seeds")
+    p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
+    p.add_argument("--policy", default=None, help="policy JSON")
+    p.add_argument("--preset", default=None, help="none | uniform | reduced-nfe | deepcache (instead of --policy)")
+    p.add_argument("--interval", type=int, default=2)
+    p.add_argument("--mix", action="store_true")
+    p.add_argument("--steps", type=int, default=50, help="steps (presets; a policy file carries its own)")
+    p.add_argument("--seeds", default="0-7", help="one image per seed: 0-7, 1,5,9 …")
+    p.add_argument("--class", dest="cls", default="all", help="class name, or 'all' (seed mod classes)")
+    p.add_argument("--scheduler", default=None, help="ddim (default), dpmpp, euler, unipc")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_run)

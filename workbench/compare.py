@@ -1,0 +1,113 @@
+"""Run a reference and any number of variants (policies, fewer steps) from the same seeds, and measure each.
+
+Every variant samples the same labels from the same per-image seeds as the reference (the stock pipeline at
+``steps`` steps), so differences are the variant's alone. Per variant: PSNR/SSIM/max-abs-diff against the
+reference, class accuracy and (from 64 samples) FD-shapes, latency, measured speedup and the speedup predicted from
+FLOPs before running (:mod:`frdiff.speedup`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import frdiff
+from frdiff import Policy
+from workbench.metrics import compare_images
+from workbench.recorder import capture_denoiser_call
+from workbench.sampling import SampleResult, judge, sample
+
+
+class Cancelled(RuntimeError):
+    """The caller's cancel flag was set; results so far are discarded."""
+
+
+@dataclass
+class Variant:
+    """One way to sample: ``policy`` (None = the stock pipeline) at ``steps`` (None = the policy's or the
+    reference's) with ``scheduler`` (None = the comparison's)."""
+
+    name: str
+    policy: Policy | None = None
+    steps: int | None = None
+    scheduler: str | None = None
+
+
+def measure_savings(pipe, steps: int = 1) -> dict:
+    """FLOP shares a reuse step saves, per block and granularity, measured on one real call of ``pipe``."""
+    args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=steps, output_type="pt"))
+    return frdiff.measure_savings(frdiff.denoiser_of(pipe), None, *args, **kwargs)
+
+
+def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], steps: int, scheduler: str | None,
+                guidance_scale: float | None = None, batch_size: int = 64):
+    """Sample ``variant``; returns ``(SampleResult, frdiff.RunReport | None)``. Holds the pipeline's lock."""
+    steps = variant.steps or (variant.policy.steps if variant.policy else steps)
+    sched = variant.scheduler or scheduler
+    if variant.policy is None:
+        with frdiff.exclusive(pipe):
+            return sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
+                          batch_size=batch_size), None
+    with frdiff.apply(pipe, variant.policy) as run:
+        result = sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
+                        batch_size=batch_size)
+    return result, run.report()
+
+
+def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int = 50,
+            scheduler: str | None = "ddim", guidance_scale: float | None = None, repeats: int = 1,
+            batch_size: int = 64, progress: Callable[[dict], None] | None = None,
+            cancel: Callable[[], bool] | None = None, keep_images: bool = False) -> dict:
+    """Reference + ``variants``, ``repeats`` interleaved timing rounds (latency = median; quality from round 1).
+
+    Returns ``{"reference": {...}, "variants": [{...}, ...]}``; with ``keep_images`` each entry also holds its
+    ``images`` tensor.
+    """
+    if len(labels) != len(seeds):
+        raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
+    savings = measure_savings(pipe)
+    with frdiff.exclusive(pipe):  # warm-up, so the first timed run does not pay for allocation
+        sample(pipe, labels[:batch_size], seeds[:batch_size], steps=2, guidance_scale=guidance_scale,
+               scheduler=scheduler, batch_size=batch_size)
+    everything = [Variant("reference")] + list(variants)
+    latencies: list[list[float]] = [[] for _ in everything]
+    results: list[tuple[SampleResult, object] | None] = [None] * len(everything)
+    total, done = repeats * len(everything), 0
+    for _ in range(max(1, repeats)):
+        for i, v in enumerate(everything):
+            if cancel is not None and cancel():
+                raise Cancelled("cancelled")
+            res, report = run_variant(pipe, v, labels, seeds, steps, scheduler, guidance_scale, batch_size)
+            latencies[i].append(res.latency_s)
+            if results[i] is None:
+                results[i] = (res, report)
+            done += 1
+            if progress is not None:
+                progress({"done": done, "total": total, "variant": v.name})
+    ref_res, _ = results[0]
+    ref_latency = statistics.median(latencies[0])
+    ref_entry = {"name": "reference", "steps": steps, "scheduler": scheduler or "ddim", "latency_s": ref_latency,
+                 "denoiser_calls": steps, **judge(ref_res)}
+    if keep_images:
+        ref_entry["images"] = ref_res.images
+    out = {"reference": ref_entry, "variants": [], "savings": savings, "n": len(seeds)}
+    for i, v in enumerate(everything[1:], start=1):
+        res, report = results[i]
+        latency = statistics.median(latencies[i])
+        v_steps = v.steps or (v.policy.steps if v.policy else steps)
+        if v.policy is not None:
+            predicted = steps / sum(frdiff.step_costs(v.policy, savings))
+            calls = report.denoiser_calls
+        else:
+            predicted, calls = steps / v_steps, v_steps
+        entry = {"name": v.name, "steps": v_steps, "scheduler": v.scheduler or scheduler or "ddim",
+                 "latency_s": latency, "reference_latency_s": ref_latency, "speedup": ref_latency / latency,
+                 "predicted_speedup": predicted, "denoiser_calls": calls,
+                 "block_reuses": report.block_reuses if report else 0,
+                 **compare_images(ref_res.images, res.images), **judge(res)}
+        entry.pop("psnr_per_image")
+        if keep_images:
+            entry["images"] = res.images
+        out["variants"].append(entry)
+    return out
