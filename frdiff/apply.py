@@ -85,9 +85,9 @@ class _StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, policy: Policy, state: ReuseState, scheduler, owner: int, report: RunReport):
+    def __init__(self, policy: Policy, state: ReuseState, pipe, owner: int, report: RunReport):
         super().__init__()
-        self.policy, self.state, self.scheduler, self.owner, self.report = policy, state, scheduler, owner, report
+        self.policy, self.state, self.pipe, self.owner, self.report = policy, state, pipe, owner, report
         self.kinds = policy.step_kinds()
         self.lams = policy.step_lambdas()
         self.calls = 0
@@ -99,7 +99,8 @@ class _StepHook(ModelHook):
         return module
 
     def _start_run(self) -> None:
-        n = getattr(self.scheduler, "num_inference_steps", None) if self.scheduler is not None else None
+        scheduler = getattr(self.pipe, "scheduler", None)  # read now: callers may swap the scheduler after apply()
+        n = getattr(scheduler, "num_inference_steps", None) if scheduler is not None else None
         if n is not None and int(n) != self.policy.steps:
             raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
                                f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
@@ -109,6 +110,7 @@ class _StepHook(ModelHook):
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
 
+    @torch.compiler.disable(recursive=False)  # Python-side control flow: torch.compile traces the model it calls
     def new_forward(self, module, *args, **kwargs):
         if threading.get_ident() != self.owner:
             raise RuntimeError("this denoiser has an FRDiff policy applied in another thread; run shared pipelines "
@@ -121,7 +123,7 @@ class _StepHook(ModelHook):
             self.report.runs += 1
         kind, lam = self.kinds[s], self.lams[s]
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        self.report.timesteps.append(float(torch.as_tensor(t).flatten()[0]) if t is not None else float("nan"))
+        self.report.timesteps.append(t)  # kept as given: float() of a GPU tensor here would sync every step
         self.report.step_kinds.append(kind)
         self.report.lambdas.append(lam)
         if kind == "skip":
@@ -149,7 +151,15 @@ class FRRun:
         self._report = RunReport(steps=policy.steps)
 
     def report(self) -> RunReport:
-        return self._report
+        r = self._report
+        r.timesteps = [_as_float(t) for t in r.timesteps]
+        return r
+
+
+def _as_float(t) -> float:
+    if t is None:
+        return float("nan")
+    return float(torch.as_tensor(t).flatten()[0]) if not isinstance(t, float) else t
 
 
 @contextmanager
@@ -160,7 +170,6 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     timeout: seconds to wait while another thread runs the same pipeline (``None`` waits).
     """
     denoiser = denoiser_of(pipe)
-    scheduler = getattr(pipe, "scheduler", None)
     if check_model:
         policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser))
     else:
@@ -175,7 +184,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     attached: list[tuple[nn.Module, str]] = []
     start = time.perf_counter()
     try:
-        step_hook = _StepHook(policy, state, scheduler, threading.get_ident(), run._report)
+        step_hook = _StepHook(policy, state, pipe, threading.get_ident(), run._report)
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
         reuses = (~policy.keyframes).any(1).tolist() if policy.blocks else []

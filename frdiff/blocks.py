@@ -11,6 +11,7 @@ FLOP shares are measured with ``torch.utils.flop_counter.FlopCounterMode`` on on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,31 @@ def denoiser_of(pipe) -> nn.Module:
         if isinstance(module, nn.Module):
             return module
     raise ValueError(f"{type(pipe).__name__} has no unet or transformer (the denoiser FRDiff hooks)")
+
+
+class _StopCapture(Exception):
+    """Raised inside the denoiser's pre-hook to end a pipeline call once its inputs are captured."""
+
+
+def capture_denoiser_call(pipe, call: Callable[[], object]) -> tuple[tuple, dict]:
+    """Run ``call`` (a pipeline call) only until its first denoiser call; return that call's ``(args, kwargs)``."""
+    denoiser = denoiser_of(pipe)
+    captured: dict = {}
+
+    def grab(_m, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _StopCapture
+
+    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        call()
+    except _StopCapture:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:
+        raise RuntimeError("the pipeline call never reached its denoiser")
+    return captured["args"], captured["kwargs"]
 
 
 def first_tensor(output) -> torch.Tensor | None:

@@ -113,6 +113,7 @@ class ResnetFeatureHook(_ReuseHook):
         self._handle.remove()
         return module
 
+    @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, input_tensor, temb, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is True:
@@ -170,6 +171,7 @@ def resnet_light(m: nn.Module, x: torch.Tensor, temb: torch.Tensor | None, h: to
 class ResidualFeatureHook(_ReuseHook):
     """``Transformer2DModel``: reuse the residual branch (output − input); output = current input + cache."""
 
+    @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, hidden_states, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
@@ -188,6 +190,7 @@ class ResidualFeatureHook(_ReuseHook):
 class SelfAttentionFeatureHook(_ReuseHook):
     """A transformer block's ``attn1``: reuse the self-attention output before the block gates it."""
 
+    @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
@@ -203,6 +206,7 @@ class SelfAttentionFeatureHook(_ReuseHook):
 class WholeBlockHook(_ReuseHook):
     """``block`` granularity: reuse the block's whole output and skip its forward."""
 
+    @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:

@@ -287,6 +287,16 @@ def test_hooks_are_detached_after_success_and_after_failure(unet_pipe):
         assert torch.equal(_run(unet_pipe, steps=3), ref)
 
 
+def test_step_count_is_checked_against_the_scheduler_in_use_at_run_time(unet_pipe):
+    from workbench.sampling import sample
+
+    policy = make_preset("uniform", unet_pipe.unet, 5, interval=2)
+    unet_pipe.scheduler.set_timesteps(1)  # a stale count on the scheduler that sample() swaps out
+    with frdiff.apply(unet_pipe, policy) as run:
+        sample(unet_pipe, [0], [0], steps=5, scheduler="euler")
+    assert run.report().denoiser_calls == 5
+
+
 def test_several_runs_inside_one_apply_each_start_afresh(unet_pipe):
     policy = make_preset("uniform", unet_pipe.unet, 4, interval=2)
     with frdiff.apply(unet_pipe, policy) as run:

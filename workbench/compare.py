@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import frdiff
 from frdiff import Policy
 from workbench.metrics import compare_images
-from workbench.recorder import capture_denoiser_call
+from frdiff.blocks import capture_denoiser_call
 from workbench.sampling import SampleResult, judge, sample
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from frdiff.blocks import denoiser_of, discover_blocks, first_tensor
+from frdiff.blocks import capture_denoiser_call, denoiser_of, discover_blocks, first_tensor
 from workbench.store import ARRAYS, write_manifest
 
 # Pipelines whose CFG batch puts the conditional half first; every other known one is [uncond, cond].
@@ -87,31 +87,6 @@ def adjacent_stats(cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor,
     cos = F.cosine_similarity(a, b, dim=1, eps=1e-12)
     rel = (a - b).abs().sum(1) / b.abs().sum(1).clamp_min(1e-12)
     return cos, rel
-
-
-class _Stop(Exception):
-    pass
-
-
-def capture_denoiser_call(pipe, call: Callable[[], object]) -> tuple[tuple, dict]:
-    """Run ``call`` (a pipeline call) only until its first denoiser call; return that call's ``(args, kwargs)``."""
-    denoiser = denoiser_of(pipe)
-    captured: dict = {}
-
-    def grab(_m, args, kwargs):
-        captured["args"], captured["kwargs"] = args, kwargs
-        raise _Stop
-
-    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        call()
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "args" not in captured:
-        raise RuntimeError("the pipeline call never reached its denoiser")
-    return captured["args"], captured["kwargs"]
 
 
 def _timestep_of(args: tuple, kwargs: dict) -> int:

@@ -1,0 +1,27 @@
+"""Smoke runs of the engine's benchmark suites at tiny size (the numbers in docs come from full runs)."""
+
+import pytest
+
+from workbench.bench_engine import bench_engine_quality, bench_gpu_speed
+
+
+def test_gpu_speed_suite_small():
+    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4)
+    m = r["models"]["sd15-unet"]
+    assert r["small"] and 0.5 < m["reuse_flop_share"] < 0.9  # conv1 + attention: most of a UNet's FLOPs
+    assert m["predicted_reuse_over_full"] == pytest.approx(1 - m["reuse_flop_share"])
+    rows = {row["variant"]: row for row in m["end_to_end"]}
+    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3"}
+    assert rows["uniform M=2"]["denoiser_calls"] == 4 and rows["none"]["speedup"] == 1.0
+    assert all(row["latency_s"] > 0 for row in rows.values())
+
+
+def test_engine_quality_suite_small():
+    r = bench_engine_quality(seeds=2, steps=4, models=("tiny-unet",), schedulers=("euler",))
+    main = r["models"]["tiny-unet"]["ddim"]
+    names = [v["name"] for v in main["variants"]]
+    assert names[:2] == ["reduced-nfe M=2", "reduced-nfe M=3"] and len(names) == 7
+    calls = {v["name"]: v["denoiser_calls"] for v in main["variants"]}
+    assert calls["reduced-nfe M=2"] == 2 and calls["FR M=2"] == 4
+    assert all(0 < v["ssim"] <= 1 for v in main["variants"])
+    assert set(r["models"]["tiny-unet"]["schedulers"]) == {"euler"}

@@ -1,0 +1,227 @@
+"""``bench gpu-speed``: how fast the engine's reuse steps are on real-size architectures, and how close end-to-end
+runs get to the speedup predicted from FLOPs.
+
+Models (random weights: speed does not depend on training):
+- ``sd15-unet``: Stable Diffusion 1.5's UNet architecture (``UNet2DConditionModel``, 860 M parameters) at 512 px
+  (64×64 latents), one image with CFG (UNet batch 2), 77 context tokens of width 768, fp16 on CUDA.
+- ``dit-xl-2``: DiT-XL/2 (``DiTTransformer2DModel``, 28 blocks of width 1152, patch 2) at 256 px (32×32 latents),
+  one image with CFG, fp16.
+``small=True`` (the CPU variant and the CI smoke test) uses the same block types at a fraction of the size.
+
+Per model: the FLOP share a reuse step skips; the time of a full denoiser call and of a reuse call (all blocks
+reusing, same inputs); end-to-end 50-step DDIM runs of ``none``, uniform M=2, M=2 + mixing and M=3 (median of
+``repeats``, interleaved), their measured speedup next to the FLOP prediction and to the prediction from the measured
+per-step ratio; optionally the same under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import frdiff
+from frdiff import make_preset
+from frdiff.blocks import capture_denoiser_call
+from workbench.pipeline import ClassTokenEncoder, ShapesPipeline
+
+VARIANTS = [("uniform M=2", dict(preset="uniform", interval=2)),
+            ("uniform M=2 + mixing", dict(preset="uniform", interval=2, mix=True)),
+            ("uniform M=3", dict(preset="uniform", interval=3))]
+
+
+def _sd15_unet(small: bool):
+    from diffusers import UNet2DConditionModel
+
+    if small:
+        return UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64, 64, 64), layers_per_block=2,
+                                    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32), 64, 16
+    return UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                cross_attention_dim=768, attention_head_dim=8), 768, 77
+
+
+def _dit_xl2(small: bool):
+    from diffusers import DiTTransformer2DModel
+
+    if small:
+        return DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8,
+                                     num_layers=4, sample_size=16, patch_size=2, num_embeds_ada_norm=1000)
+    return DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                                 num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+
+
+def build(name: str, device: torch.device, dtype: torch.dtype, small: bool = False) -> ShapesPipeline:
+    """A pipeline around a randomly initialised real-size (or ``small``) denoiser; weights made on ``device``."""
+    from diffusers import DDIMScheduler
+
+    torch.manual_seed(0)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          timestep_spacing="trailing")
+    with torch.device(device):
+        if name == "sd15-unet":
+            unet, dim, tokens = _sd15_unet(small)
+            enc = ClassTokenEncoder(num_classes=1, num_tokens=tokens, dim=dim)
+            pipe = ShapesPipeline(scheduler=sched, unet=unet, class_encoder=enc, default_guidance_scale=7.5)
+        elif name == "dit-xl-2":
+            pipe = ShapesPipeline(scheduler=sched, transformer=_dit_xl2(small), default_guidance_scale=4.0)
+        else:
+            raise ValueError(f"unknown model {name!r}")
+    pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.denoiser.train(False).requires_grad_(False)
+    return pipe
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def step_times(pipe, device, n: int = 20) -> dict:
+    """Median seconds of a full denoiser call and of a reuse call (all blocks reuse, feature granularity)."""
+    den = pipe.denoiser
+    args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=2, output_type="pt"))
+    for _ in range(3):
+        den(*args, **kwargs)
+    full = [_timed(lambda: den(*args, **kwargs), device) for _ in range(n)]
+    policy = make_preset("uniform", den, n + 1, interval=n + 1)
+    with frdiff.apply(den, policy, check_model=False):
+        den(*args, **kwargs)  # step 0: the keyframe fills the caches
+        reuse = [_timed(lambda: den(*args, **kwargs), device) for _ in range(n)]
+    t_full, t_reuse = statistics.median(full), statistics.median(reuse)
+    return {"full_step_s": t_full, "reuse_step_s": t_reuse, "reuse_over_full": t_reuse / t_full}
+
+
+@torch.no_grad()
+def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float) -> list[dict]:
+    """50-step runs of the reference and each variant, interleaved; speedups against the reference."""
+    den = pipe.denoiser
+    policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False))
+                for label, kw in VARIANTS}
+
+    def run(policy):
+        gen = torch.Generator("cpu").manual_seed(0)
+        if policy is None:
+            return _timed(lambda: pipe([0], num_inference_steps=steps, generator=gen, output_type="pt"), device)
+        with frdiff.apply(pipe, policy):
+            return _timed(lambda: pipe([0], num_inference_steps=steps, generator=gen, output_type="pt"), device)
+
+    run(None)  # warm-up
+    times: dict[str, list[float]] = {"none": [], **{label: [] for label in policies}}
+    for _ in range(repeats):
+        times["none"].append(run(None))
+        for label, policy in policies.items():
+            times[label].append(run(policy))
+    ref = statistics.median(times["none"])
+    rows = [{"variant": "none", "latency_s": ref, "speedup": 1.0, "predicted_speedup": 1.0,
+             "predicted_from_step_ratio": 1.0, "denoiser_calls": steps}]
+    for label, policy in policies.items():
+        latency = statistics.median(times[label])
+        kinds = policy.step_kinds()
+        by_ratio = steps / sum(1.0 if k == "full" else 0.0 if k == "skip" else ratio for k in kinds)
+        predicted = frdiff.predicted_speedup(policy, savings)
+        rows.append({"variant": label, "latency_s": latency, "speedup": ref / latency, "predicted_speedup": predicted,
+                     "measured_over_predicted": (ref / latency) / predicted,
+                     "predicted_from_step_ratio": by_ratio, "denoiser_calls": policy.denoiser_calls()})
+    return rows
+
+
+def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
+                    steps: int = 50, compile: bool = False) -> dict:
+    """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    small = (device.type != "cuda") if small is None else small
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
+              "repeats": repeats, "models": {}}
+    for name in models:
+        pipe = build(name, device, dtype, small)
+        args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
+                                                                          output_type="pt"))
+        savings = frdiff.measure_savings(pipe.denoiser, "feature", *args, **kwargs)
+        saved = sum(savings["feature"].values())
+        st = step_times(pipe, device)
+        entry = {"parameters": sum(p.numel() for p in pipe.denoiser.parameters()), "reuse_flop_share": saved,
+                 "predicted_reuse_over_full": 1 - saved, **st,
+                 "end_to_end": end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"])}
+        if compile:
+            entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
+        report["models"][name] = entry
+        del pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
+
+
+def _compiled(pipe, device, steps, repeats, savings) -> dict:
+    """The same under ``torch.compile`` of the denoiser (hooks stay Python-side; see docs/engine.md)."""
+    try:
+        pipe.denoiser.compile()
+        t0 = time.perf_counter()
+        st = step_times(pipe, device)
+        rows = end_to_end(pipe, device, steps, max(2, repeats // 2), savings, st["reuse_over_full"])
+        return {"works": True, "compile_and_run_s": time.perf_counter() - t0, **st, "end_to_end": rows}
+    except Exception as exc:  # report, don't hide: compile support is one of the questions this suite answers
+        return {"works": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+
+
+QUALITY_VARIANTS = [
+    ("reduced-nfe M=2", dict(preset="reduced-nfe", interval=2)),  # at 50 steps: 25 calls = DDIM 25 steps
+    ("reduced-nfe M=3", dict(preset="reduced-nfe", interval=3)),  # 17 calls = DDIM 17 steps
+    ("FR M=2", dict(preset="uniform", interval=2)),
+    ("FR M=2 + mixing", dict(preset="uniform", interval=2, mix=True)),
+    ("FR M=3", dict(preset="uniform", interval=3)),
+    ("FR M=3 + mixing", dict(preset="uniform", interval=3, mix=True)),
+    ("deepcache M=3", dict(preset="deepcache", interval=3)),
+]
+SCHEDULER_VARIANTS = ["reduced-nfe M=2", "FR M=2", "FR M=2 + mixing", "FR M=3"]
+
+
+def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"),
+                         steps: int = 50, schedulers: tuple[str, ...] = ("ddim", "dpmpp", "euler", "unipc"),
+                         scheduler_seeds: int | None = None, progress=None) -> dict:
+    """The paper's comparison on the shipped models: every variant against the full ``steps``-step run from the
+    same ``seeds`` (classes cycling), under DDIM; then a subset of variants under each of ``schedulers``."""
+    from workbench.compare import Variant, compare
+    from workbench.zoo import load_pipeline
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {"suite": "engine-quality", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "torch": torch.__version__, "steps": steps, "seeds": seeds, "repeats": repeats, "models": {}}
+    for name in models:
+        pipe = load_pipeline(name, device=device)
+        pipe.set_progress_bar_config(disable=True)
+        labels = [s % pipe.num_classes for s in range(seeds)]
+
+        def variants(sched, only=None, pipe=pipe):
+            out = []
+            for label, kw in QUALITY_VARIANTS:
+                if only is None or label in only:
+                    pol = make_preset(kw["preset"], pipe.denoiser, steps, scheduler=sched, interval=kw["interval"],
+                                      mix=kw.get("mix", False))
+                    out.append(Variant(label, pol, scheduler=sched))
+            return out
+
+        main = compare(pipe, variants("ddim"), labels, list(range(seeds)), steps=steps, scheduler="ddim",
+                       repeats=repeats, progress=progress)
+        main.pop("savings")
+        entry = {"ddim": main, "schedulers": {}}
+        n_s = scheduler_seeds or seeds
+        for sched in schedulers:
+            res = compare(pipe, variants(sched, SCHEDULER_VARIANTS), labels[:n_s], list(range(n_s)), steps=steps,
+                          scheduler=sched, repeats=1, progress=progress)
+            res.pop("savings")
+            entry["schedulers"][sched] = res
+        report["models"][name] = entry
+    return report
