@@ -104,27 +104,63 @@ def step_times(pipe, device, n: int = 20) -> dict:
 
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float) -> list[dict]:
-    """50-step runs of the reference and each variant, interleaved; speedups against the reference."""
+    """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
+    follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
+    events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ."""
+    import random
+
     den = pipe.denoiser
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False))
                 for label, kw in VARIANTS}
+    per_step: dict[str, dict[str, list[float]]] = {"none": {}, **{label: {} for label in policies}}
 
-    def run(policy):
+    def run(label):
+        policy = policies.get(label)
         gen = torch.Generator("cpu").manual_seed(0)
-        if policy is None:
-            return _timed(lambda: pipe([0], num_inference_steps=steps, generator=gen, output_type="pt"), device)
-        with frdiff.apply(pipe, policy):
-            return _timed(lambda: pipe([0], num_inference_steps=steps, generator=gen, output_type="pt"), device)
+        events = []
 
-    run(None)  # warm-up
+        def on_step(_pipe, _i, _t, tensors):
+            if device.type == "cuda":
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                events.append(ev)
+            return tensors
+
+        def call():
+            if device.type == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+                events.append(start)
+            pipe([0], num_inference_steps=steps, generator=gen, output_type="pt", callback_on_step_end=on_step)
+
+        if policy is None:
+            elapsed = _timed(call, device)
+            kinds = ["full"] * steps
+        else:
+            with frdiff.apply(pipe, policy):
+                elapsed = _timed(call, device)
+            kinds = policy.step_kinds()
+        if len(events) == steps + 1:
+            for kind, a, b in zip(kinds, events[:-1], events[1:], strict=True):
+                per_step[label].setdefault(kind, []).append(a.elapsed_time(b) / 1000)
+        return elapsed
+
+    run("none")  # warm-up
+    per_step["none"].clear()
     times: dict[str, list[float]] = {"none": [], **{label: [] for label in policies}}
+    order = list(times)
+    rng = random.Random(0)
     for _ in range(repeats):
-        times["none"].append(run(None))
-        for label, policy in policies.items():
-            times[label].append(run(policy))
+        rng.shuffle(order)
+        for label in order:
+            times[label].append(run(label))
     ref = statistics.median(times["none"])
+
+    def in_situ(label):
+        return {k: statistics.median(v) for k, v in per_step[label].items()} if per_step[label] else None
+
     rows = [{"variant": "none", "latency_s": ref, "speedup": 1.0, "predicted_speedup": 1.0,
-             "predicted_from_step_ratio": 1.0, "denoiser_calls": steps}]
+             "predicted_from_step_ratio": 1.0, "denoiser_calls": steps, "step_s_in_run": in_situ("none")}]
     for label, policy in policies.items():
         latency = statistics.median(times[label])
         kinds = policy.step_kinds()
@@ -132,7 +168,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         predicted = frdiff.predicted_speedup(policy, savings)
         rows.append({"variant": label, "latency_s": latency, "speedup": ref / latency, "predicted_speedup": predicted,
                      "measured_over_predicted": (ref / latency) / predicted,
-                     "predicted_from_step_ratio": by_ratio, "denoiser_calls": policy.denoiser_calls()})
+                     "predicted_from_step_ratio": by_ratio, "denoiser_calls": policy.denoiser_calls(),
+                     "step_s_in_run": in_situ(label)})
     return rows
 
 
