@@ -38,25 +38,51 @@ from .blocks import denoiser_of, find_blocks, first_tensor
 from .policy import Policy, PolicyError, model_fingerprint
 from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target, wrapper
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+
+class _PipelineLock:
+    """A denoiser's run lock that knows its holder, so nesting in one thread is caught instead of deadlocking."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+    def held_here(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def acquire(self, timeout: float | None, what: str) -> None:
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise RuntimeError(f"the pipeline is busy with another run; {what} waited {timeout} s")
+        self.owner = threading.get_ident()
+
+    def release(self) -> None:
+        self.owner = None
+        self.lock.release()
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, _PipelineLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 STEP_HOOK = f"{HOOK_PREFIX}-step"
 
 
-def _lock_of(denoiser: nn.Module) -> threading.Lock:
+def _lock_of(denoiser: nn.Module) -> _PipelineLock:
     with _LOCKS_GUARD:
         lock = _LOCKS.get(denoiser)
         if lock is None:
-            lock = _LOCKS[denoiser] = threading.Lock()
+            lock = _LOCKS[denoiser] = _PipelineLock()
         return lock
 
 
 @contextmanager
 def exclusive(pipe, timeout: float | None = None):
-    """Hold ``pipe``'s denoiser for one run without a policy (the reference run of a shared pipeline)."""
+    """Hold ``pipe``'s denoiser for one run without a policy (the reference run of a shared pipeline).
+
+    Inside :func:`apply` or another ``exclusive`` of the same thread it does nothing (the thread already holds it).
+    """
     lock = _lock_of(denoiser_of(pipe))
-    if not lock.acquire(timeout=-1 if timeout is None else timeout):
-        raise RuntimeError("the pipeline is busy with another run; try again when it finishes")
+    if lock.held_here():
+        yield
+        return
+    lock.acquire(timeout, "frdiff.exclusive")
     try:
         yield
     finally:
@@ -175,8 +201,10 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     else:
         policy.check()
     lock = _lock_of(denoiser)
-    if not lock.acquire(timeout=-1 if timeout is None else timeout):
-        raise RuntimeError("the pipeline is busy with another FRDiff run; try again when it finishes")
+    if lock.held_here():
+        raise RuntimeError("frdiff.apply is already active on this pipeline in this thread; nested policies are not "
+                           "supported (leave the first `with` block before applying another policy)")
+    lock.acquire(timeout, "frdiff.apply")
     run = FRRun(policy)
     state = ReuseState(policy.keyframes)
     modules = dict(denoiser.named_modules())

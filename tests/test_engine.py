@@ -315,14 +315,25 @@ def test_another_thread_cannot_use_a_pipeline_while_a_policy_is_applied(unet_pip
         except RuntimeError as exc:
             errors.append(str(exc))
 
-    with frdiff.apply(unet_pipe, policy):
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-        with pytest.raises(RuntimeError, match="busy"):
+    def other_apply():
+        try:
             with frdiff.apply(unet_pipe, policy, timeout=0.05):
                 pass
-    assert errors and "another thread" in errors[0]
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    with frdiff.apply(unet_pipe, policy):
+        for target in (other, other_apply):
+            t = threading.Thread(target=target)
+            t.start()
+            t.join()
+        with pytest.raises(RuntimeError, match="nested policies are not supported"):
+            with frdiff.apply(unet_pipe, policy):
+                pass
+        with frdiff.exclusive(unet_pipe):  # same thread: already held, no deadlock
+            pass
+    assert "another thread" in errors[0] and "busy" in errors[1]
+    assert frdiff.attached_hooks(unet_pipe) == []
 
 
 def test_concurrent_runs_of_one_pipeline_take_turns_and_stay_correct(unet_pipe):
