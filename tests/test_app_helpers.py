@@ -1,0 +1,125 @@
+"""The app's pure helpers (workbench.app_policy, workbench.app_runs): values, not just "no exception"."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import frdiff
+from frdiff import PolicyError
+from workbench import app_policy, app_runs
+from workbench.compare import Cancelled
+
+
+@pytest.fixture
+def policy(random_unet_pipe):
+    return frdiff.make_preset("uniform", random_unet_pipe.unet, 6, interval=3)
+
+
+def test_grid_round_trip_and_row_column_edits(policy):
+    frame = app_policy.mask_frame(policy)
+    assert frame.shape == (18, 6) and list(frame.columns) == ["0", "1", "2", "3", "4", "5"]
+    assert torch.equal(app_policy.frame_mask(frame), policy.keyframes)
+    mask = app_policy.set_blocks(policy.keyframes, [0], keyframe=False)
+    assert mask[0].tolist() == [True, False, False, False, False, False]  # step 0 stays a keyframe
+    mask = app_policy.set_blocks(mask, [1], keyframe=False, every=2)
+    assert mask[1].tolist() == [True, False, True, False, True, False]
+    mask = app_policy.set_steps(mask, [0, 4], keyframe=False)
+    assert mask[:, 0].all() and not mask[:, 4].any()
+    edited = app_policy.with_mask(policy, mask)
+    assert edited.provenance == {"made_by": "builder", "source": policy.provenance}
+    assert app_policy.with_mask(policy, policy.keyframes).provenance == policy.provenance
+
+
+def test_summary_and_problems(policy, random_unet_pipe):
+    s = app_policy.summary(policy)
+    assert (s["full_steps"], s["fr_steps"], s["skipped_steps"], s["denoiser_calls"]) == (2, 4, 0, 6)
+    assert app_policy.problems_for(policy, random_unet_pipe.unet) == []
+    bad = app_policy.with_mask(policy, torch.zeros_like(policy.keyframes))
+    assert any("step 0 must be a keyframe" in p for p in app_policy.problems_for(bad, random_unet_pipe.unet))
+    dit = frdiff.make_preset("uniform", frdiff.denoiser_of(random_unet_pipe), 6)
+    assert app_policy.problems_for(dit, random_unet_pipe.unet) == []
+
+
+def test_library_save_list_metrics_delete(policy, tmp_path):
+    path = app_policy.save_policy(policy, tmp_path, "my policy/../x")
+    assert path == tmp_path / "my-policy-..-x.json"
+    with pytest.raises(FileExistsError):
+        app_policy.save_policy(policy, tmp_path, "my policy/../x")
+    (tmp_path / "junk.json").write_text('{"format": "nope"}')
+    rows = {r["name"]: r for r in app_policy.list_policies(tmp_path)}
+    good = rows[path.stem]
+    assert (good["steps"], good["made_by"], good["preset"], good["denoiser_calls"]) == (6, "preset", "uniform", 6)
+    assert "not an FRDiff policy" in rows["junk"]["problems"]
+    app_policy.store_metrics(path, {"psnr": 31.5, "speedup": 1.4, "images": "dropped"})
+    assert json.loads(path.read_text())["provenance"]["metrics"] == {"psnr": 31.5, "speedup": 1.4}
+    app_policy.delete_policy(tmp_path, path.stem)
+    assert not path.exists()
+    with pytest.raises(ValueError):
+        app_policy.safe_name("  /// ")
+
+
+def test_upload_errors_are_listed(policy):
+    assert app_policy.load_upload(policy.to_json().encode()).steps == 6
+    with pytest.raises(PolicyError, match="not valid JSON"):
+        app_policy.load_upload(b"{oops")
+    with pytest.raises(PolicyError, match="UTF-8"):
+        app_policy.load_upload(b"\xff\xfe\x00")
+
+
+def test_attribution_variants_recompute_one_group_each(policy):
+    groups = app_runs.reused_groups(policy)
+    assert list(groups) == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "up_blocks.0", "up_blocks.1",
+                            "up_blocks.2", "mid_block"]
+    variants = app_runs.attribution_variants(policy, "p")
+    assert variants[0].policy is policy and len(variants) == 8
+    mid = next(v for v in variants if v.name == "mid_block recomputed").policy
+    rows = groups["mid_block"]
+    assert mid.keyframes[rows].all() and torch.equal(mid.keyframes[:rows[0]], policy.keyframes[:rows[0]])
+    result = {"variants": [{"name": "p", "psnr": 30.0, "ssim": 0.9, "predicted_speedup": 1.5},
+                           {"name": "mid_block recomputed", "psnr": 33.0, "ssim": 0.95, "predicted_speedup": 1.3}]}
+    row = app_runs.attribution_rows(result, "p")[0]
+    assert row["group"] == "mid_block" and row["psnr_gain_db"] == pytest.approx(3.0)
+    assert row["speedup_given_up"] == pytest.approx(0.2)
+
+
+def test_parsing_helpers(random_unet_pipe):
+    assert app_runs.parse_steps_list("10, 5 3") == [10, 5, 3]
+    with pytest.raises(ValueError, match="'x'"):
+        app_runs.parse_steps_list("10, x")
+    v = app_runs.preset_variants(random_unet_pipe, ["uniform M=3 + mixing", "reduced-nfe M=2"], 6)
+    assert v[0].policy.mixing.enabled and v[0].policy.keyframes[0].tolist() == [True, False, False, True, False, False]
+    assert v[1].policy.step_kinds().count("skip") == 3
+    assert app_runs.evenly(4, 6) == [0, 1, 2, 3] and app_runs.evenly(50, 3) == [0, 24, 49]
+    assert app_runs.enlarge(np.zeros((32, 32, 3)), 256).shape == (256, 256, 3)
+    assert app_runs.block_group("transformer_blocks.3") == "transformer_blocks.3"
+    assert app_runs.block_group("up_blocks.1.attentions.0") == "up_blocks.1"
+
+
+def test_watching_x0_ends_at_the_image_and_leaves_no_hooks(random_unet_pipe):
+    den = random_unet_pipe.unet
+    seen = []
+    out = app_runs.sample_watching_x0(random_unet_pipe, 2, 0, steps=4, on_step=lambda s, n, f, t: seen.append((s, t)))
+    assert out["x0"].shape == (4, 32, 32, 3) and [s for s, _ in seen] == [0, 1, 2, 3]
+    assert out["timesteps"] == sorted(out["timesteps"], reverse=True)
+    assert np.abs(out["x0"][-1] - out["image"]).mean() < 0.05  # the last x̂0 is (nearly) the sample
+    assert not den._forward_hooks and frdiff.attached_hooks(random_unet_pipe) == []
+    with pytest.raises(Cancelled):
+        app_runs.sample_watching_x0(random_unet_pipe, 2, 0, steps=4, cancel=lambda: True)
+    assert not den._forward_hooks
+
+
+def test_plan_matches_recording_and_heatmap(random_unet_pipe, tmp_path):
+    from workbench.store import FeatureStore
+
+    plan = app_runs.plan_store(random_unet_pipe, [0], 3, "ddim", "pool16", labels=[1])
+    out = app_runs.record(random_unet_pipe, "tiny-unet", tmp_path / "r", [0], 3, "ddim", "pool16", labels=[1])
+    store = FeatureStore.open(out)
+    assert store.manifest["estimate_bytes"] == plan["estimate_bytes"] and plan["blocks"] == 18
+    values = app_runs.adjacent_values(store, "cosine")
+    assert values.shape == (18, 3) and np.isnan(values[:, 0]).all() and (values[:, 1:] <= 1.0 + 1e-5).all()
+    heat = app_runs.quick_heatmap(random_unet_pipe, "tiny-unet", 1, [0], steps=3)
+    assert heat["cosine"].shape == (18, 3) and len(heat["timesteps"]) == 3
+    np.testing.assert_allclose(heat["cosine"], values, rtol=1e-5)
+    assert app_runs.run_folder(tmp_path, "/x/my model", "a star!", "1").name == "my-model-a-star-1"

@@ -1,0 +1,192 @@
+"""Policy helpers behind the app's builder and library pages (pure: no Streamlit, unit-tested).
+
+The builder edits a policy's keyframe mask as a boolean table, blocks × steps (``True`` = keyframe: the block is
+computed at that step; ``False`` = it reuses its cache). The library is a folder of policy JSON files
+(``frdiff-policy`` format), one per name; measured metrics are kept in each policy's provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import frdiff
+from frdiff import Mixing, Policy, PolicyError
+
+
+# ---- the keyframe grid ---------------------------------------------------------------------------------------------
+def mask_frame(policy: Policy) -> pd.DataFrame:
+    """The policy's keyframes as a boolean DataFrame: one row per block, one column per step (``"0"``, ``"1"``…)."""
+    return pd.DataFrame(policy.keyframes.numpy().astype(bool), index=list(policy.blocks),
+                        columns=[str(s) for s in range(policy.steps)])
+
+
+def frame_mask(frame: pd.DataFrame) -> torch.Tensor:
+    """A keyframe DataFrame (as :func:`mask_frame` makes it, possibly edited) back to a bool tensor ``[blocks, steps]``;
+    missing cells count as keyframes."""
+    values = frame.astype("boolean").fillna(True).to_numpy(dtype=bool)
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def with_mask(policy: Policy, mask: torch.Tensor) -> Policy:
+    """A copy of ``policy`` with another keyframe mask (provenance says it was edited)."""
+    out = copy.deepcopy(policy)
+    out.keyframes = torch.as_tensor(mask, dtype=torch.bool).clone()
+    if not torch.equal(out.keyframes, policy.keyframes):
+        prov = dict(out.provenance)
+        if prov.get("made_by") != "builder":
+            prov = {"made_by": "builder", "source": policy.provenance}
+        out.provenance = prov
+    return out
+
+
+def set_blocks(mask: torch.Tensor, rows: list[int], keyframe: bool, every: int | None = None) -> torch.Tensor:
+    """Whole rows: blocks ``rows`` become keyframes at every step (``keyframe``) or reuse everywhere except step 0;
+    with ``every`` = M, keyframes at steps 0, M, 2M… and reuse elsewhere."""
+    out = mask.clone()
+    for r in rows:
+        if every is not None:
+            out[r] = False
+            out[r, ::max(1, int(every))] = True
+        else:
+            out[r] = keyframe
+            out[r, 0] = True  # step 0 is always a keyframe
+    return out
+
+
+def set_steps(mask: torch.Tensor, steps: list[int], keyframe: bool) -> torch.Tensor:
+    """Whole columns: at ``steps`` every block is a keyframe (``keyframe``) or reuses (step 0 stays a keyframe)."""
+    out = mask.clone()
+    for s in steps:
+        if s != 0 or keyframe:
+            out[:, s] = keyframe
+    return out
+
+
+def with_mixing(policy: Policy, mixing: Mixing) -> Policy:
+    out = copy.deepcopy(policy)
+    out.mixing = mixing
+    return out
+
+
+def problems_for(policy: Policy, denoiser) -> list[str]:
+    """Every reason ``policy`` cannot run on ``denoiser`` (empty: it can)."""
+    return policy.problems(model_blocks=dict(frdiff.find_blocks(denoiser)),
+                           fingerprint=frdiff.model_fingerprint(denoiser))
+
+
+def summary(policy: Policy, savings: dict | None = None) -> dict:
+    """Counts a page shows next to a policy: keyframe share, denoiser calls, step kinds, predicted speedup."""
+    kinds = policy.step_kinds()
+    out = {"steps": policy.steps, "blocks": len(policy.blocks),
+           "keyframe_share": float(policy.keyframes.float().mean()) if policy.blocks else 1.0,
+           "denoiser_calls": policy.denoiser_calls(), "full_steps": kinds.count("full"),
+           "fr_steps": kinds.count("fr"), "skipped_steps": kinds.count("skip")}
+    if savings is not None:
+        out["predicted_speedup"] = frdiff.predicted_speedup(policy, savings)
+    return out
+
+
+def threshold_from_store(denoiser, store, delta: float, mix: bool = False) -> Policy:
+    """Per-block keyframes from a recorded run: a block recomputes once its accumulated adjacent relative L1 (mean
+    over the run's samples) exceeds ``delta`` (:func:`frdiff.threshold_policy`)."""
+    if store.steps_done != store.manifest["steps"]:
+        raise ValueError(f"the run is incomplete ({store.steps_done} of {store.manifest['steps']} steps); "
+                         "record it again or pick a complete run")
+    curves = {b: torch.from_numpy(np.nan_to_num(store.stats(b)["rel_l1"].astype(np.float64).mean(1), nan=0.0))
+              for b in store.blocks}
+    return frdiff.threshold_policy(denoiser, curves, store.steps_done, delta,
+                                   scheduler=store.manifest["scheduler"]["name"], source=str(store.directory), mix=mix)
+
+
+# ---- the library ---------------------------------------------------------------------------------------------------
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file name from a user's policy name: letters, digits, ``.``, ``_``, ``-``; never empty or a path."""
+    out = _SAFE.sub("-", name.strip()).strip(".-")
+    if not out:
+        raise ValueError("give the policy a name (letters, digits, '.', '_' or '-')")
+    return out[:80]
+
+
+def save_policy(policy: Policy, root: str | Path, name: str, overwrite: bool = False) -> Path:
+    """Save ``policy`` as ``root/<name>.json``; refuses to overwrite unless asked."""
+    path = Path(root) / f"{safe_name(name)}.json"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"a policy named {path.stem!r} is already in the library; pick another name or "
+                              "tick 'overwrite'")
+    return policy.save(path)
+
+
+def list_policies(root: str | Path) -> list[dict]:
+    """One row per library file: name, provenance, model, steps, mixing, keyframe share and stored metrics;
+    files that do not load are listed with their problems instead."""
+    rows = []
+    for path in sorted(Path(root).glob("*.json")):
+        try:
+            policy = Policy.load(path)
+        except PolicyError as exc:
+            rows.append({"name": path.stem, "path": str(path), "problems": "; ".join(exc.problems)})
+            continue
+        prov = policy.provenance
+        metrics = prov.get("metrics") or {}
+        rows.append({
+            "name": path.stem, "path": str(path), "made_by": prov.get("made_by", "?"),
+            "preset": prov.get("preset") or (prov.get("source") or {}).get("preset"),
+            "architecture": policy.model.get("architecture"), "scheduler": policy.scheduler, "steps": policy.steps,
+            "mixing": policy.mixing.schedule if policy.mixing.enabled else "off",
+            "keyframe_share": round(float(policy.keyframes.float().mean()), 3) if policy.blocks else 1.0,
+            "denoiser_calls": policy.denoiser_calls(),
+            **{k: metrics.get(k) for k in ("psnr", "ssim", "speedup", "predicted_speedup")},
+            "modified": dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"), "problems": "",
+        })
+    return rows
+
+
+def delete_policy(root: str | Path, name: str) -> None:
+    path = Path(root) / f"{safe_name(name)}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no policy named {name!r} in {root}")
+    path.unlink()
+
+
+def store_metrics(path: str | Path, metrics: dict) -> None:
+    """Write measured metrics into a library policy's provenance (``provenance.metrics``)."""
+    policy = Policy.load(path)
+    keep = ("psnr", "ssim", "speedup", "predicted_speedup", "latency_s", "class_accuracy", "fd_shapes", "n",
+            "model", "measured_at_steps")
+    policy.provenance = {**policy.provenance,
+                         "metrics": {k: metrics[k] for k in keep if k in metrics and metrics[k] is not None}}
+    policy.save(path)
+
+
+def policy_json(policy: Policy) -> str:
+    """JSON text for download (the library file format)."""
+    return policy.to_json()
+
+
+def load_upload(data: bytes) -> Policy:
+    """An uploaded policy file → validated policy; :class:`PolicyError` lists every problem."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(["the file is not UTF-8 text; a policy is a JSON file"]) from None
+    return Policy.from_json(text)
+
+
+def lambda_rows(mixing: Mixing, steps: int) -> list[dict]:
+    """λ at each step for plotting: ``[{"step", "r", "lambda"}]``."""
+    return [{"step": s, "r": s / steps, "lambda": lam} for s, lam in enumerate(mixing.curve(steps))]
+
+
+def provenance_text(policy: Policy) -> str:
+    return json.dumps(policy.provenance, indent=1, default=str)

@@ -1,0 +1,344 @@
+"""The app's runs of a (shared, cached) pipeline, as plain functions: no Streamlit here, unit-tested.
+
+Every function that runs the denoiser does it inside ``frdiff.exclusive`` (plain runs, recordings) or through
+:func:`workbench.compare.compare` (which takes ``frdiff.apply`` / ``frdiff.exclusive`` per variant), so a pipeline
+shared by several browser sessions runs one job at a time and never keeps another job's hooks. Long jobs take a
+``progress`` callback and a ``cancel`` callable like the rest of the workbench.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import frdiff
+from frdiff import Policy
+from workbench.compare import Cancelled, Variant, compare
+
+
+def is_class_pipeline(pipe) -> bool:
+    """True for the project's class-conditional ``ShapesPipeline`` (sampling, comparison); other pipelines
+    (text-to-image) are recorded from prompts."""
+    return "class_names" in dict(getattr(pipe, "config", {}) or {}) and hasattr(pipe, "denoise")
+
+
+def class_names(pipe) -> list[str]:
+    return list(dict(getattr(pipe, "config", {}) or {}).get("class_names") or [])
+
+
+def savings_of(pipe) -> dict:
+    """FLOP shares a reuse step saves per block (``frdiff.measure_savings`` on one real call), under the lock."""
+    from workbench.compare import measure_savings
+
+    with frdiff.exclusive(pipe):
+        return measure_savings(pipe)
+
+
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW tensor → [N, H, W, 3] float array in [0, 1] (what figures and ``st.image`` take)."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+# ---- sampling while watching x0 -------------------------------------------------------------------------------------
+def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: str | None = "ddim",
+                       on_step: Callable[[int, int, np.ndarray, int], None] | None = None,
+                       cancel: Callable[[], bool] | None = None) -> dict:
+    """Sample one image and, at every step, the model's current estimate of the clean image x̂0.
+
+    x̂0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t from the denoiser's input and its guided output (DDPM eq. 15 / DDIM eq. 12);
+    ``on_step(step, steps, x0 [H, W, 3] in [0, 1], timestep)`` is called after each step. Returns ``{"x0": [steps,
+    H, W, 3], "timesteps": [...], "image": [H, W, 3]}``.
+    """
+    from workbench.sampling import sample
+    from workbench.schedulers import make_scheduler
+
+    if not is_class_pipeline(pipe):
+        raise ValueError("watching x0 needs one of the shipped class-conditional models")
+    guidance = float(pipe.config.default_guidance_scale)
+    channels = pipe.denoiser.config.in_channels
+    frames: list[np.ndarray] = []
+    timesteps: list[int] = []
+    sched = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else pipe.scheduler
+    alphas = sched.alphas_cumprod.double()
+
+    def hook(_m, args, kwargs, output):
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled")
+        x = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).detach().double()
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = int(torch.as_tensor(t).flatten()[0])
+        eps = frdiff.blocks.first_tensor(output).detach().double()[:, :channels]
+        if guidance > 1.0 and eps.shape[0] % 2 == 0:  # CFG batch [unconditional, conditional]
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+            x = x[: x.shape[0] // 2]
+        a = alphas[t]
+        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+        frame = to_hwc(x0.float())[0]
+        frames.append(frame)
+        timesteps.append(t)
+        if on_step is not None:
+            on_step(len(frames) - 1, steps, frame, t)
+
+    den = frdiff.denoiser_of(pipe)
+    with frdiff.exclusive(pipe):
+        handle = den.register_forward_hook(hook, with_kwargs=True)
+        try:
+            result = sample(pipe, [int(label)], [int(seed)], steps=steps, scheduler=scheduler)
+        finally:
+            handle.remove()
+    return {"x0": np.stack(frames), "timesteps": timesteps, "image": to_hwc(result.images)[0],
+            "latency_s": result.latency_s}
+
+
+# ---- recording ------------------------------------------------------------------------------------------------------
+def recording_call(pipe, labels: list[int] | None, prompts: list[str] | None, seeds: list[int], steps: int,
+                   guidance_scale: float):
+    """The pipeline call the recorder makes (classes for our pipelines, prompts for text-to-image ones)."""
+
+    def call():
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        if labels is not None:
+            return pipe(labels, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+                        output_type="pt")
+        return pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+                    output_type="latent")
+
+    return call
+
+
+def guidance_of(pipe) -> float:
+    return float(getattr(pipe.config, "default_guidance_scale", 7.5))
+
+
+def plan_store(pipe, seeds: list[int], steps: int, scheduler: str, reduction: str, blocks: list[str] | None = None,
+               labels: list[int] | None = None, prompts: list[str] | None = None) -> dict:
+    """What a recording would store, before starting it: size on disk, device memory, blocks (one real forward)."""
+    from workbench.recorder import REDUCTIONS, plan_recording
+    from workbench.schedulers import scheduler_swapped
+
+    conditions = labels if labels is not None else prompts
+    if not conditions:
+        raise ValueError("give at least one class or prompt")
+    with frdiff.exclusive(pipe), scheduler_swapped(pipe, scheduler):
+        call = recording_call(pipe, labels, prompts, seeds, steps, guidance_of(pipe))
+        plan = plan_recording(pipe, call, steps, len(conditions), REDUCTIONS[reduction], blocks or None)
+    return {"estimate_bytes": plan.estimate_bytes, "device_bytes": plan.device_bytes, "blocks": len(plan.blocks),
+            "steps": steps, "images": plan.images}
+
+
+def record(pipe, model_id: str, out_dir: str | Path, seeds: list[int], steps: int, scheduler: str, reduction: str,
+           blocks: list[str] | None = None, labels: list[int] | None = None, prompts: list[str] | None = None,
+           progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+           disk_budget: int | None = None) -> Path:
+    """:func:`workbench.recorder.record_run` under the pipeline's lock."""
+    from workbench.recorder import record_run
+
+    with frdiff.exclusive(pipe):
+        return record_run(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
+                          scheduler=scheduler, reduction=reduction, blocks=blocks or None, disk_budget=disk_budget,
+                          progress=progress, cancel=cancel)
+
+
+def run_folder(root: str | Path, model_id: str, condition: str, stamp: str) -> Path:
+    """A new, readable run folder name below ``root``."""
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_id).name or model_id).strip("-") or "model"
+    cond = re.sub(r"[^A-Za-z0-9._-]+", "-", condition)[:24].strip("-") or "run"
+    return Path(root) / f"{model}-{cond}-{stamp}"
+
+
+def all_stats(store) -> dict[str, np.ndarray]:
+    """Streaming statistics of every block, ``{"cosine", "rel_l1"}: [steps, blocks, images]`` (conditional half)."""
+    per = [store.stats(b) for b in store.blocks]
+    steps = store.steps_done
+    return {k: np.stack([p[k] for p in per], 1) if per else np.zeros((steps, 0, 0)) for k in ("cosine", "rel_l1")}
+
+
+def adjacent_values(store, metric: str = "cosine", stats: dict | None = None) -> np.ndarray:
+    """Blocks × steps adjacent-step ``metric`` (mean over the run's samples; step 0 NaN) from the streaming stats."""
+    values = (stats or all_stats(store))[metric]  # [steps, blocks, images]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # step 0 is NaN for every sample
+        return np.nanmean(values, axis=2).T
+
+
+def quick_heatmap(pipe, model_id: str, label: int, seeds: list[int], steps: int = 20,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> dict:
+    """A statistics-only recording in a temporary folder, reduced to the blocks × steps adjacent cosine (the Tour's
+    heatmap). The folder is deleted afterwards."""
+    from workbench.store import FeatureStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="frdiff-tour-"))
+    try:
+        record(pipe, model_id, tmp / "run", seeds, steps, "ddim", "stats", labels=[int(label)] * len(seeds),
+               progress=progress, cancel=cancel)
+        store = FeatureStore.open(tmp / "run")
+        return {"cosine": adjacent_values(store, "cosine"), "rel_l1": adjacent_values(store, "rel_l1"),
+                "blocks": store.blocks, "timesteps": store.timesteps}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- comparisons ----------------------------------------------------------------------------------------------------
+def fewer_steps(n: int) -> Variant:
+    return Variant(f"{n} steps", None, steps=int(n))
+
+
+def tour_variants(pipe, steps: int) -> list[Variant]:
+    """The Tour's three ways to halve the work: fewer steps, feature reuse every 2nd step, and reuse + mixing."""
+    den = frdiff.denoiser_of(pipe)
+    return [
+        fewer_steps(max(1, steps // 2)),
+        Variant("FR (keyframe every 2nd step)", frdiff.make_preset("uniform", den, steps, interval=2)),
+        Variant("FR + score mixing", frdiff.make_preset("uniform", den, steps, interval=2, mix=True)),
+    ]
+
+
+def run_comparison(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int,
+                   scheduler: str | None = "ddim", progress: Callable[[dict], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> dict:
+    """:func:`workbench.compare.compare` with images kept, plus each variant's error spectrum against the reference
+    and its images as ``[N, H, W, 3]`` arrays (``result["arrays"][name]``)."""
+    from workbench.analysis.frequency import error_spectrum
+
+    result = compare(pipe, variants, labels, seeds, steps=steps, scheduler=scheduler, progress=progress,
+                     cancel=cancel, keep_images=True)
+    ref = result["reference"]["images"]
+    result["arrays"] = {"reference": to_hwc(ref)}
+    result["error_spectra"] = {}
+    for v in result["variants"]:
+        result["arrays"][v["name"]] = to_hwc(v["images"])
+        result["error_spectra"][v["name"]] = error_spectrum(v["images"].numpy(), ref.numpy())
+    return result
+
+
+def metrics_rows(result: dict) -> list[dict]:
+    """One table row per variant (the reference first)."""
+    keys = ("steps", "denoiser_calls", "psnr", "ssim", "max_abs_diff", "class_accuracy", "fd_shapes", "latency_s",
+            "speedup", "predicted_speedup")
+    ref = result["reference"]
+    rows = [{"variant": "reference", "steps": ref["steps"], "denoiser_calls": ref["denoiser_calls"],
+             "class_accuracy": ref.get("class_accuracy"), "fd_shapes": ref.get("fd_shapes"),
+             "latency_s": ref["latency_s"], "speedup": 1.0, "predicted_speedup": 1.0}]
+    for v in result["variants"]:
+        rows.append({"variant": v["name"], **{k: v.get(k) for k in keys}})
+    return rows
+
+
+def fit_steps(policy: Policy, steps: int) -> tuple[Policy, str | None]:
+    """``policy`` for ``steps`` steps: itself, or remapped (with a note saying so)."""
+    if policy.steps == steps:
+        return policy, None
+    return policy.remap(steps), f"remapped from {policy.steps} to {steps} steps"
+
+
+# ---- attribution ----------------------------------------------------------------------------------------------------
+def block_group(name: str) -> str:
+    """The group a block belongs to: its UNet level (``down_blocks.1``, ``mid_block``, ``up_blocks.0``) or, for
+    transformers, the block itself (``transformer_blocks.3``)."""
+    parts = name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 1:
+        return ".".join(parts[:2])
+    if parts[0] == "mid_block":
+        return "mid_block"
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else name
+
+
+def reused_groups(policy: Policy) -> dict[str, list[int]]:
+    """Groups of blocks that reuse somewhere in ``policy`` → their row indices, in block order."""
+    groups: dict[str, list[int]] = {}
+    reuses = (~policy.keyframes).any(1).tolist() if policy.blocks else []
+    for i, b in enumerate(policy.blocks):
+        if reuses[i]:
+            groups.setdefault(block_group(b), []).append(i)
+    return groups
+
+
+def attribution_variants(policy: Policy, name: str = "policy") -> list[Variant]:
+    """The policy itself, then one variant per reused group with that group computed at every step again."""
+    out = [Variant(name, policy)]
+    for group, rows in reused_groups(policy).items():
+        p = Policy(blocks=list(policy.blocks), keyframes=policy.keyframes.clone(), steps=policy.steps,
+                   scheduler=policy.scheduler, granularity=list(policy.granularity),
+                   kinds=list(policy.kinds) if policy.kinds else None, mixing=policy.mixing, model=dict(policy.model),
+                   provenance={"made_by": "attribution", "recomputed": group})
+        p.keyframes[rows] = True
+        out.append(Variant(f"{group} recomputed", p))
+    return out
+
+
+def attribution_rows(result: dict, name: str = "policy") -> list[dict]:
+    """Per group: PSNR / SSIM gained by computing it at every step again, and the predicted speedup given up."""
+    by = {v["name"]: v for v in result["variants"]}
+    base = by[name]
+    rows = []
+    for v in result["variants"]:
+        if v["name"] == name:
+            continue
+        rows.append({"group": v["name"].removesuffix(" recomputed"), "psnr": v["psnr"],
+                     "psnr_gain_db": v["psnr"] - base["psnr"], "ssim_gain": v["ssim"] - base["ssim"],
+                     "predicted_speedup": v["predicted_speedup"],
+                     "speedup_given_up": base["predicted_speedup"] - v["predicted_speedup"]})
+    return sorted(rows, key=lambda r: r["psnr_gain_db"], reverse=True)
+
+
+def enlarge(image: np.ndarray, size: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscaling of an ``[H, W, C]`` image to about ``size`` pixels (crisp pixels on a projector)."""
+    factor = max(1, size // max(image.shape[:2]))
+    return np.repeat(np.repeat(np.asarray(image), factor, 0), factor, 1)
+
+
+def evenly(n: int, k: int) -> list[int]:
+    """``k`` evenly spaced indices of ``range(n)``, first and last included."""
+    k = min(k, n)
+    if k <= 0:
+        return []
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+
+
+def preset_variants(pipe, names: list[str], steps: int) -> list[Variant]:
+    """Variants from labels like ``"uniform M=2"``, ``"uniform M=2 + mixing"``, ``"reduced-nfe M=3"``."""
+    den = frdiff.denoiser_of(pipe)
+    out = []
+    for name in names:
+        m = re.fullmatch(r"([\w-]+) M=(\d+)( \+ mixing)?", name)
+        if m is None:
+            raise ValueError(f"cannot read the preset label {name!r}")
+        out.append(Variant(name, frdiff.make_preset(m.group(1), den, steps, interval=int(m.group(2)),
+                                                    mix=bool(m.group(3)))))
+    return out
+
+
+PRESET_LABELS = ["uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing", "reduced-nfe M=2",
+                 "deepcache M=2"]
+
+
+def parse_steps_list(text: str) -> list[int]:
+    """``"10, 5"`` → ``[10, 5]`` (reduced-step baselines); a readable ValueError otherwise."""
+    out = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"reduced-step baselines: {part!r} is not a positive whole number of steps")
+        out.append(int(part))
+    return out
+
+
+def speedup_figure(result: dict):
+    """Measured vs predicted speedup per variant (grouped bars)."""
+    import plotly.graph_objects as go
+
+    names = [v["name"] for v in result["variants"]]
+    fig = go.Figure([go.Bar(name="measured", x=names, y=[v["speedup"] for v in result["variants"]]),
+                     go.Bar(name="predicted (FLOPs)", x=names, y=[v["predicted_speedup"] for v in result["variants"]])])
+    fig.update_layout(barmode="group", title="Speedup over the reference run", yaxis_title="×", font=dict(size=16))
+    return fig
