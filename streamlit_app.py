@@ -1,10 +1,29 @@
-"""Entry point: ``streamlit run streamlit_app.py``. Navigation and shared resources; pages live in ``pages/``."""
+"""Entry point: ``streamlit run streamlit_app.py``. Navigation and shared session defaults; pages live in ``pages/``.
+
+Every page works on the shipped ``tiny-unet`` with nothing to configure. Heavy objects (pipelines, FLOP shares) are
+cached per process in ``workbench.app_state``; state shared between pages lives in ``st.session_state``:
+``policy`` (the builder's current policy), ``run_dir`` (the recording opened in the run browser) and ``comparison``
+(the last Run & compare result).
+"""
 
 import streamlit as st
 
 st.set_page_config(page_title="FRDiff workbench", page_icon="⏱️", layout="wide")
 
-pages = [
-    st.Page("pages/models.py", title="Models", icon="🧪", default=True),
-]
+pages = {
+    "Learn": [
+        st.Page("pages/tour.py", title="Tour", icon="🎓", default=True),
+        st.Page("pages/models.py", title="Models", icon="🧪"),
+    ],
+    "See": [
+        st.Page("pages/record.py", title="Record", icon="⏺️"),
+        st.Page("pages/similarity.py", title="Similarity", icon="🔁"),
+        st.Page("pages/frequency.py", title="Frequency", icon="〰️"),
+    ],
+    "Use": [
+        st.Page("pages/policy_builder.py", title="Policy builder", icon="🧩"),
+        st.Page("pages/compare.py", title="Run & compare", icon="⚖️"),
+        st.Page("pages/library.py", title="Policy library", icon="📚"),
+    ],
+}
 st.navigation(pages).run()

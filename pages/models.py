@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from workbench.app_state import cached_pipeline
+import frdiff
+from workbench.app_state import load_model, readable_errors
 from workbench.data import CLASSES, to_uint8
 from workbench.sampling import judge, sample
-from workbench.zoo import ModelLoadError, list_models
+from workbench.zoo import list_models
 
 st.title("Shipped models")
 st.write(
@@ -26,12 +27,8 @@ cls = c2.selectbox("Class", list(CLASSES), key="models_class")
 steps = c3.slider("DDIM steps", 5, 100, 50, key="models_steps")
 seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="models_seed")
 if st.button("Sample 8 images", type="primary", key="models_run"):
-    try:
-        pipe = cached_pipeline(model)
-    except ModelLoadError as exc:
-        st.error(str(exc))
-        st.stop()
-    with st.spinner("Sampling…"):
+    pipe = load_model(model)
+    with st.spinner("Sampling…"), readable_errors("Sampling"), frdiff.exclusive(pipe):  # a shared pipeline: take turns
         result = sample(pipe, [CLASSES.index(cls)] * 8, list(range(int(seed), int(seed) + 8)), steps=steps)
     metrics = judge(result)
     st.metric("Class accuracy", f"{metrics['class_accuracy']:.0%}")

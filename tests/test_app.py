@@ -5,8 +5,19 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 
 
-def test_app_starts_on_the_models_page():
+def models_page(timeout: int) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
+    return at.switch_page("pages/models.py").run()
+
+
+def test_app_starts_on_the_tour():
     at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    assert at.title[0].value == "Temporal redundancy in diffusion models"
+
+
+def test_models_page_lists_the_shipped_models():
+    at = models_page(120)
     assert not at.exception
     assert at.title[0].value == "Shipped models"
     table = at.dataframe[0].value
@@ -14,7 +25,7 @@ def test_app_starts_on_the_models_page():
 
 
 def test_models_page_samples_and_judges():
-    at = AppTest.from_file(APP, default_timeout=180).run()
+    at = models_page(180)
     at.selectbox(key="models_model").select("tiny-dit")
     at.slider(key="models_steps").set_value(5)
     at.button(key="models_run").click().run()

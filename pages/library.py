@@ -1,0 +1,55 @@
+"""Policy library: saved policies with their provenance and measured metrics; compare, download, delete."""
+
+import pandas as pd
+import streamlit as st
+
+from frdiff import Policy
+from workbench import app_policy
+from workbench.app_state import policy_library, readable_errors
+
+st.title("Policy library")
+root = policy_library()
+st.caption(f"Folder: {root} · policies saved from the builder (or any `frdiff-policy` JSON dropped there).")
+rows = app_policy.list_policies(root) if root.exists() else []
+if not rows:
+    st.info("The library is empty: save a policy from the Policy builder.")
+    st.page_link("pages/policy_builder.py", label="Go to the Policy builder", icon="🧩")
+    st.stop()
+
+table = pd.DataFrame(rows).drop(columns=["path"])
+st.dataframe(table, hide_index=True)
+bad = [r for r in rows if r["problems"]]
+for r in bad:
+    st.warning(f"{r['name']} does not load: {r['problems']}")
+
+good = [r["name"] for r in rows if not r["problems"]]
+selected = st.multiselect("Policies", good, key="library_selected")
+c1, c2, c3 = st.columns(3)
+if c1.button("Compare on Run & compare", type="primary", key="library_compare", disabled=not selected):
+    st.session_state["compare_selected"] = list(selected)
+    st.switch_page("pages/compare.py")
+if c2.button("Open in the builder", key="library_open", disabled=len(selected) != 1):
+    with readable_errors("Opening"):
+        policy = Policy.load(root / f"{selected[0]}.json")
+    st.session_state["builder_base"] = policy
+    st.session_state["builder_for"] = None  # the builder adopts it for whichever model it shows
+    st.session_state["policy"] = policy
+    st.session_state["builder_rev"] = st.session_state.get("builder_rev", 0) + 1
+    st.switch_page("pages/policy_builder.py")
+
+for name in selected:
+    path = root / f"{name}.json"
+    with st.expander(name, expanded=len(selected) == 1):
+        with readable_errors(f"Reading {name}"):
+            policy = Policy.load(path)
+        st.json(policy.provenance, expanded=False)
+        d1, d2 = st.columns(2)
+        d1.download_button("Download JSON", path.read_text(), file_name=path.name, mime="application/json",
+                           key=f"library_download_{name}")
+        with d2.popover("Delete…"):
+            st.write(f"Delete **{name}** from the library?")
+            if st.button("Yes, delete", type="primary", key=f"library_delete_{name}"):
+                with readable_errors("Deleting"):
+                    app_policy.delete_policy(root, name)
+                del st.session_state["library_selected"]
+                st.rerun()

@@ -1,0 +1,178 @@
+"""AppTest drives every page of the Streamlit app: renders, and the key interactions (record, build a preset policy,
+export/import it, run a comparison with attribution, the library). Small shapes: 4–6 steps, 1–2 images."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+PAGES = ["tour", "models", "record", "similarity", "frequency", "policy_builder", "compare", "library"]
+
+
+@pytest.fixture(autouse=True)
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRDIFF_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FRDIFF_POLICIES", str(tmp_path / "policies"))
+    return tmp_path
+
+
+def open_page(page: str, timeout: int = 180) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
+    if page != "tour":
+        at.switch_page(f"pages/{page}.py").run()
+    return at
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_nothing_configured(page):
+    at = open_page(page)
+    ok(at)
+    assert at.title, page
+
+
+def test_tour_runs_its_three_live_steps():
+    at = open_page("tour")
+    assert at.title[0].value == "Temporal redundancy in diffusion models"
+    at.slider(key="tour_steps").set_value(4)
+    at.slider(key="tour_images").set_value(1)
+    at.button(key="tour_watch").click().run()
+    ok(at)
+    x0 = at.session_state["tour_x0"]
+    assert x0["x0"].shape == (4, 32, 32, 3) and len(x0["timesteps"]) == 4
+    assert len(at.image) >= 4  # the strip of x̂0 frames
+
+    at.radio(key="tour_step").set_value("2 · Adjacent steps barely change").run()
+    at.button(key="tour_record").click().run()
+    ok(at)
+    heat = at.session_state["tour_heatmap"]
+    assert heat["cosine"].shape == (18, 4)  # tiny-unet's 18 blocks × 4 steps
+    assert at.metric[0].value != "nan"
+
+    at.radio(key="tour_step").set_value("3 · Reuse instead of recompute").run()
+    at.button(key="tour_compare").click().run()
+    ok(at)
+    res = at.session_state["tour_compare_result"]
+    assert [v["name"] for v in res["variants"]] == ["2 steps", "FR (keyframe every 2nd step)", "FR + score mixing"]
+    assert len(at.metric) == 3 and at.metric[0].value.endswith("dB")
+
+
+def test_record_then_browse_similarity_frequency_and_delete(folders):
+    at = open_page("record")
+    at.number_input(key="record_steps").set_value(4)
+    at.number_input(key="record_batch").set_value(1)
+    at.run()
+    ok(at)
+    assert any("Predicted store" in i.value for i in at.info)
+    at.button(key="record_run").click().run()
+    ok(at)
+    run_dir = Path(at.session_state["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["steps_done"] == 4
+
+    at.switch_page("pages/similarity.py").run()
+    ok(at)
+    assert len(at.get("plotly_chart")) >= 3  # heatmap, curves, steps × steps matrix
+    at.slider(key="sim_step").set_value(2).run()
+    ok(at)
+    assert len(at.image) == 3  # PCA at step 2, step 1 and their difference
+
+    at.switch_page("pages/frequency.py").run()
+    ok(at)
+    at.radio(key="freq_source").set_value("block features").run()
+    ok(at)
+
+    at.switch_page("pages/record.py").run()
+    at.button(key="record_delete").click().run()
+    ok(at)
+    assert not run_dir.exists()
+
+
+def test_builder_preset_edit_save_download_and_upload(folders):
+    at = open_page("policy_builder")
+    at.number_input(key="builder_steps").set_value(6)
+    at.number_input(key="builder_interval").set_value(3)
+    at.button(key="builder_apply_preset").click().run()
+    ok(at)
+    policy = at.session_state["policy"]
+    assert policy.steps == 6 and policy.keyframes[:, [0, 3]].all() and not policy.keyframes[:, [1, 2, 4, 5]].any()
+    speed = next(m for m in at.metric if m.label == "Predicted speedup")
+    assert float(speed.value.rstrip("×")) > 1.0
+
+    # whole row: the first block computed at every step again
+    rev = at.session_state["builder_rev"]
+    at.multiselect(key=f"builder_rows_{rev}").set_value([policy.blocks[0]])
+    at.button(key="builder_rows_apply").click().run()
+    ok(at)
+    edited = at.session_state["policy"]
+    assert edited.keyframes[0].all() and not edited.keyframes[1, 1]
+    assert edited.provenance["made_by"] == "builder"
+
+    # a cell edit: step 1 of block 1 becomes a keyframe
+    rev = at.session_state["builder_rev"]
+    at.session_state[f"builder_grid_{rev}"] = {"edited_rows": {1: {"1": True}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert at.session_state["policy"].keyframes[1, 1]
+
+    at.text_input(key="builder_name").set_value("mine")
+    at.button(key="builder_save").click().run()
+    ok(at)
+    saved = folders / "policies" / "mine.json"
+    assert json.loads(saved.read_text())["steps"] == 6
+
+    download = at.get("download_button")[0]
+    assert download.proto.label == "Download JSON"
+
+    # upload: a valid file replaces the policy, a broken one is a readable message
+    text = saved.read_text().replace('"steps": 6', '"steps": 6')
+    at.file_uploader(key="builder_upload").set_value(("p.json", text.encode(), "application/json")).run()
+    ok(at)
+    assert at.session_state["policy"].steps == 6
+    at.file_uploader(key="builder_upload").set_value(("bad.json", b'{"format": "x"}', "application/json")).run()
+    assert not at.exception
+    assert "not an FRDiff policy" in at.error[0].value
+
+
+def test_compare_runs_presets_baselines_and_attribution():
+    at = open_page("compare")
+    at.number_input(key="compare_images").set_value(1)
+    at.number_input(key="compare_steps").set_value(4)
+    at.multiselect(key="compare_presets").set_value(["uniform M=2"])
+    at.text_input(key="compare_fewer").set_value("2")
+    at.button(key="compare_run").click().run()
+    ok(at)
+    res = at.session_state["comparison"]
+    assert [v["name"] for v in res["variants"]] == ["uniform M=2", "2 steps"]
+    table = at.dataframe[0].value
+    assert list(table["variant"]) == ["reference", "uniform M=2", "2 steps"]
+    assert all(v["psnr"] > 10 for v in res["variants"])
+
+    at.button(key="compare_attribute").click().run()
+    ok(at)
+    rows = at.session_state["attribution"]["rows"]
+    assert {r["group"] for r in rows} == {"down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
+                                          "up_blocks.0", "up_blocks.1", "up_blocks.2"}
+
+
+def test_library_lists_compares_downloads_and_deletes(folders, unet_pipe):
+    import frdiff
+
+    lib = folders / "policies"
+    frdiff.make_preset("uniform", unet_pipe.unet, 4, interval=2).save(lib / "u2.json")
+    (lib / "broken.json").write_text("{not json")
+    at = open_page("library")
+    assert not at.exception
+    names = set(at.dataframe[0].value["name"])
+    assert names == {"u2", "broken"}
+    assert any("broken does not load" in w.value for w in at.warning)
+    at.multiselect(key="library_selected").set_value(["u2"]).run()
+    assert at.get("download_button")[0].proto.label == "Download JSON"
+    at.button(key="library_delete_u2").click().run()
+    assert not at.exception
+    assert not (lib / "u2.json").exists()

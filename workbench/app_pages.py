@@ -1,0 +1,33 @@
+"""Small Streamlit pieces several pages share (run picker); the maths stays in ``workbench``."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from workbench.app_state import readable_errors, runs_root
+from workbench.store import FeatureStore, list_runs
+
+
+def pick_run(key: str, need_maps: bool = False):
+    """A selectbox over the stored runs (the one opened on the Record page first); returns an open
+    :class:`FeatureStore`, or ``None`` after showing a hint when there is none to show."""
+    runs = [r for r in (list_runs(runs_root()) if runs_root().exists() else []) if r.get("status") != "unreadable"]
+    if not runs:
+        st.info("No recorded run yet: record one on the Record page (the defaults take a few seconds).")
+        st.page_link("pages/record.py", label="Go to Record", icon="⏺️")
+        return None
+    paths = [r["path"] for r in runs]
+    current = st.session_state.get("run_dir")
+    label = {r["path"]: f"{r['path']} · {r['model']} · {r['steps']} steps · {r['reduction']} · {r['status']}"
+             for r in runs}
+    path = st.selectbox("Run", paths, index=paths.index(current) if current in paths else 0, key=key,
+                        format_func=label.get)
+    st.session_state["run_dir"] = path
+    with readable_errors("Opening the run"):
+        store = FeatureStore.open(path)
+    if store.steps_done < 2:
+        st.warning("This run has fewer than two finished steps: nothing to compare between steps.")
+        return None
+    if need_maps and not store.has_maps:
+        st.info("This run stored statistics only (reduction `stats`): record with `pool16` or `full` for this view.")
+    return store
