@@ -6,6 +6,8 @@ cached per process in ``workbench.app_state``; state shared between pages lives 
 (the last Run & compare result).
 """
 
+from importlib.util import find_spec
+
 import streamlit as st
 
 st.set_page_config(page_title="FRDiff workbench", page_icon="⏱️", layout="wide")
@@ -26,4 +28,6 @@ pages = {
         st.Page("pages/library.py", title="Policy library", icon="📚"),
     ],
 }
+if find_spec("frdiff.autofr") is not None and find_spec("workbench.cli_autofr") is not None:
+    pages["Use"].insert(2, st.Page("pages/autofr.py", title="Auto-FR", icon="🤖"))
 st.navigation(pages).run()

@@ -2,13 +2,16 @@
 export/import it, run a comparison with attribution, the library). Small shapes: 4–6 steps, 1–2 images."""
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
-PAGES = ["tour", "models", "record", "similarity", "frequency", "policy_builder", "compare", "library"]
+HAS_AUTOFR = find_spec("frdiff.autofr") is not None and find_spec("workbench.cli_autofr") is not None
+PAGES = ["tour", "models", "record", "similarity", "frequency", "policy_builder", "compare", "library"] + (
+    ["autofr"] if HAS_AUTOFR else [])
 
 
 @pytest.fixture(autouse=True)
@@ -176,3 +179,21 @@ def test_library_lists_compares_downloads_and_deletes(folders, unet_pipe):
     at.button(key="library_delete_u2").click().run()
     assert not at.exception
     assert not (lib / "u2.json").exists()
+
+
+@pytest.mark.skipif(not HAS_AUTOFR, reason="frdiff.autofr is not in this checkout")
+def test_autofr_learns_and_sends_the_policy_to_the_builder():
+    at = open_page("autofr")
+    at.number_input(key="autofr_steps").set_value(4)
+    at.number_input(key="autofr_iterations").set_value(2)
+    at.number_input(key="autofr_train").set_value(2)
+    at.number_input(key="autofr_batch").set_value(1)
+    at.button(key="autofr_run").click().run()
+    ok(at)
+    policy = at.session_state["autofr_result"]
+    assert policy.steps == 4 and policy.provenance["made_by"] == "autofr"
+    assert at.session_state["autofr_best"]["compute_fraction"] <= 0.6 + 1e-6
+    at.button(key="autofr_send").click().run()
+    ok(at)
+    assert at.title[0].value == "Policy builder"
+    assert at.session_state["policy"].provenance["made_by"] == "autofr"

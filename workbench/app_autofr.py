@@ -1,0 +1,55 @@
+"""Auto-FR for the app (no Streamlit): learn a policy on a shipped pipeline, keep the best mask as it goes.
+
+Wraps :func:`workbench.cli_autofr.learn_for_pipeline` (which calls :func:`frdiff.autofr.learn_policy`; its hooks
+hold the pipeline's lock and are always removed). ``progress`` receives each iteration's record; the latest mask
+that met the compute target is kept in ``best`` so a run stopped from the page can still send it to the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import frdiff
+from frdiff import Mixing, Policy
+from frdiff.policy import model_ref
+
+
+def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: str = "feature", iterations: int = 10,
+          train_images: int = 4, batch_size: int = 2, savings: dict | None = None,
+          progress: Callable[[dict], None] | None = None, cancel: Callable[[], bool] | None = None,
+          best: dict | None = None, model_name: str | None = None):
+    """Run Auto-FR; ``best`` (a dict) is updated in place with ``{"mask", "iteration", "compute_fraction"}``
+    whenever an iteration's hard mask meets the target. Returns the :class:`frdiff.autofr.AutoFRResult`."""
+    from frdiff.autofr import AutoFRConfig
+    from workbench.cli_autofr import learn_for_pipeline
+
+    config = AutoFRConfig(gates=gates, reuse=reuse, target_compute=target, iterations=iterations,
+                          batch_size=batch_size)
+    problems = config.problems() + ([f"Auto-FR needs at least 2 steps, got {steps}"] if steps < 2 else [])
+    if problems:
+        raise ValueError("; ".join(problems))
+
+    def on_iteration(info: dict) -> None:
+        met = info["target"] is None or info["compute_fraction"] <= info["target"] + config.tolerance
+        if best is not None and met:
+            best.update(mask=info["mask"].clone(), iteration=info["iteration"],
+                        compute_fraction=info["compute_fraction"], steps=steps, reuse=reuse)
+        if progress is not None:
+            progress(info)
+
+    return learn_for_pipeline(pipe, config, steps, list(range(train_images)), None, None, savings, on_iteration,
+                              cancel, model_name=model_name)
+
+
+def policy_from_mask(pipe, mask: torch.Tensor, steps: int, reuse: str = "feature", provenance: dict | None = None,
+                     scheduler: str = "ddim") -> Policy:
+    """A policy (mixing off) from a learned ``[blocks, steps]`` mask, e.g. the best one of a stopped run."""
+    den = frdiff.denoiser_of(pipe)
+    blocks = frdiff.find_blocks(den)
+    kinds = [k for _, k in blocks]
+    policy = Policy(blocks=[b for b, _ in blocks], keyframes=mask, steps=steps, scheduler=scheduler,
+                    granularity=["block" if k == "generic" else reuse for k in kinds], kinds=kinds, mixing=Mixing(),
+                    model=model_ref(den), provenance={"made_by": "autofr", **(provenance or {})})
+    return policy.check(model_blocks=dict(blocks))
