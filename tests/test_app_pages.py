@@ -197,3 +197,11 @@ def test_autofr_learns_and_sends_the_policy_to_the_builder():
     ok(at)
     assert at.title[0].value == "Policy builder"
     assert at.session_state["policy"].provenance["made_by"] == "autofr"
+
+
+def test_an_unknown_model_is_a_readable_message():
+    at = open_page("record")
+    at.selectbox(key="record_model_choice").select("local folder or hub id…").run()
+    at.text_input(key="record_model_source").set_value("/no/such/folder").run()
+    assert not at.exception
+    assert "unknown model '/no/such/folder'" in at.error[0].value
