@@ -36,8 +36,9 @@ class Variant:
 
 def measure_savings(pipe, steps: int = 1) -> dict:
     """FLOP shares a reuse step saves, per block and granularity, measured on one real call of ``pipe``."""
-    args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=steps, output_type="pt"))
-    return frdiff.measure_savings(frdiff.denoiser_of(pipe), None, *args, **kwargs)
+    with frdiff.exclusive(pipe):  # the capture hook must not meet another session's run of a shared pipeline
+        args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=steps, output_type="pt"))
+        return frdiff.measure_savings(frdiff.denoiser_of(pipe), None, *args, **kwargs)
 
 
 def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], steps: int, scheduler: str | None,
