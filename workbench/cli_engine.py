@@ -201,3 +201,4 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
+    from workbench.cli_autofr import add_autofr_command; add_autofr_command(sub)  # noqa: E702, I001

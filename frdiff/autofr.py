@@ -1,0 +1,450 @@
+"""Auto-FR: learn which steps (and, ours, which blocks) recompute, by gradient descent through the sampler.
+
+PAPER.md, "Auto-FR": the model is frozen; one gate logit g_t per step, shared by all blocks (step 0 always
+computed). Straight-through gates: the forward pass uses round(σ(g)) — exactly the hard policy — and the backward
+pass the gradient of σ(g). At a computed step a block's cache is refreshed, otherwise reused. The loss is the MSE
+between the final sample with feature reuse and the full-compute sample from the same noise, plus a term that
+pushes gates towards reuse, and gradients flow through the whole sampling chain.
+
+What this module adds to the paper's recipe:
+
+- ``gates="block"``: one gate per block × step instead of per step (the paper's are shared by all blocks).
+- A compute target instead of a hand-tuned penalty weight. Compute fraction C = Σ step costs / steps with the
+  engine's cost model (:func:`frdiff.speedup.step_costs`): C = 1 − (1/S)·Σ_{b,s} (1 − g_{b,s})·share_b, where
+  share_b is the FLOP share block b's reuse skips. Each gate's penalty is therefore weighted by its block's FLOP
+  share. The loss is MSE/MSE₀ + μ·(C − target) with a Lagrange multiplier μ ≥ 0 updated by multiplicative dual
+  ascent, μ ← μ·exp(κ·(C_hard − target)/target): μ grows while the hard mask costs more than the target and shrinks
+  while it costs less, so the optimisation settles at the target without tuning a weight for each model. μ starts
+  where the penalty's gradient matches the MSE's (median over gates), so the first steps neither ignore nor drown
+  the quality term. With ``target_compute=None`` the paper's term w·Σ ReLU(2σ(g) − 1) is used instead.
+- The hooks are the engine's own (:mod:`frdiff.reuse`), driven by a gate tensor: a hook blends
+  g·computed + (1 − g)·cached, which for hard gates is exactly what a policy run computes, so the trained mask is
+  exported as an ordinary :class:`~frdiff.policy.Policy` (mixing off) and validated through :func:`frdiff.apply`.
+- Optional gradient checkpointing per step (``torch.utils.checkpoint``): each step is recomputed in the backward
+  pass from its input sample and the block caches it started with, so memory holds one step's activations.
+
+"Best so far" is the most recent mask that met the compute target (or the most recent mask without a target):
+minibatch losses come from different seeds and are not comparable across iterations, so the lowest of them would
+pick the easiest batch rather than the best mask. Cancelling keeps it.
+
+The sampling task is given as callables and tensors, so this module does not know the pipeline: ``denoise(x, t,
+cond)`` returns the guided noise prediction with exactly one call of the denoiser (the pipeline's CFG batching
+inside), and the scheduler's ``step`` must be differentiable (DDIM's is).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .apply import apply, exclusive
+from .blocks import find_blocks
+from .policy import GRANULARITIES, Mixing, Policy, model_ref
+from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target
+from .speedup import measure_savings, predicted_speedup
+
+GATE_MODES = ("step", "block")
+PSNR_CAP_DB = 100.0  # as workbench.metrics: identical images count as 100 dB
+
+
+@dataclass
+class AutoFRConfig:
+    """Settings of one Auto-FR run (all stored in the policy's provenance).
+
+    gates: ``"step"`` = one gate per step shared by all blocks (the paper); ``"block"`` = one per block × step
+        (more freedom, 18× more gates on tiny-unet, so noisier gradients per gate).
+    reuse: what a reusing block skips: ``"feature"`` (the paper's timestep-independent part) or ``"block"`` (the
+        whole block, DeepCache / Learning-to-Cache style: saves more FLOPs per gate, costs more quality).
+    target_compute: compute fraction (1 = full cost) to steer to with the Lagrange multiplier; ``None`` uses the
+        paper's fixed penalty ``penalty``·Σ ReLU(2σ(g) − 1) instead.
+    penalty: the paper's weight w (used only when ``target_compute`` is None; PAPER.md reports ≈ 1e-3).
+    iterations: Adam steps. Each costs one forward and backward pass through all steps for ``batch_size`` images.
+    lr: Adam learning rate on the logits. With ``init_logit`` 0.25 a gate can flip after ~5 steps at 5e-2.
+    batch_size: images per iteration (the training set is cycled in a seeded random order).
+    init: ``"uniform"`` starts from evenly spaced keyframes at the target's cost (a feasible start, so every run
+        has a mask meeting the target); ``"full"`` starts from every step computed.
+    init_logit: |logit| of the starting gates; smaller flips sooner and is noisier.
+    dual_rate: κ of the multiplicative μ update; larger reacts faster to the compute overshoot, oscillates more.
+    tolerance: a mask meets the target when C ≤ target + tolerance.
+    checkpoint: gradient checkpointing per step (memory of one step instead of all; ~1.3× the time).
+    seed: order of the training images.
+    """
+
+    gates: str = "step"
+    reuse: str = "feature"
+    target_compute: float | None = 0.6
+    penalty: float = 1e-3
+    iterations: int = 30
+    lr: float = 5e-2
+    batch_size: int = 2
+    init: str = "uniform"
+    init_logit: float = 0.25
+    dual_rate: float = 5.0
+    tolerance: float = 1e-6
+    checkpoint: bool = False
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.gates not in GATE_MODES:
+            out.append(f"gates must be one of {', '.join(GATE_MODES)}, got {self.gates!r}")
+        if self.reuse not in GRANULARITIES:
+            out.append(f"reuse must be one of {', '.join(GRANULARITIES)}, got {self.reuse!r}")
+        if self.target_compute is not None and not 0.0 < self.target_compute <= 1.0:
+            out.append(f"target_compute must lie in (0, 1], got {self.target_compute}")
+        if self.iterations < 0:
+            out.append(f"iterations must be ≥ 0, got {self.iterations}")
+        if self.batch_size < 1:
+            out.append(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.init not in ("uniform", "full"):
+            out.append(f"init must be 'uniform' or 'full', got {self.init!r}")
+        if not self.lr > 0:
+            out.append(f"lr must be > 0, got {self.lr}")
+        return out
+
+
+@dataclass
+class Samples:
+    """Starting noise and conditioning of a set of images, one row each (``cond`` indexable along dim 0 or None)."""
+
+    noise: torch.Tensor
+    cond: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.noise.shape[0])
+
+    def take(self, idx: list[int] | slice) -> Samples:
+        return Samples(self.noise[idx], None if self.cond is None else self.cond[idx])
+
+
+@dataclass
+class AutoFRResult:
+    """What :func:`learn_policy` returns: the policy (provenance filled) and the run's record."""
+
+    policy: Policy
+    history: list[dict] = field(default_factory=list)
+    validation: dict = field(default_factory=dict)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+# ---- gates -----------------------------------------------------------------------------------------------------------
+def straight_through_gate(logits: torch.Tensor) -> torch.Tensor:
+    """round(σ(logits)) in the forward pass, the gradient of σ(logits) in the backward pass (PAPER.md, Auto-FR).
+
+    Written as hard + (soft − soft.detach()) so the forward value is exactly 0 or 1 (the bracket is exactly 0).
+    A logit of exactly 0 (σ = 0.5) counts as computed.
+    """
+    soft = torch.sigmoid(logits)
+    hard = (logits >= 0).to(soft.dtype)
+    return hard + (soft - soft.detach())
+
+
+def gate_matrix(logits: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Gates ``[blocks, steps]`` from learnable logits (``[steps − 1]`` per step or ``[blocks, steps − 1]`` per
+    block), with step 0 fixed to 1 (always computed)."""
+    gates = straight_through_gate(logits)
+    if gates.ndim == 1:
+        gates = gates.unsqueeze(0).expand(n_blocks, -1)
+    ones = torch.ones(n_blocks, 1, dtype=gates.dtype, device=gates.device)
+    return torch.cat([ones, gates], 1)
+
+
+def compute_fraction(gates: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """Σ step costs / steps for gates ``[blocks, steps]`` (1 = computed) and per-block reuse FLOP shares: the
+    engine's cost model (:func:`frdiff.speedup.step_costs`, mixing off) made differentiable."""
+    steps = gates.shape[1]
+    return 1.0 - ((1.0 - gates) * shares.to(gates.dtype)[:, None]).sum() / steps
+
+
+def uniform_start(steps: int, total_share: float, target: float | None) -> torch.Tensor:
+    """bool ``[steps]``: the fewest evenly spaced keyframes (step 0 included) whose cost meets ``target`` with all
+    blocks reusing between them (every step computed when ``target`` is None or unreachable cheaper)."""
+    if target is None or total_share <= 0:
+        return torch.ones(steps, dtype=torch.bool)
+    # cost = 1 − (steps − k)/steps · total_share ≤ target  ⇔  k ≤ steps·(1 − (1 − target)/total_share)
+    k = max(1, math.floor(steps * (1.0 - (1.0 - target) / total_share) + 1e-9))
+    mask = torch.zeros(steps, dtype=torch.bool)
+    mask[torch.floor(torch.arange(k) * steps / k).long()] = True
+    return mask
+
+
+# ---- hooks and sampling ----------------------------------------------------------------------------------------------
+@contextmanager
+def gated_reuse(denoiser: nn.Module, blocks: list[str], granularity: list[str]):
+    """Attach the engine's reuse hooks to ``blocks`` for a gate-driven run; yields the shared :class:`ReuseState`.
+
+    Set ``state.gates`` (``[blocks, steps]``) and ``state.step`` before each denoiser call; the hooks blend
+    g·computed + (1 − g)·cached. Holds the denoiser's lock (:func:`frdiff.exclusive`); hooks are always removed.
+    """
+    modules = dict(denoiser.named_modules())
+    kinds = dict(find_blocks(denoiser))
+    state = ReuseState(torch.ones(len(blocks), 1, dtype=torch.bool))
+    attached: list[tuple[nn.Module, str]] = []
+    with exclusive(denoiser):
+        try:
+            for i, (name, gran) in enumerate(zip(blocks, granularity, strict=True)):
+                target, hook_cls = hook_target(modules[name], kinds.get(name, "generic"), gran)
+                hook_name = f"{HOOK_PREFIX}-autofr-{i}"
+                attach(target, hook_cls(state, i, name), hook_name)
+                attached.append((target, hook_name))
+            yield state
+        finally:
+            for module, hook_name in reversed(attached):
+                detach(module, hook_name)
+            state.clear()
+            state.gates = None
+
+
+def sample(denoise: Callable, scheduler, noise: torch.Tensor, cond, steps: int, state: ReuseState | None = None,
+           use_checkpoint: bool = False) -> torch.Tensor:
+    """Plain sampling loop, differentiable (no ``no_grad``): the pipeline's loop without CFG details.
+
+    ``state``: the gated hooks' state; its ``step`` is set before each call. ``use_checkpoint``: recompute each
+    step in the backward pass (needs ``state`` so the step's starting caches can be restored).
+    """
+    scheduler.set_timesteps(steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+
+        def one_step(x, i=i, t=t, caches=None):
+            if state is not None:
+                state.step = i
+                if caches is not None:  # checkpoint recompute: start from the caches this step started with
+                    for hook, cache in zip(state.hooks, caches, strict=True):
+                        hook.cache = cache
+            eps = denoise(scheduler.scale_model_input(x, t), t, cond)
+            return scheduler.step(eps, t, x, return_dict=False)[0]
+
+        if use_checkpoint and state is not None and torch.is_grad_enabled():
+            caches = [hook.cache for hook in state.hooks]
+            x = checkpoint(one_step, x, use_reentrant=False, caches=caches)
+        else:
+            x = one_step(x)
+    return x
+
+
+def psnr_per_image(reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of images in [-1, 1] (clamped, as the pipeline outputs them) on the [0, 1] scale, capped at 100:
+    the same numbers as ``workbench.metrics.compare_images``."""
+    ref = (reference.detach().double().clamp(-1, 1) + 1) / 2
+    img = (images.detach().double().clamp(-1, 1) + 1) / 2
+    mse = ((ref - img) ** 2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-300))
+    return torch.where(mse == 0, torch.full_like(psnr, PSNR_CAP_DB), psnr.clamp(max=PSNR_CAP_DB))
+
+
+def _savings(denoiser: nn.Module, denoise: Callable, scheduler, samples: Samples, steps: int) -> dict:
+    """FLOP shares a reuse step skips, measured on this task's first denoiser call."""
+    captured: dict = {}
+
+    def grab(_m, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            sample(denoise, scheduler, samples.take(slice(0, 1)).noise, _first(samples.cond), steps)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return measure_savings(denoiser, None, *captured["args"], **captured["kwargs"])
+
+
+class _Captured(Exception):
+    pass
+
+
+def _first(cond):
+    return None if cond is None else cond[:1]
+
+
+@torch.no_grad()
+def reference_samples(denoiser: nn.Module, denoise: Callable, scheduler, samples: Samples, steps: int,
+                      batch_size: int = 16) -> torch.Tensor:
+    """Full-compute final samples (no hooks), in batches of ``batch_size``."""
+    out = []
+    with exclusive(denoiser):
+        for start in range(0, len(samples), batch_size):
+            part = samples.take(slice(start, start + batch_size))
+            out.append(sample(denoise, scheduler, part.noise, part.cond, steps))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate_policy(denoiser: nn.Module, policy: Policy, denoise: Callable, scheduler, samples: Samples,
+                    reference: torch.Tensor | None = None, batch_size: int = 16) -> dict:
+    """Run ``policy`` through the engine (:func:`frdiff.apply`) on ``samples``; PSNR and MSE against the
+    full-compute run from the same noise (``reference``, computed when not given)."""
+    steps = policy.steps
+    if reference is None:
+        reference = reference_samples(denoiser, denoise, scheduler, samples, steps, batch_size)
+    out = []
+    with apply(denoiser, policy, check_model=False) as run:
+        for start in range(0, len(samples), batch_size):
+            part = samples.take(slice(start, start + batch_size))
+            out.append(sample(denoise, scheduler, part.noise, part.cond, steps))
+    images = torch.cat(out)
+    psnr = psnr_per_image(reference, images)
+    return {"psnr": float(psnr.mean()), "psnr_min": float(psnr.min()), "n": len(samples),
+            "mse": float(((images.double() - reference.double()) ** 2).mean()),
+            "denoiser_calls": run.report().denoiser_calls}
+
+
+# ---- the optimisation ------------------------------------------------------------------------------------------------
+def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Samples, steps: int,
+                 config: AutoFRConfig | None = None, val: Samples | None = None, savings: dict | None = None,
+                 scheduler_name: str = "ddim", progress: Callable[[dict], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, extra_provenance: dict | None = None) -> AutoFRResult:
+    """Learn a keyframe policy for ``denoiser`` (Auto-FR, see the module docstring).
+
+    denoise: ``(x, t, cond) → ε`` with one call of ``denoiser`` (guidance included); scheduler: a diffusers
+    scheduler with a differentiable ``step`` (a copy is used); train / val: noise and conditioning of the training
+    and held-out images; savings: :func:`frdiff.measure_savings` output (measured here when None).
+    progress: called after every iteration with ``{"iteration", "iterations", "loss", "mse", "compute_fraction",
+    "target", "mu", "mask" (bool [blocks, steps], the mask just evaluated), "best_iteration", "seconds"}``.
+    cancel: polled before every iteration; when it returns True the run stops and keeps the best mask so far.
+    """
+    config = config or AutoFRConfig()
+    problems = config.problems()
+    if steps < 2:
+        problems.append(f"Auto-FR needs at least 2 steps, got {steps}")
+    if len(train) == 0:
+        problems.append("the training set is empty")
+    if problems:
+        raise ValueError("; ".join(problems))
+    t_start = time.perf_counter()
+    scheduler = type(scheduler).from_config(scheduler.config)  # set_timesteps mutates it; leave the caller's alone
+    blocks_kinds = find_blocks(denoiser)
+    blocks = [b for b, _ in blocks_kinds]
+    kinds = [k for _, k in blocks_kinds]
+    granularity = ["block" if k == "generic" else config.reuse for k in kinds]
+    nb = len(blocks)
+    if nb == 0:
+        raise ValueError(f"{type(denoiser).__name__} has no blocks FRDiff can reuse")
+    if savings is None:
+        savings = _savings(denoiser, denoise, scheduler, train, steps)
+    shares = torch.tensor([savings[g].get(b, 0.0) for b, g in zip(blocks, granularity, strict=True)],
+                          dtype=torch.float32)
+    total_share = float(shares.sum())
+    target = config.target_compute
+    min_compute = 1.0 - total_share * (steps - 1) / steps
+    notes = []
+    if target is not None and target < min_compute - config.tolerance:
+        notes.append(f"target compute {target:.3f} is below what {config.reuse} reuse can reach on this model "
+                     f"({min_compute:.3f}: reusing every block at every step after step 0); steering to it anyway "
+                     f"ends with (nearly) every gate at reuse")
+
+    # starting logits
+    start = uniform_start(steps, total_share, target) if config.init == "uniform" else torch.ones(steps, dtype=bool)
+    sign = start[1:].float() * 2 - 1
+    init = sign * config.init_logit
+    logits = (init if config.gates == "step" else init.unsqueeze(0).repeat(nb, 1)).clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=config.lr)
+
+    frozen = [(p, p.requires_grad) for p in denoiser.parameters()]
+    was_training = denoiser.training
+    gen = torch.Generator().manual_seed(config.seed)
+    order: list[int] = []
+    references: dict[int, torch.Tensor] = {}
+    history: list[dict] = []
+    best: dict | None = None
+    mu: float | None = None
+    mse0: float | None = None
+    cancelled = False
+    try:
+        denoiser.requires_grad_(False)
+        denoiser.train(False)
+        for it in range(config.iterations):
+            if cancel is not None and cancel():
+                cancelled = True
+                break
+            while len(order) < config.batch_size:
+                order += torch.randperm(len(train), generator=gen).tolist()
+            idx, order = order[: config.batch_size], order[config.batch_size:]
+            missing = [i for i in idx if i not in references]
+            if missing:
+                ref = reference_samples(denoiser, denoise, scheduler, train.take(missing), steps, config.batch_size)
+                references.update({i: r for i, r in zip(missing, ref, strict=True)})
+            part = train.take(idx)
+            ref = torch.stack([references[i] for i in idx])
+
+            opt.zero_grad(set_to_none=True)
+            with gated_reuse(denoiser, blocks, granularity) as state:  # backward inside: checkpoints rerun hooks
+                gates = gate_matrix(logits, nb)
+                state.gates = gates
+                x = sample(denoise, scheduler, part.noise, part.cond, steps, state, config.checkpoint)
+                mse = torch.mean((x.float() - ref.float()) ** 2)
+                mse_value = float(mse.detach())
+                if target is not None:
+                    mse0 = mse_value if mse0 is None else mse0
+                    (mse / max(mse0, 1e-12)).backward()
+                else:
+                    pen = torch.relu(2 * torch.sigmoid(logits) - 1).sum()
+                    (mse + config.penalty * pen).backward()
+            hard = gates.detach() > 0.5
+            comp_hard = float(compute_fraction(hard.float(), shares))
+            if target is not None:
+                g_mse = logits.grad.detach().clone()
+                g_pen = torch.autograd.grad(compute_fraction(gate_matrix(logits, nb), shares), logits)[0]
+                if mu is None:  # penalty gradient matched to the quality gradient at the start
+                    mu = float(g_mse.abs().median() / g_pen.abs().median().clamp_min(1e-12))
+                else:
+                    mu *= math.exp(config.dual_rate * (comp_hard - target) / target)
+                logits.grad = g_mse + mu * g_pen
+                loss_value = mse_value / max(mse0, 1e-12) + mu * (comp_hard - target)
+                feasible = comp_hard <= target + config.tolerance
+            else:
+                loss_value = mse_value + config.penalty * float(pen.detach())
+                feasible = True
+            if feasible:
+                best = {"iteration": it, "mask": hard.clone(), "compute_fraction": comp_hard, "mse": mse_value}
+            opt.step()
+            record = {"iteration": it, "loss": loss_value, "mse": mse_value, "compute_fraction": comp_hard,
+                      "mu": mu, "keyframes": int(hard.sum()), "seconds": time.perf_counter() - t_start}
+            history.append(record)
+            if progress is not None:
+                progress({**record, "iterations": config.iterations, "target": target, "mask": hard,
+                          "best_iteration": None if best is None else best["iteration"]})
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        denoiser.train(was_training)
+
+    if best is None:  # no iteration ran (or none met the target): the starting mask, or the current one
+        with torch.no_grad():
+            mask = gate_matrix(logits.detach(), nb) > 0.5
+        best = {"iteration": None, "mask": mask, "compute_fraction": float(compute_fraction(mask.float(), shares)),
+                "mse": None}
+    policy = Policy(blocks=blocks, keyframes=best["mask"], steps=steps, scheduler=scheduler_name,
+                    granularity=granularity, kinds=kinds, mixing=Mixing(), model=model_ref(denoiser))
+    policy.check(model_blocks=dict(blocks_kinds))
+    validation: dict = {}
+    if val is not None and len(val):
+        validation = evaluate_policy(denoiser, policy, denoise, scheduler, val)
+    seconds = time.perf_counter() - t_start
+    policy.provenance = {
+        "made_by": "autofr",
+        "settings": {**asdict(config), "steps": steps, "scheduler": scheduler_name, "train_images": len(train),
+                     "val_images": 0 if val is None else len(val)},
+        "selected_iteration": best["iteration"],
+        "compute_fraction": best["compute_fraction"],
+        "predicted_speedup": predicted_speedup(policy, savings),
+        "min_compute_fraction": min_compute,
+        "loss_curve": [{k: r[k] for k in ("iteration", "loss", "mse", "compute_fraction", "mu")} for r in history],
+        "validation": validation,
+        "cancelled": cancelled,
+        "seconds": seconds,
+        "notes": notes,
+        **(extra_provenance or {}),
+    }
+    return AutoFRResult(policy=policy, history=history, validation=validation, cancelled=cancelled, seconds=seconds)

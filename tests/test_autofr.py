@@ -1,0 +1,204 @@
+"""Auto-FR: straight-through gates, the differentiable cost model, gated hooks = policy runs, checkpointing, the
+optimisation, the exported policy reproducing its validation metrics through the engine, cancel, and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+import frdiff
+from frdiff import Policy, make_preset
+from frdiff.autofr import (
+    AutoFRConfig,
+    compute_fraction,
+    gate_matrix,
+    gated_reuse,
+    learn_policy,
+    sample,
+    straight_through_gate,
+    uniform_start,
+)
+from workbench.cli import main
+from workbench.cli_autofr import learn_for_pipeline, shapes_samples, shapes_task
+from workbench.metrics import compare_images
+from workbench.sampling import sample as sample_images
+
+
+def _scheduler(pipe):
+    return type(pipe.scheduler).from_config(pipe.scheduler.config)
+
+
+# ---- gates and cost ------------------------------------------------------------------------------------------------
+def test_straight_through_gate_is_binary_forward_and_sigmoid_backward():
+    logits = torch.tensor([-3.0, -0.2, 0.0, 0.1, 2.5], requires_grad=True)
+    gates = straight_through_gate(logits)
+    assert gates.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]  # exactly 0/1, not 0.99…
+    (gates * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    s = torch.sigmoid(logits.detach())
+    torch.testing.assert_close(logits.grad, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]) * s * (1 - s))
+    assert bool((logits.grad != 0).all())
+
+
+def test_gate_matrix_keeps_step_zero_and_compute_fraction_matches_the_engine_cost_model(unet_pipe):
+    logits = torch.tensor([[-1.0, 1.0, -1.0], [1.0, -1.0, -1.0]])
+    gates = gate_matrix(logits, 2)
+    assert gates.tolist() == [[1, 0, 1, 0], [1, 1, 0, 0]]
+    shares = torch.tensor([0.2, 0.3])
+    # reused: block 0 at 2 steps (0.2 each), block 1 at 2 steps (0.3 each) → 1 − (0.4 + 0.6)/4
+    assert float(compute_fraction(gates, shares)) == pytest.approx(0.75)
+    step_gates = gate_matrix(torch.tensor([-1.0, 1.0, -1.0]), 2)  # per step: the same row for every block
+    assert step_gates.tolist() == [[1, 0, 1, 0]] * 2
+    # against frdiff.step_costs on a real policy: the same number
+    den = unet_pipe.denoiser
+    policy = make_preset("uniform", den, 6, interval=3)
+    savings = {"feature": {b: 0.003 * (i + 1) for i, b in enumerate(policy.blocks)}, "block": {}}  # Σ 0.513
+    shares = torch.tensor([savings["feature"][b] for b in policy.blocks])
+    expected = sum(frdiff.step_costs(policy, savings)) / 6
+    assert float(compute_fraction(policy.keyframes.float(), shares)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_uniform_start_is_the_fewest_keyframes_meeting_the_target():
+    # 10 steps, reuse saves 0.6: k ≤ 10·(1 − 0.4/0.6) = 3.33 → 3 keyframes at 0, 3, 6; cost 1 − 0.7·0.6 = 0.58
+    assert uniform_start(10, 0.6, 0.6).nonzero().flatten().tolist() == [0, 3, 6]
+    assert uniform_start(10, 0.6, None).all()
+    assert uniform_start(10, 0.3, 0.5).nonzero().flatten().tolist() == [0]  # unreachable: reuse everywhere
+
+
+# ---- gated hooks -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture,gran", [("unet_pipe", "feature"), ("dit_pipe", "feature"), ("dit_pipe", "block")])
+def test_hard_gates_reproduce_the_policy_run(fixture, gran, request):
+    """The training forward with hard gates is the engine's run of the same mask (up to float rounding: the gated
+    resnet path computes heavy and light parts separately)."""
+    pipe = request.getfixturevalue(fixture)
+    den = pipe.denoiser
+    steps = 6
+    policy = make_preset("uniform", den, steps, interval=2)
+    policy.granularity = [gran] * len(policy.blocks)
+    policy.keyframes[1::2, 3] = True  # make it per block: odd blocks also computed at step 3
+    task, samples = shapes_task(pipe), shapes_samples(pipe, [4])
+    with torch.no_grad():
+        with frdiff.apply(den, policy, check_model=False):
+            engine = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps)
+        with gated_reuse(den, policy.blocks, policy.granularity) as state:
+            state.gates = policy.keyframes.float()
+            gated = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps, state)
+        full = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps)
+    torch.testing.assert_close(gated, engine, atol=2e-5, rtol=1e-4)
+    assert (engine - full).abs().max() > 1e-3  # the mask matters: reuse changed the sample
+    assert frdiff.attached_hooks(den) == []
+
+
+def test_checkpointing_gives_the_same_gradients(unet_pipe):
+    den = unet_pipe.denoiser
+    blocks = [b for b, _ in frdiff.find_blocks(den)]
+    task, samples = shapes_task(unet_pipe), shapes_samples(unet_pipe, [0])
+    grads = []
+    den.requires_grad_(False)
+    for use_checkpoint in (False, True):
+        logits = torch.tensor([0.3, -0.3, 0.3], requires_grad=True)
+        with gated_reuse(den, blocks, ["feature"] * len(blocks)) as state:
+            state.gates = gate_matrix(logits, len(blocks))
+            x = sample(task, _scheduler(unet_pipe), samples.noise, samples.cond, 4, state, use_checkpoint)
+            x.pow(2).mean().backward()
+        grads.append(logits.grad)
+    assert bool((grads[0] != 0).all())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-4)
+
+
+# ---- optimisation --------------------------------------------------------------------------------------------------
+def test_a_few_steps_lower_the_loss_at_the_target(unet_pipe):
+    """Fixed batch (2 images, batch 2), 8 steps: the mask the optimisation ends with has a lower MSE than the
+    uniform start at no more compute; μ rises while the mask costs more than the target."""
+    cfg = AutoFRConfig(target_compute=0.7, iterations=6, lr=0.2, init_logit=0.1, batch_size=2)
+    seen = []
+    res = learn_for_pipeline(unet_pipe, cfg, 8, [0, 1], progress=seen.append)
+    curve = res.history
+    assert len(curve) == 6 and len(seen) == 6
+    assert seen[0]["mask"].shape == (18, 8) and seen[0]["target"] == 0.7
+    first = curve[0]
+    assert first["compute_fraction"] <= 0.7 and first["loss"] == pytest.approx(1 + first["mu"] * (
+        first["compute_fraction"] - 0.7))
+    best = res.policy.provenance
+    assert best["compute_fraction"] <= 0.7 + 1e-6
+    chosen = curve[best["selected_iteration"]]
+    assert chosen["mse"] < first["mse"]
+    assert min(r["loss"] for r in curve[1:]) < first["loss"]
+    for prev, now in zip(curve, curve[1:], strict=False):  # dual ascent: μ follows this iteration's overshoot
+        if now["compute_fraction"] > 0.7 + 1e-6:
+            assert now["mu"] > prev["mu"]
+        elif now["compute_fraction"] < 0.7 - 1e-6:
+            assert now["mu"] < prev["mu"]
+
+
+def test_policy_validates_and_reproduces_its_validation_metrics_through_the_engine(unet_pipe, tmp_path):
+    cfg = AutoFRConfig(gates="block", target_compute=0.75, iterations=2, batch_size=1)
+    res = learn_for_pipeline(unet_pipe, cfg, 6, [0, 1], [100, 101, 102], model_name="tiny-unet")
+    path = res.policy.save(tmp_path / "p.json")
+    policy = Policy.load(path)  # validates
+    den = unet_pipe.denoiser
+    assert policy.problems(model_blocks=dict(frdiff.find_blocks(den)), fingerprint=frdiff.model_fingerprint(den)) == []
+    prov = policy.provenance
+    assert prov["made_by"] == "autofr" and prov["settings"]["gates"] == "block" and len(prov["loss_curve"]) == 2
+    assert prov["val_seeds"] == "100-102" and prov["train_seeds"] == "0-1"
+    assert policy.keyframes[:, 0].all() and not policy.mixing.enabled
+    assert prov["compute_fraction"] <= 0.75 + 1e-6
+    labels = [s % unet_pipe.num_classes for s in (100, 101, 102)]
+    ref = sample_images(unet_pipe, labels, [100, 101, 102], steps=6)
+    with frdiff.apply(unet_pipe, policy) as run:
+        out = sample_images(unet_pipe, labels, [100, 101, 102], steps=6)
+    metrics = compare_images(ref.images, out.images)
+    assert metrics["psnr"] == pytest.approx(prov["validation"]["psnr"], abs=0.02)
+    assert metrics["psnr"] < 100  # some block reuses: not the reference itself
+    assert run.report().denoiser_calls == 6
+    savings = {"feature": {b: s for b, s in zip(policy.blocks, _shares(unet_pipe, policy), strict=True)}}
+    assert prov["predicted_speedup"] == pytest.approx(frdiff.predicted_speedup(policy, savings), rel=1e-6)
+
+
+def _shares(pipe, policy):
+    from workbench.compare import measure_savings
+
+    sav = measure_savings(pipe)
+    return [sav["feature"][b] for b in policy.blocks]
+
+
+def test_cancel_keeps_the_mask_evaluated_so_far(dit_pipe):
+    calls = []
+    cfg = AutoFRConfig(target_compute=0.9, iterations=5, batch_size=1)
+    task, train = shapes_task(dit_pipe), shapes_samples(dit_pipe, [0])
+    res = learn_policy(dit_pipe.denoiser, task, dit_pipe.scheduler, train, 6, cfg, progress=calls.append,
+                       cancel=lambda: len(calls) >= 1)
+    assert res.cancelled and len(res.history) == 1 and res.policy.provenance["cancelled"] is True
+    assert torch.equal(res.policy.keyframes, calls[0]["mask"])
+    assert frdiff.attached_hooks(dit_pipe) == []
+
+
+def test_learn_policy_restores_the_models_flags(dit_pipe):
+    den = dit_pipe.denoiser
+    before = [p.requires_grad for p in den.parameters()]
+    cfg = AutoFRConfig(target_compute=0.9, iterations=1, batch_size=1)
+    learn_policy(den, shapes_task(dit_pipe), dit_pipe.scheduler, shapes_samples(dit_pipe, [0]), 4, cfg)
+    assert [p.requires_grad for p in den.parameters()] == before and not den.training
+
+
+def test_bad_settings_are_reported_together():
+    cfg = AutoFRConfig(gates="layer", target_compute=1.5, batch_size=0)
+    problems = cfg.problems()
+    assert len(problems) == 3 and "gates must be one of step, block" in problems[0]
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------------
+def test_cli_reports_validation_psnr_and_speedups(capsys, tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["autofr", "--model", "tiny-dit", "--steps", "6", "--granularity", "step", "--target-compute",
+                 "0.9", "--iterations", "2", "--batch-size", "1", "--train-seeds", "0-1", "--val-seeds", "100-102",
+                 "--quiet", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("val_psnr", "predicted_speedup", "measured_speedup", "compute_fraction", "step_mask", "loss_curve"):
+        assert key in report
+    policy = Policy.load(out)
+    assert report["val_psnr"] == policy.provenance["validation"]["psnr"]
+    assert report["predicted_speedup"] == pytest.approx(1 / report["compute_fraction"])
+    assert len(report["step_mask"]) == 6 and report["step_mask"][0] == "K"
+    assert main(["autofr", "--model", "tiny-dit", "--steps", "6", "--train-seeds", "0-3", "--val-seeds", "3-5",
+                 "--out", str(out)]) == 2
+    assert "validation seeds must be held out" in capsys.readouterr().err

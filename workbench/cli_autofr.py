@@ -1,0 +1,242 @@
+"""``python -m workbench autofr``: learn a keyframe policy (Auto-FR, :mod:`frdiff.autofr`) for a shipped model, then
+measure it on held-out seeds against the full run (and, with ``--baselines``, against uniform and reduced-NFE
+policies from the same seeds).
+
+The sampling task handed to :func:`frdiff.autofr.learn_policy` is built here for the project's
+:class:`~workbench.pipeline.ShapesPipeline`: per-seed starting noise drawn exactly as :func:`workbench.sampling.sample`
+draws it (one CPU generator per image), the class of seed s is s mod classes, and ``denoise`` is one batched CFG call
+``[unconditional, conditional]`` with the pipeline's guidance — the pipeline's loop, without ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import torch
+
+from workbench.cli import UserError, _load, parse_seeds
+
+BASELINES = [("uniform", m, mix) for m in (2, 3, 4) for mix in (False, True)] + [("reduced-nfe", m, False)
+                                                                                 for m in (2, 3, 4)]
+
+
+def shapes_task(pipe, guidance: float | None = None):
+    """``denoise(x, t, labels) → guided ε`` for a :class:`ShapesPipeline` (one denoiser call, CFG batched)."""
+    scale = pipe.config.default_guidance_scale if guidance is None else float(guidance)
+    channels = pipe.denoiser.config.in_channels
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if scale <= 1.0:
+            return pipe.denoise(x, t, labels)[:, :channels]
+        null = torch.full_like(labels, pipe.null_class)
+        eps = pipe.denoise(torch.cat([x, x]), t, torch.cat([null, labels]))[:, :channels]
+        uncond, cond = eps.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return denoise
+
+
+def shapes_samples(pipe, seeds: list[int]):
+    """Noise and labels of ``seeds`` (label = seed mod classes), as :func:`workbench.sampling.sample` draws them."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from frdiff.autofr import Samples
+
+    den = pipe.denoiser
+    shape = (1, den.config.in_channels, pipe.sample_size, pipe.sample_size)
+    device = pipe._execution_device
+    noise = torch.cat([randn_tensor(shape, generator=torch.Generator(device="cpu").manual_seed(int(s)), device=device,
+                                    dtype=den.dtype) for s in seeds])
+    labels = torch.tensor([int(s) % pipe.num_classes for s in seeds], device=device, dtype=torch.long)
+    return Samples(noise, labels)
+
+
+def learn_for_pipeline(pipe, config, steps: int, train_seeds: list[int], val_seeds: list[int] | None = None,
+                       guidance: float | None = None, savings: dict | None = None, progress=None, cancel=None,
+                       model_name: str | None = None):
+    """:func:`frdiff.autofr.learn_policy` on a ShapesPipeline with DDIM (the pipeline's own scheduler)."""
+    from frdiff.autofr import learn_policy
+    from workbench.schedulers import scheduler_name
+
+    val = shapes_samples(pipe, val_seeds) if val_seeds else None
+    extra = {"model": model_name, "train_seeds": _ranges(train_seeds), "val_seeds": _ranges(val_seeds or []),
+             "guidance": pipe.config.default_guidance_scale if guidance is None else guidance}
+    return learn_policy(pipe.denoiser, shapes_task(pipe, guidance), pipe.scheduler, shapes_samples(pipe, train_seeds),
+                        steps, config, val=val, savings=savings, scheduler_name=scheduler_name(pipe.scheduler),
+                        progress=progress, cancel=cancel, extra_provenance=extra)
+
+
+def _ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] → "0-2,5" (the CLI's seed syntax)."""
+    out, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        out.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def mask_lines(policy) -> dict:
+    """Readable mask, one character per step: 'K' every block computed, '.' every block reusing, a digit d = at
+    least d tenths of the blocks computed; and the keyframe count of each block."""
+    frac = policy.keyframes.float().mean(0).tolist()
+    line = "".join("K" if f == 1.0 else "." if f == 0.0 else str(min(9, int(f * 10))) for f in frac)
+    return {"step_mask": line, "keyframes_per_block": policy.keyframes.sum(1).tolist()}
+
+
+class _CancelOnInterrupt:
+    """First Ctrl-C: stop after the current iteration and keep the best mask so far; second: interrupt."""
+
+    def __init__(self):
+        self.flag = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+
+        def handler(_sig, _frame):
+            if self.flag:
+                raise KeyboardInterrupt
+            self.flag = True
+            print("\nstopping after this iteration (Ctrl-C again to abort)", file=sys.stderr)
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+    def __call__(self) -> bool:
+        return self.flag
+
+
+def cmd_autofr(args: argparse.Namespace) -> dict:
+    import frdiff
+    from frdiff.autofr import AutoFRConfig
+    from workbench.compare import Variant, compare, measure_savings
+
+    if not args.out:
+        raise UserError("autofr needs --out P.json")
+    target = None if str(args.target_compute).lower() == "none" else float(args.target_compute)
+    config = AutoFRConfig(gates=args.granularity, reuse=args.reuse, target_compute=target, penalty=args.penalty,
+                          iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
+                          checkpoint=args.checkpoint, seed=args.seed)
+    problems = config.problems()
+    if args.steps < 2:
+        problems.append(f"--steps must be at least 2, got {args.steps}")
+    if problems:
+        raise UserError("; ".join(problems))
+    train_seeds, val_seeds = parse_seeds(args.train_seeds), parse_seeds(args.val_seeds)
+    overlap = sorted(set(train_seeds) & set(val_seeds))
+    if overlap:
+        raise UserError(f"validation seeds must be held out; {len(overlap)} are also training seeds "
+                        f"(e.g. {overlap[0]})")
+    pipe = _load(args)
+    pipe.set_progress_bar_config(disable=True)
+    savings = measure_savings(pipe)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.iterations, desc=f"autofr {args.model}", unit="it", file=sys.stderr,
+               disable=args.quiet)
+
+    def show(info: dict) -> None:
+        bar.update(info["iteration"] + 1 - bar.n)
+        bar.set_postfix(mse=f"{info['mse']:.2e}", compute=f"{info['compute_fraction']:.3f}")
+
+    with _CancelOnInterrupt() as cancel:
+        try:
+            result = learn_for_pipeline(pipe, config, args.steps, train_seeds, None, args.guidance, savings, show,
+                                        cancel, model_name=args.model)
+        finally:
+            bar.close()
+    policy = result.policy
+    prov = policy.provenance
+    report = {"model": args.model, "steps": args.steps, "granularity": args.granularity, "reuse": args.reuse,
+              "target_compute": target, "compute_fraction": prov["compute_fraction"],
+              "predicted_speedup": prov["predicted_speedup"], "iterations_run": len(result.history),
+              "selected_iteration": prov["selected_iteration"], "train_seconds": result.seconds,
+              "cancelled": result.cancelled, "notes": prov["notes"], **mask_lines(policy)}
+    if not args.no_measure:
+        variants = [Variant("autofr", policy)]
+        if args.baselines:
+            den = frdiff.denoiser_of(pipe)
+            for preset, m, mix in BASELINES:
+                name = f"{preset} M={m}" + (" + mixing" if mix else "")
+                variants.append(Variant(name, frdiff.make_preset(preset, den, args.steps, interval=m, mix=mix)))
+        labels = [s % pipe.num_classes for s in val_seeds]
+        bar = tqdm(total=len(variants) + 1, desc="measure", unit="run", file=sys.stderr, disable=args.quiet)
+        try:
+            res = compare(pipe, variants, labels, val_seeds, steps=args.steps, scheduler=None,
+                          guidance_scale=args.guidance, repeats=args.repeats,
+                          progress=lambda info: bar.update(info["done"] - bar.n))
+        finally:
+            bar.close()
+        keys = ("psnr", "ssim", "max_abs_diff", "class_accuracy", "fd_shapes", "predicted_speedup", "speedup",
+                "latency_s", "reference_latency_s", "denoiser_calls")
+        rows = [{"name": v["name"], **{k: v[k] for k in keys if k in v}, "compute_fraction": 1 / v["predicted_speedup"]}
+                for v in res["variants"]]
+        mine = rows[0]
+        prov["validation"] = {"psnr": mine["psnr"], "ssim": mine["ssim"], "n": len(val_seeds),
+                              "seeds": _ranges(val_seeds), "measured_speedup": mine["speedup"],
+                              "class_accuracy": mine["class_accuracy"], "through": "workbench.compare (frdiff.apply)"}
+        report.update(val_psnr=mine["psnr"], val_ssim=mine["ssim"], measured_speedup=mine["speedup"],
+                      val_seeds=_ranges(val_seeds), reference={k: res["reference"][k] for k in
+                                                               ("latency_s", "class_accuracy", "fd_shapes")
+                                                               if k in res["reference"]})
+        if args.baselines:
+            report["variants"] = rows
+    policy.save(args.out)
+    report["out"] = args.out
+    report["loss_curve"] = prov["loss_curve"]
+    if not args.json:
+        for k in ("model", "granularity", "reuse", "target_compute", "compute_fraction", "predicted_speedup",
+                  "measured_speedup", "val_psnr", "val_ssim", "iterations_run", "train_seconds", "step_mask", "out"):
+            if k in report:
+                val = report[k]
+                print(f"{k}: {val:.4g}" if isinstance(val, float) else f"{k}: {val}")
+        for note in report["notes"]:
+            print(f"note: {note}")
+        for row in report.get("variants", [])[1:]:
+            print(f"  {row['name']:22s} psnr {row['psnr']:6.2f}  compute {row['compute_fraction']:.3f}  "
+                  f"speedup {row['speedup']:.2f} (predicted {row['predicted_speedup']:.2f})")
+    return report
+
+
+def add_autofr_command(sub) -> None:
+    p = sub.add_parser("autofr", help="learn a keyframe policy by gradient descent through the sampler (Auto-FR)")
+    p.add_argument("--model", default="tiny-unet", help="embedded name or local diffusers folder")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--granularity", choices=["step", "block"], default="step",
+                   help="gates per step (the paper's, shared by all blocks) or per block × step")
+    p.add_argument("--reuse", choices=["feature", "block"], default="feature",
+                   help="what a reusing block skips: its timestep-independent part (paper) or the whole block")
+    p.add_argument("--target-compute", default="0.6",
+                   help="compute fraction to steer to (1 = full), or 'none' for the paper's fixed penalty")
+    p.add_argument("--penalty", type=float, default=1e-3, help="the paper's penalty weight (--target-compute none)")
+    p.add_argument("--train-seeds", default="0-31", help="training images: seeds (class = seed mod classes)")
+    p.add_argument("--val-seeds", default="100-163", help="held-out images for validation")
+    p.add_argument("--iterations", type=int, default=20, help="Adam steps")
+    p.add_argument("--lr", type=float, default=5e-2)
+    p.add_argument("--batch-size", type=int, default=2, help="images per iteration")
+    p.add_argument("--init", choices=["uniform", "full"], default="uniform",
+                   help="start from evenly spaced keyframes at the target's cost, or from all steps computed")
+    p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per step (less memory)")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="order of the training images")
+    p.add_argument("--baselines", action="store_true",
+                   help="also measure uniform M=2,3,4 (± mixing) and reduced-nfe M=2,3,4 on the validation seeds")
+    p.add_argument("--no-measure", action="store_true", help="skip the validation run (no PSNR or measured speedup)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds on the validation seeds")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="where to write the policy JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_autofr)
