@@ -13,3 +13,5 @@ def test_record_overhead_suite_runs_small():
 def test_analysis_suite_runs_small():
     report = bench_analysis(repeats=1, steps=2)
     assert report["blocks"] == 18 and report["median_s"] > 0 and report["store_bytes"] > 0
+    assert set(report["parts_median_s"]) == {"read_s", "similarity_s", "spectra_s", "report_s"}
+    assert report["maps_bytes_read"] * 2 < report["store_bytes"]  # one CFG half of the maps is read

@@ -19,6 +19,10 @@ def test_figures_carry_the_data_and_labels():
     spec = figures.spectra_over_time_figure(np.ones((4, 17)), ts, "x0")
     assert np.asarray(spec.data[0].z).shape == (17, 4)
 
+    bands = figures.band_energy_figure({"low": [0.5, 0.9, 0.95, 0.97], "high": [0.3, 0.05, 0.02, 0.01]}, ts, "x0")
+    assert [d.name for d in bands.data] == ["low", "high"] and np.allclose(bands.data[1].y, [0.3, 0.05, 0.02, 0.01])
+    assert "t=999" in bands.layout.xaxis.ticktext[0] and list(bands.data[0].customdata) == ts
+
     err = figures.error_spectra_figure({"M=2": np.arange(1, 5.0), "25 steps": np.ones(4)})
     assert [d.name for d in err.data] == ["M=2", "25 steps"] and err.layout.yaxis.type == "log"
 

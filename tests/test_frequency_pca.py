@@ -66,3 +66,105 @@ def test_pca_uses_one_basis_for_all_steps():
     np.testing.assert_allclose(views[0], views[1])
     assert not np.allclose(views[0], views[2])  # a re-fitted basis per step would make them equal
     assert pca_images(maps[:, :2]).shape == (3, 4, 4, 3)  # fewer channels than colours
+
+
+def test_radial_spectrum_matches_plain_numpy_on_random_data():
+    img = np.random.default_rng(5).normal(size=(16, 16))
+    h = 16
+    power = np.abs(np.fft.fft2(img)) ** 2 / (h * h)
+    ref = np.zeros(h // 2 + 1)
+    counts = np.zeros(h // 2 + 1)
+    for y in range(h):
+        for x in range(h):
+            r = int(np.rint(np.hypot(min(y, h - y), min(x, h - x))))
+            if r <= h // 2:
+                ref[r] += power[y, x]
+                counts[r] += 1
+    np.testing.assert_allclose(radial_spectrum(img), ref / counts, rtol=1e-10)
+    maps = np.random.default_rng(6).normal(size=(3, 2, 4, 16, 16)).astype(np.float32)
+    per_map = radial_spectrum(maps.astype(np.float64))
+    np.testing.assert_allclose(spectra_over_time(maps), per_map.mean((1, 2)), rtol=1e-5)
+
+
+def test_band_energy_hand_values():
+    # 7 bins → non-DC bins 1..6 at r = 1/6 … 1: low = bins 1-2, mid = 3-4, high = 5-6.
+    spec = np.array([100.0, 1, 1, 2, 2, 3, 1])
+    bands = band_energy(spec)
+    assert bands["low"] == pytest.approx(0.2) and bands["mid"] == pytest.approx(0.4)
+    assert bands["high"] == pytest.approx(0.4)
+
+
+def test_predicted_x0_other_parameterisations():
+    rng = np.random.default_rng(7)
+    x0, eps = rng.normal(size=(2, 1, 3, 4, 4)), rng.normal(size=(2, 1, 3, 4, 4))
+    alphas = np.linspace(0.99, 0.01, 1000)
+    t = [800, 50]
+    a = alphas[t].reshape(2, 1, 1, 1, 1)
+    xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    v = np.sqrt(a) * eps - np.sqrt(1 - a) * x0
+    np.testing.assert_allclose(predicted_x0(xt, v, t, alphas, "v_prediction"), x0, atol=1e-10)
+    np.testing.assert_allclose(predicted_x0(xt, x0, t, alphas, "sample"), x0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        predicted_x0(xt, eps, t, alphas, "flow")
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp", "euler"])
+def test_final_sample_replays_the_pipeline(tmp_path, random_unet_pipe, scheduler):
+    import torch
+
+    from workbench.analysis.report import final_sample, frequency_report, guided_noise
+    from workbench.recorder import record_run
+    from workbench.schedulers import scheduler_swapped
+    from workbench.store import FeatureStore
+
+    pipe = random_unet_pipe
+    store = FeatureStore.open(record_run(pipe, "unet", tmp_path / "r", labels=[1, 4], seeds=[3, 4], steps=4,
+                                         reduction="stats", scheduler=scheduler, guidance_scale=2.5))
+    with scheduler_swapped(pipe, scheduler):
+        gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+        images = pipe([1, 4], num_inference_steps=4, guidance_scale=2.5, generator=gens, output_type="pt").images
+    np.testing.assert_allclose(final_sample(store), images.numpy(), atol=1e-5)
+    # CFG rebuilt by hand: the batch is [uncond, cond] for this pipeline.
+    out = store.denoiser_output(cond=None).astype(np.float64)
+    np.testing.assert_allclose(guided_noise(store), out[:, :2] + 2.5 * (out[:, 2:] - out[:, :2]))
+    report = frequency_report(store)
+    final = report["final"]
+    assert final["space"] == "pixel"
+    np.testing.assert_allclose(final["spectrum"], radial_spectrum(images.numpy().astype(np.float64)).mean((0, 1)),
+                               rtol=1e-4)
+    if scheduler == "ddim":  # ε-prediction: x̂0 by hand from the stored inputs and ᾱ of the recorded timesteps
+        alphas = pipe.scheduler.alphas_cumprod.double().numpy()
+        t = store.manifest["recorded_timesteps"]
+        a = alphas[t].reshape(-1, 1, 1, 1, 1)
+        x0 = (store.latents() - np.sqrt(1 - a) * guided_noise(store)) / np.sqrt(a)
+        np.testing.assert_allclose(report["predicted_x0"]["spectra"], spectra_over_time(x0), rtol=1e-6)
+
+
+def test_frequency_report_of_an_incomplete_run(tmp_path, random_dit_pipe):
+    import json
+
+    from workbench.analysis.report import analyze_store
+    from workbench.recorder import record_run
+    from workbench.store import FeatureStore, write_manifest
+
+    run = record_run(random_dit_pipe, "dit", tmp_path / "r", labels=[2], steps=3, reduction="stats")
+    store = FeatureStore.open(run)
+    manifest = dict(store.manifest, complete=False, steps_done=2)
+    write_manifest(run, manifest)
+    report = analyze_store(FeatureStore.open(run))
+    json.dumps(report, allow_nan=False)
+    assert report["frequency"]["final"] is None and any("incomplete" in n for n in report["notes"])
+    assert len(report["frequency"]["predicted_x0"]["bands"]["high"]) == 2
+    # No finished step, or a scheduler diffusers does not know: reported, no crash.
+    write_manifest(run, dict(manifest, steps_done=0))
+    empty = analyze_store(FeatureStore.open(run))
+    json.dumps(empty, allow_nan=False)
+    assert empty["frequency"] is None and empty["blocks"][0]["keyframes"] == 0
+    assert empty["blocks"][0]["mean_adjacent_cosine"] is None
+    foreign = dict(manifest, scheduler=dict(manifest["scheduler"], **{"class": "MyScheduler"}))
+    write_manifest(run, foreign)
+    report = analyze_store(FeatureStore.open(run))
+    assert report["frequency"] is None and "MyScheduler" in report["notes"][-1]
+    from workbench.cli import main
+
+    assert main(["analyze", str(run)]) == 0

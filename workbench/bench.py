@@ -4,6 +4,8 @@ Suites:
 - ``foundation``: per shipped model, wall time of a 50-step DDIM sample of 4 images with classifier-free guidance
   (the size budget of the shipped models: ≤ 5 s on the 2-core reference CPU), and the procedural data generator's
   throughput.
+- ``analysis``: time to analyse a full recorded tiny-unet run (all blocks, 50 steps, 4 images, full maps); target
+  ≤ 2 s on the 2-core reference CPU.
 """
 
 from __future__ import annotations
@@ -119,12 +121,22 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
 
 
 def bench_analysis(repeats: int = 3, device: str = "cpu", steps: int = 50) -> dict:
-    """Time to analyse a full recorded run of tiny-unet (all blocks, ``steps`` steps, 4 images, full maps):
-    reading every block from the store, adjacent statistics, steps × steps matrices and spectra per step."""
+    """Time to analyse a full recorded run of tiny-unet (all blocks, ``steps`` steps, 4 images, full maps), for the
+    conditional half: ``analyze_maps`` (read every block, adjacent statistics, steps × steps cosine and relative-L1
+    matrices, spectrum of every step) followed by ``analyze_store`` (the ``analyze`` report: summaries, spread
+    across samples, feature band energy, predicted-x0 and final-image spectra), the whole as one timed call.
+
+    Each repeat also times the parts on their own, interleaved with the whole so that drifts of a shared machine hit
+    all alike: reading every block (``iter_maps``), similarity and spectra on maps already in memory, and the
+    report. Parts run separately, so they do not add up to the whole (reads overlap computation there).
+    """
     import tempfile
     from pathlib import Path
 
-    from workbench.analysis.similarity import analyze_maps
+    from workbench.analysis.frequency import spectra_over_time
+    from workbench.analysis.reading import iter_maps
+    from workbench.analysis.report import analyze_store
+    from workbench.analysis.similarity import analyze_maps, block_similarity
     from workbench.recorder import record_run
     from workbench.store import FeatureStore
     from workbench.zoo import load_pipeline
@@ -134,8 +146,32 @@ def bench_analysis(repeats: int = 3, device: str = "cpu", steps: int = 50) -> di
         out = record_run(pipe, "tiny-unet", Path(tmp) / "run", labels=[0, 1, 2, 3], seeds=[0, 1, 2, 3],
                          steps=steps, reduction="full")
         store = FeatureStore.open(out)
-        med, runs = median_time(lambda: analyze_maps(FeatureStore.open(out)), repeats)
+        maps = dict(iter_maps(store))
+
+        def whole():
+            s = FeatureStore.open(out)
+            return analyze_store(s, maps_analysis=analyze_maps(s))
+
+        parts = {
+            "read_s": lambda: sum(m.nbytes for _, m in iter_maps(FeatureStore.open(out))),
+            "similarity_s": lambda: [block_similarity(m) for m in maps.values()],
+            "spectra_s": lambda: [spectra_over_time(m) for m in maps.values() if m.ndim == 5],
+            "report_s": lambda: analyze_store(FeatureStore.open(out), maps_analysis={}),
+        }
+        whole()  # warm-up (imports, FFT plans, page cache)
+        runs: list[float] = []
+        part_runs: dict[str, list[float]] = {k: [] for k in parts}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            whole()
+            runs.append(time.perf_counter() - t0)
+            for key, fn in parts.items():
+                t0 = time.perf_counter()
+                fn()
+                part_runs[key].append(time.perf_counter() - t0)
         size = store.disk_bytes()
+        maps_bytes = sum(m.nbytes for m in maps.values())
         blocks = len(store.blocks)
     return dict(suite="analysis", machine=machine_info(), model="tiny-unet", steps=steps, images=4, blocks=blocks,
-                store_bytes=size, median_s=med, runs_s=runs)
+                store_bytes=size, maps_bytes_read=maps_bytes, median_s=statistics.median(runs), runs_s=runs,
+                parts_median_s={k: statistics.median(v) for k, v in part_runs.items()}, parts_runs_s=part_runs)

@@ -199,21 +199,45 @@ def cmd_runs(args: argparse.Namespace) -> dict:
 
 
 def cmd_analyze(args: argparse.Namespace) -> dict:
-    from workbench.analysis.similarity import summarize_store
+    from workbench.analysis.report import analyze_store
     from workbench.store import FeatureStore, StoreError
 
     try:
         store = FeatureStore.open(args.dir)
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    report = summarize_store(store, threshold=args.threshold)
+    report = analyze_store(store, threshold=args.threshold)
+
+    def _num(value: float | None, digits: int = 5) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
     if not args.json:
         state = "complete" if report["complete"] else "INCOMPLETE"
-        print(f"{args.dir}: {report['steps']} steps ({state}); keyframes at accumulated rel-L1 > {args.threshold}")
-        print(f"{'block':<34} {'adj. cosine':>11} {'adj. rel-L1':>11} {'keyframes':>9}")
+        print(f"{args.dir}: {report['model']}, {report['steps']} steps ({state}), reduction {report['reduction']}, "
+              f"{report['samples']} samples{' (conditional half)' if report['cfg_layout'] != 'none' else ''}")
+        print(f"keyframes at accumulated rel-L1 > {args.threshold}; spread = std across samples, mean over steps; "
+              "high = feature energy above 2/3 Nyquist at the first → last step")
+        print(f"{'block':<34} {'adj. cosine':>11} {'± spread':>9} {'adj. rel-L1':>11} {'± spread':>9} "
+              f"{'keyframes':>9} {'high (features)':>16}")
         for b in report["blocks"]:
-            print(f"{b['name']:<34} {b['mean_adjacent_cosine']:>11.4f} {b['mean_adjacent_rel_l1']:>11.4f} "
-                  f"{b['keyframes']:>9}")
+            sp, bands = b["spread"], b["feature_bands"]
+            high = f"{bands['high'][0]:.3f} → {bands['high'][-1]:.3f}" if bands else "—"
+            print(f"{b['name']:<34} {_num(b['mean_adjacent_cosine'], 4):>11} {_num(sp['mean_adjacent_cosine_std']):>9} "
+                  f"{_num(b['mean_adjacent_rel_l1'], 4):>11} {_num(sp['mean_adjacent_rel_l1_std']):>9} "
+                  f"{b['keyframes']:>9} {high:>16}")
+        freq = report["frequency"] or {"final": None}
+        if "predicted_x0" in freq:
+            x0 = freq["predicted_x0"]["bands"]
+            n = len(x0["low"])
+            print(f"predicted x0 ({freq['predicted_x0']['prediction_type']}) band energy low / mid / high:")
+            for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
+                print(f"  step {i:>3} (t={report['timesteps'][i]:>4}): "
+                      f"{x0['low'][i]:.3f} / {x0['mid'][i]:.3f} / {x0['high'][i]:.3f}")
+        if freq["final"]:
+            fb = freq["final"]["bands"]
+            print(f"final {freq['final']['space']} sample: {fb['low']:.3f} / {fb['mid']:.3f} / {fb['high']:.3f}")
+        for note in report["notes"]:
+            print(f"note: {note}")
     return report
 
 
@@ -302,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("analyze", help="per-block temporal redundancy of a recorded run")
+    p = sub.add_parser("analyze", help="per-block temporal redundancy of a recorded run, its spread across samples, "
+                                       "and the frequency content of features, predicted x0 and final images")
     p.add_argument("dir", help="a run folder written by `record`")
     p.add_argument("--threshold", type=float, default=0.1,
                    help="keyframe whenever the accumulated relative L1 since the last one exceeds this")

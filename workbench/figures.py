@@ -70,6 +70,19 @@ def spectra_over_time_figure(spectra: np.ndarray, timesteps: Sequence[int], titl
     return fig
 
 
+def band_energy_figure(bands: dict[str, np.ndarray], timesteps: Sequence[int], title: str) -> go.Figure:
+    """Share of spectral energy in the low / mid / high bands per step (``bands``: name → [steps])."""
+    fig = go.Figure()
+    steps = list(range(len(timesteps)))
+    for name, values in bands.items():
+        fig.add_trace(go.Scatter(x=steps, y=np.asarray(values, dtype=float), name=name, mode="lines",
+                                 customdata=np.asarray(timesteps),
+                                 hovertemplate="step %{x} (t=%{customdata})<br>" + name + " %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=title, font=_FONT, xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
+                      yaxis_title="share of energy", yaxis_range=[0, 1])
+    return fig
+
+
 def error_spectra_figure(spectra: dict[str, np.ndarray]) -> go.Figure:
     """Error spectra of several variants against one reference: which frequencies each one loses."""
     fig = go.Figure()

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+import torch
 
 
 @lru_cache(maxsize=32)
@@ -34,14 +35,20 @@ def _bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return member, member.sum(0)
 
 
-def radial_spectrum(x: np.ndarray) -> np.ndarray:
-    """Mean power per radial frequency bin over the last two axes: ``[..., H, W]`` → ``[..., H//2 + 1]``."""
+def _power(x: np.ndarray) -> np.ndarray:
+    """|rfft2|² / (H·W) over the last two axes (float32 stays float32)."""
     x = np.asarray(x)
     x = x.astype(np.float32) if x.dtype != np.float64 else x
     h, w = x.shape[-2:]
     f = scipy.fft.rfft2(x, workers=os.cpu_count() or 1)
-    power = (f.real**2 + f.imag**2) / (h * w)
-    member, counts = _bins(h, w)
+    return (f.real**2 + f.imag**2) / (h * w)
+
+
+def radial_spectrum(x: np.ndarray) -> np.ndarray:
+    """Mean power per radial frequency bin over the last two axes: ``[..., H, W]`` → ``[..., H//2 + 1]``."""
+    x = np.asarray(x)
+    power = _power(x)
+    member, counts = _bins(*x.shape[-2:])
     return (power.reshape(*x.shape[:-2], -1) @ member.astype(power.dtype)) / counts
 
 
@@ -56,9 +63,20 @@ def band_energy(spectrum: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 3
 
 
 def spectra_over_time(maps: np.ndarray) -> np.ndarray:
-    """Channel- and sample-averaged radial spectrum per step: ``[steps, batch, C, H, W]`` → ``[steps, bins]``."""
-    spec = radial_spectrum(maps)
-    return spec.reshape(spec.shape[0], -1, spec.shape[-1]).mean(1)
+    """Channel- and sample-averaged radial spectrum per step: ``[steps, batch, C, H, W]`` → ``[steps, bins]``.
+
+    Power is averaged over samples and channels before the radial binning (binning is linear, so this equals the
+    mean of the per-map spectra at a fraction of the cost). Uses torch's FFT (~3× faster than scipy's here on the
+    2-core reference CPU); float64 input stays float64, anything else is computed in float32.
+    """
+    x = torch.as_tensor(np.asarray(maps))
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    steps, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    f = torch.view_as_real(torch.fft.rfft2(x))  # [..., H, W//2 + 1, (re, im)], a fresh contiguous tensor
+    f = f.reshape(steps, -1, h * (w // 2 + 1), 2)
+    power = f.square_().sum((1, 3)) / (f.shape[1] * h * w)  # Σ over samples·channels of re² + im², then mean
+    member, counts = _bins(h, w)
+    return (power.numpy() @ member.astype(power.numpy().dtype)) / counts
 
 
 def error_spectrum(variant: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -68,12 +86,23 @@ def error_spectrum(variant: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return spec.reshape(-1, spec.shape[-1]).mean(0)
 
 
-def predicted_x0(latents: np.ndarray, eps: np.ndarray, timesteps: list[int], alphas_cumprod: np.ndarray) -> np.ndarray:
-    """x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t per step (ε-prediction), ``[steps, batch, ...]``.
+def predicted_x0(latents: np.ndarray, output: np.ndarray, timesteps: list[int], alphas_cumprod: np.ndarray,
+                 prediction_type: str = "epsilon") -> np.ndarray:
+    """The denoiser's estimate of the clean sample at each step, ``[steps, batch, ...]``.
 
-    ``latents`` are the denoiser's inputs: for Euler-type schedulers the scaled input √ᾱ·x0 + √(1−ᾱ)·ε, which the
-    same formula inverts.
+    ``prediction_type`` as in diffusers' scheduler configs: ``epsilon`` x̂0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t,
+    ``v_prediction`` x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v, ``sample`` x̂0 = the output itself. ``latents`` are the denoiser's
+    inputs: for Euler-type schedulers the scaled input √ᾱ·x0 + √(1−ᾱ)·ε, which the same formulas invert.
+    No clipping (a scheduler with ``clip_sample`` clips its own copy).
     """
+    x = np.asarray(latents, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if prediction_type == "sample":
+        return out
     a = np.asarray(alphas_cumprod, dtype=np.float64)[np.asarray(timesteps)]
-    a = a.reshape(-1, *([1] * (np.asarray(latents).ndim - 1)))
-    return (np.asarray(latents, dtype=np.float64) - np.sqrt(1 - a) * eps) / np.sqrt(a)
+    a = a.reshape(-1, *([1] * (x.ndim - 1)))
+    if prediction_type == "epsilon":
+        return (x - np.sqrt(1 - a) * out) / np.sqrt(a)
+    if prediction_type == "v_prediction":
+        return np.sqrt(a) * x - np.sqrt(1 - a) * out
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; use epsilon, v_prediction or sample")
