@@ -243,11 +243,16 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
 
 def cmd_bench(args: argparse.Namespace) -> dict:
     from workbench.bench import bench_analysis, bench_foundation, bench_record_overhead
+    from workbench.bench_engine import bench_engine_quality, bench_gpu_speed
 
-    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis}
+    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
+              "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality}
     if args.suite not in suites:
         raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(suites)}")
-    report = suites[args.suite](repeats=args.repeats)
+    extra = {"compile": args.compile, "small": True if args.small else None} if args.suite == "gpu-speed" else {}
+    if args.suite == "engine-quality":
+        extra = {"seeds": args.seeds, "scheduler_seeds": args.scheduler_seeds}
+    report = suites[args.suite](repeats=args.repeats, **extra)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -335,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
-    p.add_argument("suite", help="foundation | record-overhead | analysis")
+    p.add_argument("suite", help="foundation | record-overhead | analysis | gpu-speed | engine-quality")
+    p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
+    p.add_argument("--small", action="store_true", help="gpu-speed: reduced-size models (the CPU variant)")
+    p.add_argument("--seeds", type=int, default=64, help="engine-quality: samples per variant (FD-shapes from 64)")
+    p.add_argument("--scheduler-seeds", type=int, default=None,
+                   help="engine-quality: samples per variant in the scheduler comparison (default: --seeds)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     p.add_argument("--out", default=None, help="folder for the suite's JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
