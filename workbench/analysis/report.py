@@ -9,8 +9,10 @@ What comes from where (every report says it under ``sources``):
   Nyquist are missing); none for ``stats`` runs or blocks whose output is not a map;
 - predicted x0 and final images: the stored denoiser inputs and outputs (every reduction). With classifier-free
   guidance the noise prediction the scheduler used is rebuilt as ε_u + w·(ε_c − ε_u); the final sample is the
-  scheduler's last step replayed on the stored inputs (a complete run only). For latent pipelines the final sample
-  is a latent (the VAE is not run), for pixel pipelines it is the image, clamped to [−1, 1] as the pipeline does.
+  output of the scheduler's last step, replaying every step on the stored inputs so that multistep schedulers
+  have their history (a complete run only). For latent pipelines the final sample is a latent (the VAE is not
+  run), for pixel pipelines it is the image, clamped to [−1, 1] as the pipeline does. x̂0 uses the recorded
+  (integer) timesteps and no clipping.
 """
 
 from __future__ import annotations
