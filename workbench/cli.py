@@ -243,10 +243,11 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
 
 def cmd_bench(args: argparse.Namespace) -> dict:
     from workbench.bench import bench_analysis, bench_foundation, bench_record_overhead
+    from workbench.bench_app import bench_app_startup
     from workbench.bench_engine import bench_engine_quality, bench_gpu_speed
 
     suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
-              "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality}
+              "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup}
     if args.suite not in suites:
         raise UserError(f"unknown suite {args.suite!r}; choose one of {', '.join(suites)}")
     extra = {"compile": args.compile, "small": True if args.small else None} if args.suite == "gpu-speed" else {}
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/)")
-    p.add_argument("suite", help="foundation | record-overhead | analysis | gpu-speed | engine-quality")
+    p.add_argument("suite", help="foundation | record-overhead | analysis | gpu-speed | engine-quality | app-startup")
     p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
     p.add_argument("--small", action="store_true", help="gpu-speed: reduced-size models (the CPU variant)")
     p.add_argument("--seeds", type=int, default=64, help="engine-quality: samples per variant (FD-shapes from 64)")
