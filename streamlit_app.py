@@ -6,9 +6,15 @@ cached per process in ``workbench.app_state``; state shared between pages lives 
 (the last Run & compare result).
 """
 
+import os
 from importlib.util import find_spec
 
 import streamlit as st
+
+# One torch thread per app process unless FRDIFF_THREADS says otherwise: the shipped models are tiny, and on a small
+# shared CPU two threads of one run wait on each other (docs/app.md: the Tour's 30-step run took 1.3-1.7 s on one
+# thread and 12-30 s on two under load). Set before torch is imported by any page.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("FRDIFF_THREADS", "1"))
 
 st.set_page_config(page_title="FRDiff workbench", page_icon="⏱️", layout="wide")
 

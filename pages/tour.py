@@ -1,16 +1,18 @@
 """Tour: temporal redundancy in three live steps on the shipped tiny-unet (for teaching; large figures)."""
 
-import numpy as np
 import streamlit as st
 
-from workbench import app_runs
-from workbench.app_state import DEFAULT_MODEL, load_model, readable_errors
-from workbench.data import CLASSES
-from workbench.figures import blocks_steps_heatmap, error_spectra_figure, image_grid
+st.title("Temporal redundancy in diffusion models")  # first, so the page shows while torch and diffusers import
+
+import numpy as np  # noqa: E402
+
+from workbench import app_runs  # noqa: E402
+from workbench.app_state import DEFAULT_MODEL, load_model, readable_errors  # noqa: E402
+from workbench.data import CLASSES  # noqa: E402
+from workbench.figures import blocks_steps_heatmap, error_spectra_figure, image_grid  # noqa: E402
 
 STEPS = ["1 · Watch an image form", "2 · Adjacent steps barely change", "3 · Reuse instead of recompute"]
 
-st.title("Temporal redundancy in diffusion models")
 with st.expander("Settings (the defaults work)"):
     c1, c2, c3, c4 = st.columns(4)
     cls = c1.selectbox("Class", list(CLASSES), index=CLASSES.index("star"), key="tour_class")
