@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import frdiff
 from frdiff import Policy
-from workbench.metrics import compare_images
 from frdiff.blocks import capture_denoiser_call
+from workbench.metrics import compare_images
 from workbench.sampling import SampleResult, judge, sample
 
 
