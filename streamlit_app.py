@@ -7,9 +7,11 @@ cached per process in ``workbench.app_state``; state shared between pages lives 
 """
 
 import os
-from importlib.util import find_spec
+from pathlib import Path
 
 import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
 
 # One torch thread per app process unless FRDIFF_THREADS says otherwise: the shipped models are tiny, and on a small
 # shared CPU two threads of one run wait on each other (docs/app.md: the Tour's 30-step run took 1.3-1.7 s on one
@@ -34,6 +36,7 @@ pages = {
         st.Page("pages/library.py", title="Policy library", icon="📚"),
     ],
 }
-if find_spec("frdiff.autofr") is not None and find_spec("workbench.cli_autofr") is not None:
+# a file check, not importlib's find_spec: that would import frdiff (torch, diffusers) before the first page draws
+if all((ROOT / f).is_file() for f in ("frdiff/autofr.py", "workbench/cli_autofr.py")):
     pages["Use"].insert(2, st.Page("pages/autofr.py", title="Auto-FR", icon="🤖"))
 st.navigation(pages).run()
