@@ -12,20 +12,27 @@ What this module adds to the paper's recipe:
 - A compute target instead of a hand-tuned penalty weight. Compute fraction C = Σ step costs / steps with the
   engine's cost model (:func:`frdiff.speedup.step_costs`): C = 1 − (1/S)·Σ_{b,s} (1 − g_{b,s})·share_b, where
   share_b is the FLOP share block b's reuse skips. Each gate's penalty is therefore weighted by its block's FLOP
-  share. The loss is MSE/MSE₀ + μ·(C − target) with a Lagrange multiplier μ ≥ 0 updated by multiplicative dual
+  share. The loss is log MSE + μ·(C − target) with a Lagrange multiplier μ ≥ 0 updated by multiplicative dual
   ascent, μ ← μ·exp(κ·(C_hard − target)/target): μ grows while the hard mask costs more than the target and shrinks
-  while it costs less, so the optimisation settles at the target without tuning a weight for each model. μ starts
-  where the penalty's gradient matches the MSE's (median over gates), so the first steps neither ignore nor drown
-  the quality term. With ``target_compute=None`` the paper's term w·Σ ReLU(2σ(g) − 1) is used instead.
+  while it costs less, so the optimisation steers to the target without a weight tuned per model. μ starts where
+  the penalty's gradient matches the quality term's (median over gates). log MSE (= −PSNR·ln10/10 up to a
+  constant) rather than MSE because the MSE of a 2-image minibatch varies ~10× between batches of seeds; the log
+  makes each batch's gradient scale-free. With ``target_compute=None`` the paper's loss, MSE + w·Σ ReLU(2σ(g) − 1),
+  is used unchanged.
+- The exported mask is the *budget projection* of the learned logits: step 0, then gates in decreasing logit order,
+  each taken when it still fits under the target (a gate that does not fit is skipped, cheaper ones after it may
+  still fit). The rounded mask the last iteration ran with oscillates around the target (that is what the
+  multiplier does); the projection meets the target and spends it, with the logits as the learned ranking. Without
+  a target the rounded mask is exported as in the paper.
 - The hooks are the engine's own (:mod:`frdiff.reuse`), driven by a gate tensor: a hook blends
   g·computed + (1 − g)·cached, which for hard gates is exactly what a policy run computes, so the trained mask is
   exported as an ordinary :class:`~frdiff.policy.Policy` (mixing off) and validated through :func:`frdiff.apply`.
 - Optional gradient checkpointing per step (``torch.utils.checkpoint``): each step is recomputed in the backward
   pass from its input sample and the block caches it started with, so memory holds one step's activations.
 
-"Best so far" is the most recent mask that met the compute target (or the most recent mask without a target):
-minibatch losses come from different seeds and are not comparable across iterations, so the lowest of them would
-pick the easiest batch rather than the best mask. Cancelling keeps it.
+"Best so far" is the projection of the latest logits: minibatch losses come from different seeds and are not
+comparable across iterations, so the lowest of them would pick the easiest batch rather than the best mask.
+Cancelling keeps it.
 
 The sampling task is given as callables and tensors, so this module does not know the pipeline: ``denoise(x, t,
 cond)`` returns the guided noise prediction with exactly one call of the denoiser (the pipeline's CFG batching
@@ -66,7 +73,7 @@ class AutoFRConfig:
         paper's fixed penalty ``penalty``·Σ ReLU(2σ(g) − 1) instead.
     penalty: the paper's weight w (used only when ``target_compute`` is None; PAPER.md reports ≈ 1e-3).
     iterations: Adam steps. Each costs one forward and backward pass through all steps for ``batch_size`` images.
-    lr: Adam learning rate on the logits. With ``init_logit`` 0.25 a gate can flip after ~5 steps at 5e-2.
+    lr: Adam learning rate on the logits. With ``init_logit`` 0.1 a gate can flip after ~2 steps at 5e-2.
     batch_size: images per iteration (the training set is cycled in a seeded random order).
     init: ``"uniform"`` starts from evenly spaced keyframes at the target's cost (a feasible start, so every run
         has a mask meeting the target); ``"full"`` starts from every step computed.
@@ -85,8 +92,8 @@ class AutoFRConfig:
     lr: float = 5e-2
     batch_size: int = 2
     init: str = "uniform"
-    init_logit: float = 0.25
-    dual_rate: float = 5.0
+    init_logit: float = 0.1
+    dual_rate: float = 2.0
     tolerance: float = 1e-6
     checkpoint: bool = False
     seed: int = 0
@@ -174,6 +181,30 @@ def uniform_start(steps: int, total_share: float, target: float | None) -> torch
     mask = torch.zeros(steps, dtype=torch.bool)
     mask[torch.floor(torch.arange(k) * steps / k).long()] = True
     return mask
+
+
+def project_to_budget(logits: torch.Tensor, shares: torch.Tensor, target: float,
+                      tolerance: float = 1e-6) -> torch.Tensor:
+    """bool ``[blocks, steps]``: step 0, then gates in decreasing logit order while the compute fraction stays
+    ≤ ``target`` (a gate that does not fit is skipped; cheaper ones after it may still fit).
+
+    logits: ``[steps − 1]`` (per step: a gate costs Σ shares / steps) or ``[blocks, steps − 1]`` (per block: gate
+    (b, s) costs share_b / steps).
+    """
+    shares = shares.double().cpu()
+    nb = len(shares)
+    steps = logits.shape[-1] + 1
+    per_step = logits.ndim == 1
+    flat = logits.detach().double().cpu().flatten()
+    costs = (shares.sum().repeat(steps - 1) if per_step else shares[:, None].expand(nb, steps - 1).flatten()) / steps
+    mask = torch.zeros(1 if per_step else nb, steps, dtype=torch.bool)
+    mask[:, 0] = True
+    compute = 1.0 - float(shares.sum()) * (steps - 1) / steps  # every gate after step 0 reusing
+    for i in torch.argsort(flat, descending=True, stable=True).tolist():
+        if compute + float(costs[i]) <= target + tolerance:
+            compute += float(costs[i])
+            mask.view(-1, steps)[i // (steps - 1), 1 + i % (steps - 1)] = True
+    return mask.expand(nb, steps).clone()
 
 
 # ---- hooks and sampling ----------------------------------------------------------------------------------------------
@@ -311,8 +342,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     scheduler with a differentiable ``step`` (a copy is used); train / val: noise and conditioning of the training
     and held-out images; savings: :func:`frdiff.measure_savings` output (measured here when None).
     progress: called after every iteration with ``{"iteration", "iterations", "loss", "mse", "compute_fraction",
-    "target", "mu", "mask" (bool [blocks, steps], the mask just evaluated), "best_iteration", "seconds"}``.
-    cancel: polled before every iteration; when it returns True the run stops and keeps the best mask so far.
+    "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds"}``.
+    cancel: polled before every iteration; when it returns True the run stops and exports what it learned so far.
     """
     config = config or AutoFRConfig()
     problems = config.problems()
@@ -357,9 +388,7 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     order: list[int] = []
     references: dict[int, torch.Tensor] = {}
     history: list[dict] = []
-    best: dict | None = None
     mu: float | None = None
-    mse0: float | None = None
     cancelled = False
     try:
         denoiser.requires_grad_(False)
@@ -386,46 +415,42 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                 mse = torch.mean((x.float() - ref.float()) ** 2)
                 mse_value = float(mse.detach())
                 if target is not None:
-                    mse0 = mse_value if mse0 is None else mse0
-                    (mse / max(mse0, 1e-12)).backward()
+                    quality = torch.log(mse.clamp_min(1e-12))
+                    quality.backward()
                 else:
                     pen = torch.relu(2 * torch.sigmoid(logits) - 1).sum()
                     (mse + config.penalty * pen).backward()
             hard = gates.detach() > 0.5
             comp_hard = float(compute_fraction(hard.float(), shares))
             if target is not None:
-                g_mse = logits.grad.detach().clone()
+                g_quality = logits.grad.detach().clone()
                 g_pen = torch.autograd.grad(compute_fraction(gate_matrix(logits, nb), shares), logits)[0]
                 if mu is None:  # penalty gradient matched to the quality gradient at the start
-                    mu = float(g_mse.abs().median() / g_pen.abs().median().clamp_min(1e-12))
+                    mu = float(g_quality.abs().median() / g_pen.abs().median().clamp_min(1e-12))
                 else:
                     mu *= math.exp(config.dual_rate * (comp_hard - target) / target)
-                logits.grad = g_mse + mu * g_pen
-                loss_value = mse_value / max(mse0, 1e-12) + mu * (comp_hard - target)
-                feasible = comp_hard <= target + config.tolerance
+                logits.grad = g_quality + mu * g_pen
+                loss_value = float(quality.detach()) + mu * (comp_hard - target)
             else:
                 loss_value = mse_value + config.penalty * float(pen.detach())
-                feasible = True
-            if feasible:
-                best = {"iteration": it, "mask": hard.clone(), "compute_fraction": comp_hard, "mse": mse_value}
             opt.step()
             record = {"iteration": it, "loss": loss_value, "mse": mse_value, "compute_fraction": comp_hard,
                       "mu": mu, "keyframes": int(hard.sum()), "seconds": time.perf_counter() - t_start}
             history.append(record)
             if progress is not None:
-                progress({**record, "iterations": config.iterations, "target": target, "mask": hard,
-                          "best_iteration": None if best is None else best["iteration"]})
+                progress({**record, "iterations": config.iterations, "target": target, "mask": hard})
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
         denoiser.train(was_training)
 
-    if best is None:  # no iteration ran (or none met the target): the starting mask, or the current one
-        with torch.no_grad():
+    with torch.no_grad():  # the exported mask: the budget projection of the latest logits (or the rounded mask)
+        if target is not None:
+            mask = project_to_budget(logits, shares, target, config.tolerance)
+        else:
             mask = gate_matrix(logits.detach(), nb) > 0.5
-        best = {"iteration": None, "mask": mask, "compute_fraction": float(compute_fraction(mask.float(), shares)),
-                "mse": None}
-    policy = Policy(blocks=blocks, keyframes=best["mask"], steps=steps, scheduler=scheduler_name,
+    exported_compute = float(compute_fraction(mask.float(), shares))
+    policy = Policy(blocks=blocks, keyframes=mask, steps=steps, scheduler=scheduler_name,
                     granularity=granularity, kinds=kinds, mixing=Mixing(), model=model_ref(denoiser))
     policy.check(model_blocks=dict(blocks_kinds))
     validation: dict = {}
@@ -436,8 +461,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
         "made_by": "autofr",
         "settings": {**asdict(config), "steps": steps, "scheduler": scheduler_name, "train_images": len(train),
                      "val_images": 0 if val is None else len(val)},
-        "selected_iteration": best["iteration"],
-        "compute_fraction": best["compute_fraction"],
+        "iterations_run": len(history),
+        "compute_fraction": exported_compute,
         "predicted_speedup": predicted_speedup(policy, savings),
         "min_compute_fraction": min_compute,
         "loss_curve": [{k: r[k] for k in ("iteration", "loss", "mse", "compute_fraction", "mu")} for r in history],

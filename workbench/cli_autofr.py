@@ -162,7 +162,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     report = {"model": args.model, "steps": args.steps, "granularity": args.granularity, "reuse": args.reuse,
               "target_compute": target, "compute_fraction": prov["compute_fraction"],
               "predicted_speedup": prov["predicted_speedup"], "iterations_run": len(result.history),
-              "selected_iteration": prov["selected_iteration"], "train_seconds": result.seconds,
+              "train_seconds": result.seconds,
               "cancelled": result.cancelled, "notes": prov["notes"], **mask_lines(policy)}
     if not args.no_measure:
         variants = [Variant("autofr", policy)]
