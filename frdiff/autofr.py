@@ -342,7 +342,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     scheduler with a differentiable ``step`` (a copy is used); train / val: noise and conditioning of the training
     and held-out images; savings: :func:`frdiff.measure_savings` output (measured here when None).
     progress: called after every iteration with ``{"iteration", "iterations", "loss", "mse", "compute_fraction",
-    "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds"}``.
+    "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds"}``
+    and, with a target, ``"projected_mask"`` / ``"projected_compute_fraction"``: what stopping now would export.
     cancel: polled before every iteration; when it returns True the run stops and exports what it learned so far.
     """
     config = config or AutoFRConfig()
@@ -438,7 +439,12 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                       "mu": mu, "keyframes": int(hard.sum()), "seconds": time.perf_counter() - t_start}
             history.append(record)
             if progress is not None:
-                progress({**record, "iterations": config.iterations, "target": target, "mask": hard})
+                info = {**record, "iterations": config.iterations, "target": target, "mask": hard}
+                if target is not None:  # what a stop now would export
+                    info["projected_mask"] = project_to_budget(logits, shares, target, config.tolerance)
+                    info["projected_compute_fraction"] = float(compute_fraction(info["projected_mask"].float(),
+                                                                                shares))
+                progress(info)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)

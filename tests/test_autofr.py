@@ -131,6 +131,8 @@ def test_a_few_steps_lower_the_loss_at_the_target(unet_pipe):
     curve = res.history
     assert len(curve) == 6 and len(seen) == 6
     assert seen[0]["mask"].shape == (18, 8) and seen[0]["target"] == 0.7
+    assert torch.equal(seen[-1]["projected_mask"], res.policy.keyframes)  # the last report = what was exported
+    assert seen[-1]["projected_compute_fraction"] == pytest.approx(res.policy.provenance["compute_fraction"])
     first = curve[0]
     assert first["compute_fraction"] <= 0.7 and first["loss"] == pytest.approx(math.log(first["mse"]) + first["mu"] * (
         first["compute_fraction"] - 0.7), rel=1e-5)
