@@ -187,22 +187,6 @@ class ResidualFeatureHook(_ReuseHook):
         return self._wrap(hidden_states + self.cache)
 
 
-class SelfAttentionFeatureHook(_ReuseHook):
-    """A transformer block's ``attn1``: reuse the self-attention output before the block gates it."""
-
-    @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
-    def new_forward(self, module, *args, **kwargs):
-        decision = self.state.decide(self.idx)
-        if self.cache is None or decision is not False:
-            out = self.fn_ref.original_forward(*args, **kwargs)
-            if self.cache is not None and isinstance(decision, torch.Tensor):
-                out = _rewrap(out, _blend(decision, first_tensor(out), first_tensor(self.cache)))
-            self.cache = out
-            return out
-        self.state.reused += 1
-        return self.cache
-
-
 class WholeBlockHook(_ReuseHook):
     """``block`` granularity: reuse the block's whole output and skip its forward."""
 
@@ -217,6 +201,11 @@ class WholeBlockHook(_ReuseHook):
             return out
         self.state.reused += 1
         return self.cache
+
+
+class SelfAttentionFeatureHook(WholeBlockHook):
+    """A transformer block's ``attn1``: reuse the self-attention output before the block gates it. The rule is
+    the whole-output rule applied one level down, on the attention module instead of the block."""
 
 
 def hook_target(block: nn.Module, kind: str, granularity: str) -> tuple[nn.Module, type[_ReuseHook]]:
