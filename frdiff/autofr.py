@@ -80,6 +80,9 @@ class AutoFRConfig:
     init_logit: |logit| of the starting gates; smaller flips sooner and is noisier.
     dual_rate: κ of the multiplicative μ update; larger reacts faster to the compute overshoot, oscillates more.
     tolerance: a mask meets the target when C ≤ target + tolerance.
+    estimator: the forward mask of the straight-through estimator. ``"round"``: round(σ(g)), the paper's; the
+        multiplier steers its cost to the target. ``"budget"``: the budget projection of the logits (see above), so
+        training runs the mask it would export; the backward pass is σ' in both. Needs a target.
     checkpoint: gradient checkpointing per step (memory of one step instead of all; ~1.3× the time).
     seed: order of the training images.
     """
@@ -95,6 +98,7 @@ class AutoFRConfig:
     init_logit: float = 0.1
     dual_rate: float = 2.0
     tolerance: float = 1e-6
+    estimator: str = "round"
     checkpoint: bool = False
     seed: int = 0
 
@@ -110,6 +114,10 @@ class AutoFRConfig:
             out.append(f"iterations must be ≥ 0, got {self.iterations}")
         if self.batch_size < 1:
             out.append(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.estimator not in ("round", "budget"):
+            out.append(f"estimator must be 'round' or 'budget', got {self.estimator!r}")
+        elif self.estimator == "budget" and self.target_compute is None:
+            out.append("the budget estimator needs a target compute fraction")
         if self.init not in ("uniform", "full"):
             out.append(f"init must be 'uniform' or 'full', got {self.init!r}")
         if not self.lr > 0:
@@ -411,6 +419,9 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
             opt.zero_grad(set_to_none=True)
             with gated_reuse(denoiser, blocks, granularity) as state:  # backward inside: checkpoints rerun hooks
                 gates = gate_matrix(logits, nb)
+                if config.estimator == "budget":  # forward: the projected mask; backward: σ' as before
+                    gates = project_to_budget(logits, shares, target, config.tolerance).float() + (
+                        gates - gates.detach())
                 state.gates = gates
                 x = sample(denoise, scheduler, part.noise, part.cond, steps, state, config.checkpoint)
                 mse = torch.mean((x.float() - ref.float()) ** 2)

@@ -153,6 +153,18 @@ def test_a_few_steps_lower_the_loss_at_the_target(unet_pipe):
     assert initial["mse"] == pytest.approx(first["mse"], rel=1e-3)  # the engine run = the training forward
 
 
+def test_budget_estimator_trains_on_the_projected_mask(dit_pipe):
+    seen = []
+    cfg = AutoFRConfig(target_compute=0.8, estimator="budget", iterations=3, batch_size=1, lr=0.2)
+    res = learn_policy(dit_pipe.denoiser, shapes_task(dit_pipe), dit_pipe.scheduler, shapes_samples(dit_pipe, [0, 1]),
+                       8, cfg, progress=seen.append)
+    assert all(r["compute_fraction"] <= 0.8 + 1e-6 for r in res.history)
+    # the mask an iteration runs is the projection the previous one reported
+    assert all(torch.equal(a["projected_mask"], b["mask"]) for a, b in zip(seen, seen[1:], strict=False))
+    assert torch.equal(res.policy.keyframes, seen[-1]["projected_mask"])
+    assert "needs a target" in AutoFRConfig(target_compute=None, estimator="budget").problems()[0]
+
+
 def test_policy_validates_and_reproduces_its_validation_metrics_through_the_engine(unet_pipe, tmp_path):
     cfg = AutoFRConfig(gates="block", target_compute=0.75, iterations=2, batch_size=1)
     res = learn_for_pipeline(unet_pipe, cfg, 6, [0, 1], [100, 101, 102], model_name="tiny-unet")

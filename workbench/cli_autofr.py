@@ -128,7 +128,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     target = None if str(args.target_compute).lower() == "none" else float(args.target_compute)
     config = AutoFRConfig(gates=args.granularity, reuse=args.reuse, target_compute=target, penalty=args.penalty,
                           iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
-                          checkpoint=args.checkpoint, seed=args.seed)
+                          estimator=args.estimator, checkpoint=args.checkpoint, seed=args.seed)
     problems = config.problems()
     if args.steps < 2:
         problems.append(f"--steps must be at least 2, got {args.steps}")
@@ -160,6 +160,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     policy = result.policy
     prov = policy.provenance
     report = {"model": args.model, "steps": args.steps, "granularity": args.granularity, "reuse": args.reuse,
+              "estimator": args.estimator,
               "target_compute": target, "compute_fraction": prov["compute_fraction"],
               "predicted_speedup": prov["predicted_speedup"], "iterations_run": len(result.history),
               "train_seconds": result.seconds,
@@ -188,6 +189,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
                               "seeds": _ranges(val_seeds), "measured_speedup": mine["speedup"],
                               "class_accuracy": mine["class_accuracy"], "through": "workbench.compare (frdiff.apply)"}
         report.update(val_psnr=mine["psnr"], val_ssim=mine["ssim"], measured_speedup=mine["speedup"],
+                      val_class_accuracy=mine["class_accuracy"], val_fd_shapes=mine.get("fd_shapes"),
                       val_seeds=_ranges(val_seeds), reference={k: res["reference"][k] for k in
                                                                ("latency_s", "class_accuracy", "fd_shapes")
                                                                if k in res["reference"]})
@@ -228,6 +230,8 @@ def add_autofr_command(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per iteration")
     p.add_argument("--init", choices=["uniform", "full"], default="uniform",
                    help="start from evenly spaced keyframes at the target's cost, or from all steps computed")
+    p.add_argument("--estimator", choices=["round", "budget"], default="round",
+                   help="forward mask while training: round(σ(g)) (paper) or the budget projection of the logits")
     p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per step (less memory)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seed", type=int, default=0, help="order of the training images")
