@@ -122,33 +122,33 @@ def test_checkpointing_gives_the_same_gradients(unet_pipe):
 
 
 # ---- optimisation --------------------------------------------------------------------------------------------------
-def test_a_few_steps_lower_the_loss_at_the_target(unet_pipe):
+def test_a_few_steps_lower_the_loss_at_the_target(dit_pipe):
     """Fixed batch (2 images, batch 2), 8 steps: the exported mask has a lower MSE on that batch than the uniform
     start at no more compute, the training loss went down, and μ follows the compute overshoot."""
-    cfg = AutoFRConfig(target_compute=0.7, iterations=6, lr=0.2, init_logit=0.1, batch_size=2)
+    cfg = AutoFRConfig(target_compute=0.8, iterations=6, lr=0.3, init_logit=0.1, batch_size=2)
     seen = []
-    res = learn_for_pipeline(unet_pipe, cfg, 8, [0, 1], progress=seen.append)
+    res = learn_for_pipeline(dit_pipe, cfg, 8, [0, 1], progress=seen.append)
     curve = res.history
     assert len(curve) == 6 and len(seen) == 6
-    assert seen[0]["mask"].shape == (18, 8) and seen[0]["target"] == 0.7
+    assert seen[0]["mask"].shape == (6, 8) and seen[0]["target"] == 0.8
     assert torch.equal(seen[-1]["projected_mask"], res.policy.keyframes)  # the last report = what was exported
     assert seen[-1]["projected_compute_fraction"] == pytest.approx(res.policy.provenance["compute_fraction"])
     first = curve[0]
-    assert first["compute_fraction"] <= 0.7 and first["loss"] == pytest.approx(math.log(first["mse"]) + first["mu"] * (
-        first["compute_fraction"] - 0.7), rel=1e-5)
+    assert first["compute_fraction"] <= 0.8 and first["loss"] == pytest.approx(math.log(first["mse"]) + first["mu"] * (
+        first["compute_fraction"] - 0.8), rel=1e-5)
     assert min(r["loss"] for r in curve[1:]) < first["loss"]
     for prev, now in zip(curve, curve[1:], strict=False):  # dual ascent: μ follows this iteration's overshoot
-        if now["compute_fraction"] > 0.7 + 1e-6:
+        if now["compute_fraction"] > 0.8 + 1e-6:
             assert now["mu"] > prev["mu"]
-        elif now["compute_fraction"] < 0.7 - 1e-6:
+        elif now["compute_fraction"] < 0.8 - 1e-6:
             assert now["mu"] < prev["mu"]
     policy = res.policy
-    assert policy.provenance["compute_fraction"] <= 0.7 + 1e-6
-    den, task, batch = unet_pipe.denoiser, shapes_task(unet_pipe), shapes_samples(unet_pipe, [0, 1])
+    assert policy.provenance["compute_fraction"] <= 0.8 + 1e-6
+    den, task, batch = dit_pipe.denoiser, shapes_task(dit_pipe), shapes_samples(dit_pipe, [0, 1])
     start = make_preset("uniform", den, 8)
     start.keyframes[:] = seen[0]["mask"]  # the uniform start the run began from
-    learned = evaluate_policy(den, policy, task, unet_pipe.scheduler, batch)
-    initial = evaluate_policy(den, start, task, unet_pipe.scheduler, batch)
+    learned = evaluate_policy(den, policy, task, dit_pipe.scheduler, batch)
+    initial = evaluate_policy(den, start, task, dit_pipe.scheduler, batch)
     assert learned["mse"] < initial["mse"]
     assert initial["mse"] == pytest.approx(first["mse"], rel=1e-3)  # the engine run = the training forward
 
@@ -238,3 +238,42 @@ def test_cli_reports_validation_psnr_and_speedups(capsys, tmp_path):
     assert main(["autofr", "--model", "tiny-dit", "--steps", "6", "--train-seeds", "0-3", "--val-seeds", "3-5",
                  "--out", str(out)]) == 2
     assert "validation seeds must be held out" in capsys.readouterr().err
+
+
+def test_front_verdicts_against_a_hand_computed_envelope():
+    from workbench.bench_autofr import _envelope, verdict
+
+    front = [{"name": "a", "compute_fraction": 0.5, "psnr": 20.0}, {"name": "b", "compute_fraction": 1.0, "psnr": 30.0},
+             {"name": "c", "compute_fraction": 0.75, "psnr": 22.0}]  # c lies under the chord a–b (25 dB at 0.75)
+    assert _envelope([(f["compute_fraction"], f["psnr"]) for f in front], 0.75) == pytest.approx(25.0)
+    assert _envelope([(0.5, 20.0), (1.0, 30.0)], 0.4) is None  # cheaper than any front policy
+    above = verdict({"compute_fraction": 0.75, "psnr": 26.0}, front)
+    assert above["verdict"] == "above" and above["margin_db"] == pytest.approx(1.0)
+    between = verdict({"compute_fraction": 0.75, "psnr": 23.0}, front)  # beats c, under the chord, a is worse
+    assert between["verdict"] == "not dominated" and between["best_cheaper"]["name"] == "c"
+    below = verdict({"compute_fraction": 0.8, "psnr": 21.0}, front)
+    assert below["verdict"] == "below" and sorted(below["dominated_by"]) == ["c"]
+
+
+def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_path):
+    from workbench.bench_autofr import MARK_END, MARK_START, bench_autofr, write_markdown
+
+    rep = bench_autofr(models=("tiny-dit",), steps=4, train_seeds=[0, 1], val_seeds=[100, 101], iterations=1,
+                       runs=[("step", "feature", None)], targets={"tiny-dit": 0.9}, device="cpu")
+    rows = rep["models"]["tiny-dit"]["rows"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["reduced-nfe M=2"]["compute_fraction"] == pytest.approx(0.5)
+    assert by_name["reduced-nfe M=2"]["denoiser_calls"] == 2
+    (mine,) = [r for r in rows if r["autofr"]]
+    assert mine["target"] == 0.9 and mine["compute_fraction"] <= 0.9 + 1e-6
+    assert mine["verdict"] in ("above", "not dominated", "below")
+    assert Policy.from_dict(mine["policy"]).steps == 4
+    with pytest.raises(ValueError, match="held out"):
+        bench_autofr(models=("tiny-dit",), steps=4, train_seeds=[0, 1], val_seeds=[1, 2], iterations=1)
+    js, md = tmp_path / "a.json", tmp_path / "a.md"
+    js.write_text(json.dumps(rep))
+    md.write_text(f"intro\n{MARK_START}\nold\n{MARK_END}\noutro\n")
+    write_markdown(js, md)
+    text = md.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("outro\n")
+    assert f"| {mine['compute_fraction']:.3f} | {mine['psnr']:.2f} |" in text
