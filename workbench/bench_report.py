@@ -1,0 +1,419 @@
+"""``bench report``: docs/benchmarks.md and its plots, generated from the suites' JSON files (no number typed by hand).
+
+Reads every ``*.json`` in a folder that has a ``"suite"`` key; writes, next to them, per model of a
+``quality-vs-latency`` run a quality-vs-latency plot (one line per method family) as interactive HTML (plotly) and as
+PNG (drawn with Pillow, so no browser-based image exporter is needed), and the markdown file. The summary at the top
+compares, per model and compute (or latency) budget, the best FRDiff variant with the best other method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # fractions of the reference's denoiser FLOPs (or latency)
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+
+
+def load_reports(folder: Path) -> list[tuple[str, dict]]:
+    """``(file name, report)`` of every suite JSON in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of benchmark JSONs")
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and "suite" in data:
+            out.append((path.name, data))
+    if not out:
+        raise ValueError(f"no benchmark JSON (with a \"suite\" key) in {folder}")
+    return out
+
+
+# ---- numbers --------------------------------------------------------------------------------------------------------
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits}g}"
+        return f"{value:.{digits}g}" if abs(value) >= 100 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def families(methods: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for m in methods:
+        out.setdefault(m["family"], []).append(m)
+    return out
+
+
+def matched(model: dict, axis: str = "compute_fraction", budgets=BUDGETS) -> list[dict]:
+    """Per budget (fraction of the reference), the best FRDiff and the best other method by PSNR among the methods
+    at or under it. ``axis``: ``compute_fraction`` (denoiser FLOPs) or ``latency_fraction``."""
+    ref_latency = model["reference"]["latency_s"]
+    rows = []
+    for b in budgets:
+        def value(m):
+            return m["latency_s"] / ref_latency if axis == "latency_fraction" else m[axis]
+
+        inside = [m for m in model["methods"] if value(m) <= b + 1e-9]
+        fr = max((m for m in inside if m["frdiff"]), key=lambda m: m["psnr"], default=None)
+        other = max((m for m in inside if not m["frdiff"]), key=lambda m: m["psnr"], default=None)
+        if fr is None or other is None:
+            continue
+        rows.append({"budget": b, "frdiff": fr, "other": other, "delta_psnr": fr["psnr"] - other["psnr"],
+                     "frdiff_value": value(fr), "other_value": value(other)})
+    return rows
+
+
+def summary_lines(reports: list[tuple[str, dict]]) -> list[str]:
+    """Where FRDiff wins and loses, by how much, per model of every quality-vs-latency run (from the data)."""
+    lines = []
+    for fname, rep in reports:
+        if rep["suite"] != "quality-vs-latency":
+            continue
+        for model, data in rep["models"].items():
+            for axis, word in (("compute_fraction", "denoiser FLOPs"), ("latency_fraction", "latency")):
+                rows = matched(data, axis)
+                if not rows:
+                    continue
+                wins = [r for r in rows if r["delta_psnr"] > 0]
+                best = max(rows, key=lambda r: r["delta_psnr"])
+                worst = min(rows, key=lambda r: r["delta_psnr"])
+                won = ", ".join("≤" + format(r["budget"], "g") for r in wins) or "none"
+                text = (f"**{model}**, at matched {word} ({rep['machine'].get('device', '?')}, `{fname}`): the best "
+                        f"FRDiff variant beats the best other method on PSNR at {len(wins)} of {len(rows)} budgets "
+                        f"({won}).")
+                if best["delta_psnr"] > 0:
+                    text += (f" Largest win: ≤{best['budget']:g} of the reference, {best['frdiff']['name']} "
+                             f"{best['frdiff']['psnr']:.2f} dB vs {best['other']['name']} {best['other']['psnr']:.2f} "
+                             f"dB (+{best['delta_psnr']:.2f} dB).")
+                if worst["delta_psnr"] < 0:
+                    text += (f" Largest loss: ≤{worst['budget']:g}, {worst['frdiff']['name']} "
+                             f"{worst['frdiff']['psnr']:.2f} dB vs {worst['other']['name']} "
+                             f"{worst['other']['psnr']:.2f} dB ({worst['delta_psnr']:.2f} dB).")
+                lines.append(text)
+    for fname, rep in reports:
+        if rep["suite"] != "gpu-speed" or rep.get("small"):
+            continue
+        for model, data in rep["models"].items():
+            rows = {r["variant"]: r for r in data["end_to_end"]}
+            best = max((r for r in rows.values() if r["variant"] != "none"), key=lambda r: r["speedup"], default=None)
+            if best:
+                lines.append(f"**{model}** on {rep['device']} ({rep['dtype']}, `{fname}`): a reuse step takes "
+                             f"{data['reuse_over_full']:.2f} of a full step (FLOPs predict "
+                             f"{data['predicted_reuse_over_full']:.2f}); best 50-step speedup {best['speedup']:.2f}× "
+                             f"({best['variant']}), {best['measured_over_predicted']:.2f} of the FLOP prediction.")
+    return lines
+
+
+# ---- plots ----------------------------------------------------------------------------------------------------------
+def _series(data: dict, x_key: str, y_key: str) -> list[tuple[str, list[tuple[float, float, str]]]]:
+    ref = data["reference"]
+    out = [("reference (DDIM)", [(_x(ref, x_key, ref), _y(ref, y_key), ref["name"])])]
+    for fam, ms in families(data["methods"]).items():
+        pts = sorted((_x(m, x_key, ref), _y(m, y_key), m["name"]) for m in ms if _y(m, y_key) is not None)
+        if pts:
+            out.append((fam, pts))
+    return out
+
+
+def _x(m: dict, key: str, ref: dict) -> float:
+    return m["latency_s"] / ref["latency_s"] if key == "latency_fraction" else m[key]
+
+
+def _y(m: dict, key: str):
+    return m.get(key)
+
+
+def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    span = (hi - lo) or 1.0
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((s * mag for s in (1, 2, 2.5, 5, 10) if s * mag >= raw), default=10 * mag)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def line_plot_png(series, path: Path, title: str, xlabel: str, ylabel: str, size=(1100, 640)) -> Path:
+    """A line plot (one line with markers per series, legend on the right), drawn with Pillow."""
+    w, h = size
+    left, right, top, bottom = 80, 330, 50, 60
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=14)
+    small = ImageFont.load_default(size=12)
+    xs = [p[0] for _, pts in series for p in pts]
+    ys = [p[1] for _, pts in series for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad_x, pad_y = (x1 - x0) * 0.05 or 0.5, (y1 - y0) * 0.05 or 0.5
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    pw, ph = w - left - right, h - top - bottom
+
+    def px(x, y):
+        return left + (x - x0) / (x1 - x0) * pw, top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    d.rectangle([left, top, left + pw, top + ph], outline="black")
+    for t in _ticks(x0, x1):
+        x, _ = px(t, y0)
+        d.line([x, top + ph, x, top + ph + 5], fill="black")
+        d.line([x, top, x, top + ph], fill="#eeeeee")
+        d.text((x, top + ph + 8), fmt(round(t, 6)), fill="black", font=small, anchor="mt")
+    for t in _ticks(y0, y1):
+        _, y = px(x0, t)
+        d.line([left - 5, y, left, y], fill="black")
+        d.line([left, y, left + pw, y], fill="#eeeeee")
+        d.text((left - 8, y), fmt(round(t, 6)), fill="black", font=small, anchor="rm")
+    d.rectangle([left, top, left + pw, top + ph], outline="black")
+    d.text((w / 2 - right / 2, 18), title, fill="black", font=font, anchor="mm")
+    d.text((left + pw / 2, h - 18), xlabel, fill="black", font=font, anchor="mm")
+    label = Image.new("RGB", (ph, 20), "white")
+    ImageDraw.Draw(label).text((ph / 2, 10), ylabel, fill="black", font=font, anchor="mm")
+    img.paste(label.rotate(90, expand=True), (8, top))
+    for i, (name, pts) in enumerate(series):
+        color = PALETTE[i % len(PALETTE)]
+        xy = [px(x, y) for x, y, _ in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=color, width=2)
+        for x, y in xy:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+        ly = top + 6 + i * 20
+        d.line([left + pw + 15, ly + 7, left + pw + 40, ly + 7], fill=color, width=3)
+        d.text((left + pw + 46, ly), name, fill="black", font=small)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def line_plot_html(series, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """The same plot as interactive HTML (plotly; the method name on hover)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, pts in series:
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], text=[p[2] for p in pts],
+                                 mode="lines+markers", name=name, hovertemplate="%{text}<br>x=%{x:.3g} y=%{y:.3g}"))
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, template="plotly_white")
+    fig.write_html(path, include_plotlyjs="cdn")
+    return path
+
+
+PLOTS = [("psnr-vs-latency", "latency_fraction", "psnr", "latency / reference latency", "PSNR vs reference (dB)"),
+         ("psnr-vs-compute", "compute_fraction", "psnr", "denoiser FLOPs / reference", "PSNR vs reference (dB)"),
+         ("fd-vs-compute", "compute_fraction", "fd_shapes", "denoiser FLOPs / reference",
+          "FD-shapes (lower is better)")]
+
+
+def quality_plots(fname: str, rep: dict, folder: Path) -> dict[str, list[Path]]:
+    """PNG + HTML per model and plot of a quality-vs-latency report; ``{model: [paths]}``."""
+    out: dict[str, list[Path]] = {}
+    stem = Path(fname).stem
+    for model, data in rep["models"].items():
+        for name, xk, yk, xl, yl in PLOTS:
+            series = _series(data, xk, yk)
+            if sum(len(p) for _, p in series) < 2:
+                continue
+            title = (f"{model}: {yl.split(' (')[0]} vs {xl.split(' /')[0]} ({rep['n']} seeds, "
+                     f"{rep['steps']}-step DDIM ref)")
+            base = folder / f"{stem}-{model}-{name}"
+            out.setdefault(model, []).append(line_plot_png(series, base.with_suffix(".png"), title, xl, yl))
+            out[model].append(line_plot_html(series, base.with_suffix(".html"), title, xl, yl))
+    return out
+
+
+# ---- markdown -------------------------------------------------------------------------------------------------------
+def _provenance(fname: str, rep: dict, folder_rel: str) -> list[str]:
+    mach = rep.get("machine") or {}
+    device = mach.get("device") or mach.get("gpu") or rep.get("device") or ("cpu" if not mach.get("cuda") else "?")
+    bits = [f"file `{folder_rel}/{fname}`", f"device **{device}**"]
+    for key in ("platform", "processor", "cpu", "threads", "cpu_count", "torch", "diffusers", "python"):
+        if key in mach:
+            bits.append(f"{key} {mach[key]}")
+    if "machine" not in rep and "torch" in rep:
+        bits.append(f"torch {rep['torch']}")
+    for key in ("seeds", "n", "steps", "repeats", "dtype", "small"):
+        if key in rep:
+            bits.append(f"{key} {fmt(rep[key]) if not isinstance(rep[key], list) else rep[key]}")
+    cmd = rep.get("command") or f"python -m workbench bench {rep['suite']} (options not recorded in this JSON)"
+    return ["- " + " · ".join(bits), f"- command: `{cmd}`"]
+
+
+def _quality_section(fname, rep, folder, rel, plots) -> list[str]:
+    out = [f"## Quality vs latency (`{fname}`)", ""] + _provenance(fname, rep, rel)
+    out += [f"- reference: {rep['steps']}-step DDIM; evaluation seeds {rep['seeds']} (class = seed mod classes); "
+            f"Auto-FR and threshold policies learned/recorded on seeds from {rep.get('train_seeds_from')}; FLOPs "
+            f"counted with `FlopCounterMode` over whole sampling runs of {rep.get('flop_seeds')} images; latency = "
+            f"sampling all {rep['n']} images, batch {rep.get('batch_size')}.", ""]
+    for model, data in rep["models"].items():
+        ref = data["reference"]
+        out += [f"### {model} ({data.get('denoiser', '')})", "",
+                f"Reference: {fmt(ref['latency_s'])} s for {rep['n']} images, "
+                f"{fmt(ref['flops_per_image'] / 1e9)} GFLOPs per image, class accuracy {fmt(ref['class_accuracy'])}"
+                + (f", FD-shapes {fmt(ref['fd_shapes'])}" if "fd_shapes" in ref else "") + ". Auto-FR: "
+                f"{data.get('autofr', '–')}.", ""]
+        rows = [[m["name"], m["family"], m["steps"], m["scheduler"], m["compute_fraction"],
+                 m.get("predicted_compute_fraction"), m["denoiser_calls"], m["latency_s"], m["speedup"], m["psnr"],
+                 m["ssim"], m["class_accuracy"], m.get("fd_shapes")] for m in data["methods"]]
+        out += [table(["method", "family", "steps", "sched.", "FLOPs / ref", "predicted", "calls", "latency s",
+                       "speedup", "PSNR dB", "SSIM", "class acc.", "FD-shapes"], rows), ""]
+        for axis, word in (("compute_fraction", "denoiser FLOPs"), ("latency_fraction", "latency")):
+            rows = matched(data, axis)
+            if rows:
+                out += [f"Best by PSNR at matched {word} (budget = fraction of the reference):", "",
+                        table(["budget", "best FRDiff", f"its {word}", "PSNR", "best other", f"its {word}", "PSNR",
+                               "Δ PSNR dB"],
+                              [[f"≤{r['budget']:g}", r["frdiff"]["name"], r["frdiff_value"], r["frdiff"]["psnr"],
+                                r["other"]["name"], r["other_value"], r["other"]["psnr"], r["delta_psnr"]]
+                               for r in rows]), ""]
+        if data.get("not_applicable"):
+            out += ["Peers not run on this model:", ""]
+            out += [f"- {s['name']}: {s['reason']}" for s in data["not_applicable"]] + [""]
+        for p in plots.get(model, []):
+            if p.suffix == ".png":
+                out += [f"![{p.stem}]({rel}/{p.name}) ([interactive]({rel}/{p.with_suffix('.html').name}))", ""]
+    return out
+
+
+def _schedulers_section(fname, rep, rel) -> list[str]:
+    out = [f"## FR under other schedulers (`{fname}`)", ""] + _provenance(fname, rep, rel)
+    out += ["- each cell: PSNR (dB) against the full run of the same scheduler and step count, same seeds; "
+            "`S/2 steps` is the stock scheduler at half the steps (the fair baseline for multistep solvers, whose "
+            "updates combine several past evaluations: reusing ε there is not the same as taking fewer steps).", ""]
+    for model, by_steps in rep["models"].items():
+        out += [f"### {model}", ""]
+        header, rows = None, []
+        for n_steps, by_sched in by_steps.items():
+            for sched, res in by_sched.items():
+                names = [v["name"].replace(f"{sched} {int(n_steps) // 2} steps", "S/2 steps") for v in res["variants"]]
+                header = header or ["steps", "scheduler", "ref. class acc."] + names
+                rows.append([int(n_steps), sched, res["reference"]["class_accuracy"]]
+                            + [v["psnr"] for v in res["variants"]])
+        out += [table(header, rows), ""]
+        fr_wins = [(r[0], r[1]) for r in rows if header and r[header.index("FR M=2 + mixing")] > r[3]] \
+            if header and "FR M=2 + mixing" in header else []
+        out += [f"FR M=2 + mixing beats the stock scheduler at half the steps in {len(fr_wins)} of {len(rows)} "
+                f"settings: {', '.join(f'{s} {n}' for n, s in fr_wins) or 'none'}.", ""]
+    return out
+
+
+def _gpu_section(fname, rep, rel) -> list[str]:
+    out = [f"## Engine speed on real-size architectures (`{fname}`)", ""] + _provenance(fname, rep, rel) + [""]
+    for model, data in rep["models"].items():
+        out += [f"### {model} ({fmt(data['parameters'] / 1e6)} M parameters)", "",
+                f"Reuse step / full step: measured {fmt(data['reuse_over_full'])}, FLOP prediction "
+                f"{fmt(data['predicted_reuse_over_full'])} (full step {fmt(data['full_step_s'] * 1e3)} ms).", ""]
+        rows = [[r["variant"], r["latency_s"], r["speedup"], r["predicted_speedup"], r.get("measured_over_predicted"),
+                 r["predicted_from_step_ratio"], r["denoiser_calls"]] for r in data["end_to_end"]]
+        out += [table(["variant (eager)", "latency s", "speedup", "FLOP prediction", "measured / predicted",
+                       "from step ratio", "calls"], rows), ""]
+        comp = data.get("compiled")
+        if comp and comp.get("works"):
+            rows = [[r["variant"], r["latency_s"], r["speedup"], r["predicted_speedup"],
+                     r.get("measured_over_predicted")] for r in comp["end_to_end"]]
+            out += [f"Compiled (`torch.compile`): reuse/full {fmt(comp['reuse_over_full'])}.", "",
+                    table(["variant (compiled)", "latency s", "speedup", "FLOP prediction", "measured / predicted"],
+                          rows), ""]
+        elif comp:
+            out += [f"Compiled: does not work here: {comp.get('error')}", ""]
+    return out
+
+
+def _overhead_rows(rec: dict) -> list[str]:
+    rows = []
+    for model, r in rec["models"].items():
+        for red in ("stats", "pool16", "full"):
+            if red in r:
+                rows.append([model, red, r["no_hooks_s"], r[red]["sampling_s"], r[red]["overhead"],
+                             r[red]["store_bytes"] / 1e6])
+    return [table(["model", "reduction", "no hooks s", "recorded s", "overhead", "store MB"], rows), ""]
+
+
+def _app_rows(app: dict) -> list[str]:
+    if "skipped" in app:
+        return [f"App start-up: skipped ({app['skipped']}).", ""]
+    rows = [[c["label"], c["median"]["first_page_s"], c["median"]["tour_ready_s"], c["median"]["first_result_s"]]
+            for c in app["configs"]]
+    return [table(["app start-up", "first page s", "Tour ready s", "first result after click s"], rows), ""]
+
+
+def _overhead_section(fname, rep, rel) -> list[str]:
+    suite = rep["suite"]
+    out = [f"## Overhead: {suite} (`{fname}`)", ""] + _provenance(fname, rep, rel) + [""]
+    if suite == "overhead":
+        out += _overhead_rows(rep["record_overhead"])
+        a = rep["analysis"]
+        out += [f"Analysis of a recorded run ({a['steps']} steps, {a['blocks']} blocks, full maps): "
+                f"{fmt(a['median_s'])} s (median).", ""]
+        out += _app_rows(rep["app_startup"])
+    elif suite == "record-overhead":
+        out += _overhead_rows(rep)
+    elif suite == "analysis":
+        out += [f"Analysis of a recorded run ({rep['steps']} steps, {rep['blocks']} blocks, full maps): "
+                f"{fmt(rep['median_s'])} s (median).", ""]
+    elif suite == "app-startup":
+        out += _app_rows(rep)
+    return out
+
+
+ORDER = {"quality-vs-latency": 0, "schedulers": 1, "gpu-speed": 2, "overhead": 3, "record-overhead": 4,
+         "analysis": 5, "app-startup": 6}
+
+
+def write_report(folder: Path, markdown: Path) -> dict:
+    """Plots into ``folder`` and the markdown at ``markdown`` from the JSONs in ``folder``."""
+    import os
+
+    folder, markdown = Path(folder), Path(markdown)
+    reports = load_reports(folder)
+    rel = os.path.relpath(folder, markdown.parent).replace(os.sep, "/")
+    lines = ["# Benchmarks", "",
+             f"Generated by `python -m workbench bench report --from {folder.as_posix()} --out {markdown.as_posix()}` "
+             "from the JSON files each suite wrote; every number below comes from those files, each produced by the "
+             "command shown with it. Do not edit by hand: re-run the suites (`python -m workbench bench all --out "
+             "DIR`) and this command.", "", "## Summary", ""]
+    summary = summary_lines(reports)
+    lines += [f"- {s}" for s in summary] or ["- no quality-vs-latency or full-size gpu-speed results yet."]
+    lines.append("")
+    plots_written: list[str] = []
+    other = []
+    for fname, rep in sorted(reports, key=lambda r: (ORDER.get(r[1]["suite"], 9), r[0])):
+        suite = rep["suite"]
+        if suite == "quality-vs-latency":
+            plots = quality_plots(fname, rep, folder)
+            plots_written += [str(p) for ps in plots.values() for p in ps]
+            lines += _quality_section(fname, rep, folder, rel, plots)
+        elif suite == "schedulers":
+            lines += _schedulers_section(fname, rep, rel)
+        elif suite == "gpu-speed":
+            lines += _gpu_section(fname, rep, rel)
+        elif suite in ("overhead", "record-overhead", "analysis", "app-startup"):
+            lines += _overhead_section(fname, rep, rel)
+        else:
+            other.append(f"- `{rel}/{fname}`: suite `{suite}` (see its own page in docs/)")
+    if other:
+        lines += ["## Other results in the folder", ""] + other + [""]
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text("\n".join(lines).rstrip() + "\n")
+    return {"markdown": str(markdown), "plots": plots_written, "suites": [f for f, _ in reports],
+            "summary": summary}
