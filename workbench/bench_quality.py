@@ -202,7 +202,7 @@ def frdiff_methods(den, steps: int) -> list[Method]:
     """Reduced NFE, uniform FR ± mixing, and FR M=2 + mixing at fewer steps."""
     out = []
     for m in INTERVALS:
-        out.append(Method(f"reduced NFE M={m}", "reduced NFE (ε reuse)", False, steps,
+        out.append(Method(f"reduced NFE M={m}", "reduced NFE (output reuse)", False, steps,
                           policy=make_preset("reduced-nfe", den, steps, interval=m), params={"interval": m}))
     for mix in (False, True):
         for m in INTERVALS:
@@ -522,7 +522,7 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
             more, skipped = peer_methods(pipe, steps)
             methods += more
         if small:
-            methods = first_of_each_family(methods, 1, keep_two=("DDIM (fewer steps)", "reduced NFE (ε reuse)"))
+            methods = first_of_each_family(methods, 1, keep_two=("DDIM (fewer steps)", "reduced NFE (output reuse)"))
         labels = [s % pipe.num_classes for s in eval_seeds]
         result = measure(pipe, methods, labels, eval_seeds, steps, repeats, flop_seeds, batch_size, progress)
         skipped += result.pop("failed")

@@ -130,7 +130,9 @@ def summary_lines(reports: list[tuple[str, dict]]) -> list[str]:
 # ---- plots ----------------------------------------------------------------------------------------------------------
 def _series(data: dict, x_key: str, y_key: str) -> list[tuple[str, list[tuple[float, float, str]]]]:
     ref = data["reference"]
-    out = [("reference (DDIM)", [(_x(ref, x_key, ref), _y(ref, y_key), ref["name"])])]
+    out = []
+    if y_key != "psnr":  # against itself the reference sits at the PSNR cap, which would flatten the plot
+        out.append(("reference (DDIM)", [(_x(ref, x_key, ref), _y(ref, y_key), ref["name"])]))
     for fam, ms in families(data["methods"]).items():
         pts = sorted((_x(m, x_key, ref), _y(m, y_key), m["name"]) for m in ms if _y(m, y_key) is not None)
         if pts:
