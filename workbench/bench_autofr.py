@@ -13,8 +13,9 @@ Each Auto-FR row gets a verdict against the front:
 - ``not dominated``: below that envelope, but no single front policy has both ≤ its compute and ≥ its PSNR;
 - ``below``: some front policy is at least as cheap and at least as good.
 
-``render_markdown`` turns the JSON into the tables of ``docs/autofr.md`` (``python -m workbench.bench_autofr
---render JSON MD`` rewrites the part between the markers), so no number there is typed by hand.
+``render_markdown`` turns the JSON into the tables of ``docs/autofr.md`` (``python -m workbench.bench_autofr JSON…
+--md docs/autofr.md`` rewrites the part between the markers, merging one JSON per model), so no number there is
+typed by hand.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def render_markdown(report: dict, source: str = "") -> str:
     m = report["machine"]
     where = m.get("gpu") or m.get("processor") or "cpu"
     lines = [f"Measured by `python -m workbench bench autofr --out DIR` on {where} (torch {m['torch']}, diffusers "
-             f"{m['diffusers']}){f', raw JSON `{source}`' if source else ''}. {report['steps']}-step DDIM, "
+             f"{m['diffusers']}){f', raw JSON {source}' if source else ''}. {report['steps']}-step DDIM, "
              f"Auto-FR trained on seeds {report['train_seeds']} ({report['iterations']} iterations of 2 images), "
              f"every row measured on held-out seeds {report['val_seeds']} against the full run from the same noise. "
              "Compute = Σ step costs / steps from measured FLOPs.", ""]
@@ -184,24 +185,43 @@ def render_markdown(report: dict, source: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_markdown(json_path: str | Path, md_path: str | Path) -> None:
-    """Replace the text between the markers in ``md_path`` with :func:`render_markdown` of ``json_path``."""
-    report = json.loads(Path(json_path).read_text())
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several ``bench autofr`` runs with the same settings (e.g. one model per GPU)."""
+    merged = {**reports[0], "models": {}}
+    for rep in reports:
+        for key in ("steps", "train_seeds", "val_seeds", "iterations"):
+            if rep[key] != merged[key]:
+                raise ValueError(f"cannot merge runs with different {key}: {merged[key]!r} and {rep[key]!r}")
+        merged["models"].update(rep["models"])
+    return merged
+
+
+def write_markdown(json_paths: list[str | Path] | str | Path, md_path: str | Path) -> dict:
+    """Replace the text between the markers in ``md_path`` with :func:`render_markdown` of the (merged) JSONs;
+    returns the merged report."""
+    paths = [json_paths] if isinstance(json_paths, (str, Path)) else list(json_paths)
+    report = merge_reports([json.loads(Path(p).read_text()) for p in paths])
     md = Path(md_path).read_text()
     if MARK_START not in md or MARK_END not in md:
         raise ValueError(f"{md_path} has no {MARK_START} … {MARK_END} markers")
     head, rest = md.split(MARK_START, 1)
     _, tail = rest.split(MARK_END, 1)
-    Path(md_path).write_text(head + MARK_START + "\n" + render_markdown(report, str(json_path)) + "\n" + MARK_END
-                             + tail)
+    source = ", ".join(f"`{p}`" for p in paths)
+    Path(md_path).write_text(head + MARK_START + "\n" + render_markdown(report, source) + "\n" + MARK_END + tail)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench.bench_autofr", description="render docs/autofr.md")
-    p.add_argument("--render", nargs=2, metavar=("JSON", "MD"), required=True)
+    p = argparse.ArgumentParser(prog="python -m workbench.bench_autofr",
+                                description="rewrite the results part of docs/autofr.md from bench autofr JSONs")
+    p.add_argument("json", nargs="+", help="bench autofr JSON(s); several are merged (one model each)")
+    p.add_argument("--md", required=True, help="markdown file with the bench-autofr markers")
+    p.add_argument("--merged", default=None, help="also write the merged JSON here")
     args = p.parse_args(argv)
     try:
-        write_markdown(*args.render)
+        report = write_markdown(args.json, args.md)
+        if args.merged:
+            Path(args.merged).write_text(json.dumps(report, indent=1) + "\n")
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
