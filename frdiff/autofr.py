@@ -140,6 +140,34 @@ class Samples:
 
 
 @dataclass
+class DataParallel:
+    """Training one set of gates on several processes (``torch.distributed``), each taking its share of every
+    minibatch.
+
+    Every rank holds the whole training set and draws the same seeded order, so iteration i's minibatch is the one a
+    single process would draw; rank r samples its contiguous share of it. The quality term is the log MSE of the
+    *whole* minibatch: each rank sums its squared errors, the sums are all-reduced, and each rank back-propagates
+    its sum divided by the total (d log MSE = d Σ / Σ); the gate gradients are then all-reduced (summed). MSE,
+    compute fraction and the multiplier μ are therefore the same on every rank and every rank takes the same Adam
+    step: the result equals single-process training on the union of the seeds up to floating-point rounding.
+
+    rank, world_size: this process's place in the job. all_reduce: the sum of a tensor over all ranks (a new
+    tensor on the same device; e.g. ``torch.distributed.all_reduce`` on a copy); called the same number of times,
+    in the same order, on every rank.
+    """
+
+    rank: int
+    world_size: int
+    all_reduce: Callable[[torch.Tensor], torch.Tensor]
+
+    def share(self, items: list) -> list:
+        """This rank's contiguous share of ``items`` (the first ``len mod world_size`` ranks take one more)."""
+        base, extra = divmod(len(items), self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return items[start:start + base + (1 if self.rank < extra else 0)]
+
+
+@dataclass
 class AutoFRResult:
     """What :func:`learn_policy` returns: the policy (provenance filled) and the run's record."""
 
@@ -340,10 +368,39 @@ def evaluate_policy(denoiser: nn.Module, policy: Policy, denoise: Callable, sche
 
 
 # ---- the optimisation ------------------------------------------------------------------------------------------------
+def _data_parallel_backward(dp: DataParallel, logits: torch.Tensor, idx: list[int], train: Samples,
+                            references: dict[int, torch.Tensor], denoise: Callable, scheduler, steps: int,
+                            state: ReuseState, config: AutoFRConfig, target: float | None) -> tuple[float, float]:
+    """This rank's share of one iteration's backward pass; leaves the all-reduced gradient of the whole minibatch's
+    quality term (log MSE with a target, MSE without) in ``logits.grad``. Returns (MSE, log MSE) of the whole
+    minibatch."""
+    sq = None
+    if idx:
+        part = train.take(idx)
+        ref = torch.stack([references[i] for i in idx])
+        x = sample(denoise, scheduler, part.noise, part.cond, steps, state, config.checkpoint)
+        sq = ((x.float() - ref.float()) ** 2).sum()
+        local = torch.tensor([float(sq.detach()), float(x.numel())], dtype=torch.float64)
+    else:  # fewer images than ranks: this rank only takes part in the reductions
+        local = torch.zeros(2, dtype=torch.float64)
+    total_sq, count = (float(v) for v in dp.all_reduce(local))
+    mse = total_sq / count
+    if sq is not None:
+        if target is not None:  # d log(mse) = d Σsq / Σsq; the clamp at 1e-12 has zero gradient below it
+            (sq * (1.0 / total_sq if mse > 1e-12 else 0.0)).backward()
+        else:
+            (sq / count).backward()
+    grad = logits.grad if logits.grad is not None else torch.zeros_like(logits)
+    logits.grad = dp.all_reduce(grad).to(logits.dtype)
+    return mse, math.log(max(mse, 1e-12))
+
+
+
 def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Samples, steps: int,
                  config: AutoFRConfig | None = None, val: Samples | None = None, savings: dict | None = None,
                  scheduler_name: str = "ddim", progress: Callable[[dict], None] | None = None,
-                 cancel: Callable[[], bool] | None = None, extra_provenance: dict | None = None) -> AutoFRResult:
+                 cancel: Callable[[], bool] | None = None, extra_provenance: dict | None = None,
+                 data_parallel: DataParallel | None = None) -> AutoFRResult:
     """Learn a keyframe policy for ``denoiser`` (Auto-FR, see the module docstring).
 
     denoise: ``(x, t, cond) → ε`` with one call of ``denoiser`` (guidance included); scheduler: a diffusers
@@ -353,8 +410,11 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds"}``
     and, with a target, ``"projected_mask"`` / ``"projected_compute_fraction"``: what stopping now would export.
     cancel: polled before every iteration; when it returns True the run stops and exports what it learned so far.
+    data_parallel: train on several processes, each its share of every minibatch (:class:`DataParallel`); ``train``
+    is then the whole training set on every rank and ``config.batch_size`` the minibatch of all ranks together.
     """
     config = config or AutoFRConfig()
+    dp = data_parallel if data_parallel is not None and data_parallel.world_size > 1 else None
     problems = config.problems()
     if steps < 2:
         problems.append(f"Auto-FR needs at least 2 steps, got {steps}")
@@ -403,18 +463,21 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
         denoiser.requires_grad_(False)
         denoiser.train(False)
         for it in range(config.iterations):
-            if cancel is not None and cancel():
+            stop = cancel is not None and cancel()
+            if dp is not None:  # every rank stops at the same iteration
+                stop = bool(dp.all_reduce(torch.tensor([float(stop)])).item() > 0)
+            if stop:
                 cancelled = True
                 break
             while len(order) < config.batch_size:
                 order += torch.randperm(len(train), generator=gen).tolist()
             idx, order = order[: config.batch_size], order[config.batch_size:]
+            if dp is not None:
+                idx = dp.share(idx)
             missing = [i for i in idx if i not in references]
             if missing:
                 ref = reference_samples(denoiser, denoise, scheduler, train.take(missing), steps, config.batch_size)
                 references.update({i: r for i, r in zip(missing, ref, strict=True)})
-            part = train.take(idx)
-            ref = torch.stack([references[i] for i in idx])
 
             opt.zero_grad(set_to_none=True)
             with gated_reuse(denoiser, blocks, granularity) as state:  # backward inside: checkpoints rerun hooks
@@ -423,15 +486,25 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                     gates = project_to_budget(logits, shares, target, config.tolerance).float() + (
                         gates - gates.detach())
                 state.gates = gates
-                x = sample(denoise, scheduler, part.noise, part.cond, steps, state, config.checkpoint)
-                mse = torch.mean((x.float() - ref.float()) ** 2)
-                mse_value = float(mse.detach())
-                if target is not None:
-                    quality = torch.log(mse.clamp_min(1e-12))
-                    quality.backward()
+                if dp is None:
+                    part = train.take(idx)
+                    ref = torch.stack([references[i] for i in idx])
+                    x = sample(denoise, scheduler, part.noise, part.cond, steps, state, config.checkpoint)
+                    mse = torch.mean((x.float() - ref.float()) ** 2)
+                    mse_value = float(mse.detach())
+                    if target is not None:
+                        quality = torch.log(mse.clamp_min(1e-12))
+                        quality.backward()
+                        quality_value = float(quality.detach())
+                    else:
+                        pen = torch.relu(2 * torch.sigmoid(logits) - 1).sum()
+                        (mse + config.penalty * pen).backward()
                 else:
-                    pen = torch.relu(2 * torch.sigmoid(logits) - 1).sum()
-                    (mse + config.penalty * pen).backward()
+                    mse_value, quality_value = _data_parallel_backward(dp, logits, idx, train, references, denoise,
+                                                                       scheduler, steps, state, config, target)
+                    if target is None:
+                        pen = torch.relu(2 * torch.sigmoid(logits) - 1).sum()
+                        logits.grad += config.penalty * torch.autograd.grad(pen, logits)[0]
             hard = gates.detach() > 0.5
             comp_hard = float(compute_fraction(hard.float(), shares))
             if target is not None:
@@ -442,7 +515,7 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                 else:
                     mu *= math.exp(config.dual_rate * (comp_hard - target) / target)
                 logits.grad = g_quality + mu * g_pen
-                loss_value = float(quality.detach()) + mu * (comp_hard - target)
+                loss_value = quality_value + mu * (comp_hard - target)
             else:
                 loss_value = mse_value + config.penalty * float(pen.detach())
             opt.step()

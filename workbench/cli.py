@@ -249,6 +249,7 @@ BENCH_OPTIONS = {
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["repeats", "small", "compile"],
     "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
+    "run-throughput": ["repeats", "small", "seeds", "steps"],
 }
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
 
@@ -276,6 +277,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
               "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup,
               "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead}
     from workbench.bench_distributed import bench_run_throughput; suites["run-throughput"] = bench_run_throughput  # noqa: E702, I001
+    from workbench.bench_distributed import bench_run_throughput; suites["run-throughput"] = bench_run_throughput  # noqa: E702, I001
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
@@ -301,6 +303,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
                  "device": args.device}
     elif suite == "overhead":
         extra = {"small": small, "app": not args.no_app}
+    elif suite == "run-throughput":  # under torchrun: the whole job's throughput (docs/distributed.md)
+        extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
     elif suite == "run-throughput":  # under torchrun: the job's throughput (docs/distributed.md)
         extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
     try:
@@ -474,8 +478,10 @@ def main(argv: list[str] | None = None) -> int:
 
     diffusers_logging.disable_progress_bar()  # the CLI reports progress itself; keep stderr readable
 
+    from workbench.distributed import launched, run_command
+
     try:
-        report = args.func(args)
+        report = run_command(args) if launched() else args.func(args)  # under torchrun: one rank of the job
     except (UserError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,8 +55,10 @@ def shapes_samples(pipe, seeds: list[int]):
 
 def learn_for_pipeline(pipe, config, steps: int, train_seeds: list[int], val_seeds: list[int] | None = None,
                        guidance: float | None = None, savings: dict | None = None, progress=None, cancel=None,
-                       model_name: str | None = None):
-    """:func:`frdiff.autofr.learn_policy` on a ShapesPipeline with DDIM (the pipeline's own scheduler)."""
+                       model_name: str | None = None, data_parallel=None):
+    """:func:`frdiff.autofr.learn_policy` on a ShapesPipeline with DDIM (the pipeline's own scheduler).
+    ``data_parallel``: a :class:`frdiff.autofr.DataParallel` (under torchrun, each rank its share of every
+    minibatch); ``train_seeds`` are then all ranks' seeds."""
     from frdiff.autofr import learn_policy
     from workbench.schedulers import scheduler_name
 
@@ -65,7 +67,7 @@ def learn_for_pipeline(pipe, config, steps: int, train_seeds: list[int], val_see
              "guidance": pipe.config.default_guidance_scale if guidance is None else guidance}
     return learn_policy(pipe.denoiser, shapes_task(pipe, guidance), pipe.scheduler, shapes_samples(pipe, train_seeds),
                         steps, config, val=val, savings=savings, scheduler_name=scheduler_name(pipe.scheduler),
-                        progress=progress, cancel=cancel, extra_provenance=extra)
+                        progress=progress, cancel=cancel, extra_provenance=extra, data_parallel=data_parallel)
 
 
 def _ranges(seeds: list[int]) -> str:
@@ -139,6 +141,17 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     if overlap:
         raise UserError(f"validation seeds must be held out; {len(overlap)} are also training seeds "
                         f"(e.g. {overlap[0]})")
+    from frdiff.autofr import DataParallel
+    from workbench import distributed
+
+    ctx = distributed.context()
+    data_parallel = None
+    if distributed.is_distributed():  # torchrun: one set of gates, each rank its share of every minibatch
+        data_parallel = DataParallel(ctx.rank, ctx.world_size, distributed.all_reduce_sum)
+        args.quiet = args.quiet or ctx.rank != 0
+        if not args.no_measure and len(val_seeds) < ctx.world_size:
+            raise UserError(f"{len(val_seeds)} validation seeds for {ctx.world_size} ranks; "
+                            "give each rank one at least")
     pipe = _load(args)
     pipe.set_progress_bar_config(disable=True)
     savings = measure_savings(pipe)
@@ -154,7 +167,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     with _CancelOnInterrupt() as cancel:
         try:
             result = learn_for_pipeline(pipe, config, args.steps, train_seeds, None, args.guidance, savings, show,
-                                        cancel, model_name=args.model)
+                                        cancel, model_name=args.model, data_parallel=data_parallel)
         finally:
             bar.close()
     policy = result.policy
@@ -174,10 +187,13 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
                 variants.append(Variant(name, frdiff.make_preset(preset, den, args.steps, interval=m, mix=mix)))
         labels = [s % pipe.num_classes for s in val_seeds]
         bar = tqdm(total=len(variants) + 1, desc="measure", unit="run", file=sys.stderr, disable=args.quiet)
-        try:
-            res = compare(pipe, variants, labels, val_seeds, steps=args.steps, scheduler=None,
-                          guidance_scale=args.guidance, repeats=args.repeats,
-                          progress=lambda info: bar.update(info["done"] - bar.n))
+        try:  # under torchrun each rank measures its share of the validation seeds; the results are joined
+            res = distributed.together(lambda: compare(
+                pipe, variants, distributed.shard(labels), distributed.shard(val_seeds), steps=args.steps,
+                scheduler=None, guidance_scale=args.guidance, repeats=args.repeats,
+                progress=lambda info: bar.update(info["done"] - bar.n), keep_images=data_parallel is not None))
+            if data_parallel is not None:
+                res = distributed.gather_comparison(res, labels, val_seeds)
         finally:
             bar.close()
         keys = ("psnr", "ssim", "max_abs_diff", "class_accuracy", "fd_shapes", "predicted_speedup", "speedup",
@@ -195,8 +211,11 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
                                                                if k in res["reference"]})
         if args.baselines:
             report["variants"] = rows
-    policy.save(args.out)
+    if distributed.is_main():
+        policy.save(args.out)
     report["out"] = args.out
+    if data_parallel is not None:
+        report["ranks"] = ctx.world_size
     report["loss_curve"] = prov["loss_curve"]
     if not args.json:
         for k in ("model", "granularity", "reuse", "target_compute", "compute_fraction", "predicted_speedup",

@@ -116,9 +116,12 @@ def _policy_from_run(args) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> dict:
     import frdiff
+    from workbench import distributed
     from workbench.compare import Variant, compare
     from workbench.train import save_grid
 
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     pipe = _load(args)
     seeds = parse_seeds(args.seeds)
     if args.cls == "all":
@@ -143,8 +146,18 @@ def cmd_run(args: argparse.Namespace) -> dict:
         steps = args.steps
         policy = _preset(args, pipe, steps)
         name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "")
-    result = compare(pipe, [Variant(name, policy)], labels, seeds, steps=steps, scheduler=args.scheduler,
-                     guidance_scale=args.guidance, repeats=args.repeats, keep_images=bool(args.out))
+    sharded = distributed.is_distributed()  # under torchrun: this rank's seeds, then every rank's results joined
+    if sharded and len(seeds) < distributed.context().world_size:
+        raise UserError(f"{len(seeds)} seeds for {distributed.context().world_size} ranks; give each rank one at least")
+
+    def run_shard() -> dict:
+        return compare(pipe, [Variant(name, policy)], distributed.shard(labels), distributed.shard(seeds),
+                       steps=steps, scheduler=args.scheduler, guidance_scale=args.guidance, repeats=args.repeats,
+                       batch_size=args.batch_size, keep_images=bool(args.out) or sharded)
+
+    result = distributed.together(run_shard)
+    if sharded:
+        result = distributed.gather_comparison(result, labels, seeds)
     v, ref = result["variants"][0], result["reference"]
     report = {k: v[k] for k in ("latency_s", "reference_latency_s", "speedup", "predicted_speedup", "denoiser_calls",
                                 "psnr", "ssim", "max_abs_diff", "class_accuracy")}
@@ -153,7 +166,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
         report["reference_fd_shapes"] = ref["fd_shapes"]
     report.update(model=args.model, policy=name, steps=steps, scheduler=args.scheduler or "ddim", n=len(seeds),
                   reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"])
-    if args.out:
+    if sharded:
+        report.update(ranks=result["ranks"], latency_per_rank_s=v["latency_per_rank_s"],
+                      reference_latency_per_rank_s=ref["latency_per_rank_s"])
+    if args.out and distributed.is_main():  # rank 0 (or a single process) writes the files
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows = max(1, int(len(seeds) ** 0.5))
@@ -161,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         save_grid(ref["images"], out / "reference.png", rows=rows)
         policy.save(out / "policy.json")
         (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
-        report["out"] = str(out)
+    if args.out:
+        report["out"] = str(Path(args.out))
     if not args.json:
         for k, val in report.items():
             print(f"{k}: {val}")
@@ -197,6 +214,7 @@ def add_commands(sub) -> None:
     p.add_argument("--scheduler", default=None, help="ddim (default), dpmpp, euler, unipc")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per rank under torchrun)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")

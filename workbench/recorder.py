@@ -351,18 +351,21 @@ def cfg_layout(pipe, guidance_scale: float) -> str:
     return "cond_first" if type(pipe).__name__ in _COND_FIRST else "uncond_first"
 
 
-
-
 def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,
                prompts: list[str] | None = None, seeds: list[int] | None = None, steps: int = 50,
                scheduler: str = "ddim", reduction: str | Reduction = "pool16", blocks: list[str] | None = None,
                guidance_scale: float | None = None, disk_budget: int | None = None, memory_budget: int | None = None,
                progress: Callable[[int, int], None] | None = None,
-               cancel: Callable[[], bool] | None = None) -> Path:
+               cancel: Callable[[], bool] | None = None, part: dict | None = None) -> Path:
     """Record one sampling run of ``pipe`` (classes for our pipelines, prompts for text-to-image ones) into
-    ``out_dir``. The budget is checked before sampling starts; the store is written step by step."""
+    ``out_dir``. The budget is checked before sampling starts; the store is written step by step.
+
+    Under ``torchrun`` (:mod:`workbench.distributed`) each rank records its share of the seeds into
+    ``out_dir/part-<rank>`` and rank 0 writes the manifest that joins the parts into one run (see
+    :func:`record_sharded`); ``part`` is that bookkeeping, stored in a part's manifest."""
     import shutil
 
+    from workbench import distributed
     from workbench.schedulers import scheduler_swapped
 
     red = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
@@ -372,6 +375,10 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     seeds = seeds if seeds is not None else list(range(len(conditions)))
     if len(seeds) != len(conditions):
         raise ValueError(f"{len(seeds)} seeds for {len(conditions)} images")
+    if part is None and distributed.is_distributed():
+        return record_sharded(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
+                              scheduler=scheduler, reduction=red, blocks=blocks, guidance_scale=guidance_scale,
+                              disk_budget=disk_budget, memory_budget=memory_budget, progress=progress, cancel=cancel)
     with scheduler_swapped(pipe, scheduler):
         if guidance_scale is None:
             guidance_scale = float(getattr(pipe.config, "default_guidance_scale", 7.5))
@@ -391,6 +398,8 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
         check_budget(plan, disk_budget, memory_budget, shutil.disk_usage(out).free)
         manifest = base_manifest(pipe, model_id, plan, scheduler, steps, seeds, list(conditions), guidance_scale,
                                  cfg_layout(pipe, guidance_scale))
+        if part is not None:
+            manifest["part"] = part
         manifest["timing"] = {"plan_s": time.perf_counter() - t0}
         recorder = Recorder(pipe, plan, out, manifest, progress=progress, cancel=cancel)
         with recorder:
@@ -398,3 +407,53 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
             call(steps)
             manifest["timing"]["sampling_s"] = time.perf_counter() - t1
         return out
+
+
+def part_name(rank: int) -> str:
+    return f"part-{rank:05d}"
+
+
+def record_sharded(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,
+                   prompts: list[str] | None = None, seeds: list[int] | None = None, **kwargs) -> Path:
+    """:func:`record_run` as one rank of a torchrun job: this rank's contiguous share of the seeds goes to
+    ``out_dir/part-<rank>`` (a complete store of its own); rank 0 writes ``out_dir/manifest.json`` listing every
+    part and its seeds, before sampling (``complete: false``) and again once every rank has reported (complete, or
+    which ranks failed and why). :class:`~workbench.store.FeatureStore` reads the folder as one run."""
+    from workbench import distributed
+
+    ctx = distributed.context()
+    conditions = list(labels if labels is not None else prompts)
+    seeds = list(seeds)
+    out = Path(out_dir)
+    parts = []
+    for r in range(ctx.world_size):
+        a, b = distributed.shard_bounds(len(seeds), r, ctx.world_size)
+        if b > a:  # more ranks than seeds: the last ranks have nothing to record
+            parts.append({"path": part_name(r), "rank": r, "seeds": seeds[a:b]})
+    top = {"format": "frdiff-workbench-run", "version": 1, "sharded": True, "world_size": ctx.world_size,
+           "model": {"id": model_id}, "seeds": seeds, "conditions": conditions, "parts": parts,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "complete": False,
+           "failed": []}
+    if ctx.rank == 0:
+        write_manifest(out, top)
+    a, b = distributed.shard_bounds(len(seeds), ctx.rank, ctx.world_size)
+    mine = {"labels": labels[a:b] if labels is not None else None,
+            "prompts": prompts[a:b] if prompts is not None else None}
+    part = {"rank": ctx.rank, "world_size": ctx.world_size, "run": ".."}
+
+    def record_part() -> None:
+        if b > a:
+            record_run(pipe, model_id, out / part_name(ctx.rank), seeds=seeds[a:b], part=part, **mine, **kwargs)
+
+    try:
+        distributed.together(record_part, note=f"what the other ranks recorded is in {out}, marked incomplete")
+    except distributed.RankFailed as exc:
+        if ctx.rank == 0:
+            top["failed"] = [{"rank": r, "error": msg} for r, msg in exc.failures]
+            write_manifest(out, top)
+        raise
+    if ctx.rank == 0:
+        top["complete"] = True
+        write_manifest(out, top)
+    distributed.barrier()  # the joined manifest is final before any rank reads the run back
+    return out

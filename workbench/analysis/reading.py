@@ -72,6 +72,8 @@ def read_maps(store: FeatureStore, block: str, cond: bool | None = True) -> np.n
         raise StoreError(f"run {store.directory} stored statistics only (reduction 'stats'), no feature maps")
     if block not in store.blocks:
         raise StoreError(f"block {block!r} was not recorded; recorded: {', '.join(store.blocks)}")
+    if store.parts:  # a sharded run (torchrun): each part read the same way, joined in seed order
+        return store.join_parts(lambda part, c: read_maps(part, block, c), cond)
     folder = store.directory / ARRAYS / "features" / str(store.blocks.index(block))
     array = zarr.open_array(str(folder), mode="r")
     half = half_slice(store, cond)
@@ -83,6 +85,9 @@ def read_stats(store: FeatureStore, cond: bool | None = True) -> dict[str, np.nd
     """Streaming statistics of every block at once: ``cosine`` and ``rel_l1``, ``[steps, blocks, batch]`` (blocks in
     ``store.blocks`` order); ``[:, i]`` equals ``store.stats(store.blocks[i], cond)``, which reads the whole array
     once per block."""
+    if store.parts:
+        return {k: store.join_parts(lambda part, c, k=k: read_stats(part, c)[k], cond, axis=2)
+                for k in ("cosine", "rel_l1")}
     half = half_slice(store, cond)
     return {k: zarr.open_array(str(store.directory / ARRAYS / "stats" / k), mode="r")[: store.steps_done, :, half]
             for k in ("cosine", "rel_l1")}
