@@ -50,6 +50,26 @@ class BlockInfo:
     flop_share: float
 
 
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter(**kwargs) -> FlopCounterMode:
+    """``FlopCounterMode`` that also counts attention on the CPU.
+
+    torch's FLOP table covers the CUDA kernels behind ``scaled_dot_product_attention`` but not the CPU one
+    (``aten._scaled_dot_product_flash_attention_for_cpu``), so attention would count 0 FLOPs on a CPU and every
+    attention block's share would come out too small there. The CPU kernel gets the same formula as the CUDA ones.
+    """
+    from torch.utils.flop_counter import flop_registry
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {op: _sdpa_cpu_flops} if op is not None and op not in flop_registry else {}
+    return FlopCounterMode(display=False, custom_mapping=mapping, **kwargs)
+
 def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
     cls = type(module).__name__
     if cls in BLOCK_KINDS:
@@ -151,7 +171,7 @@ def discover_blocks(model: nn.Module, *args, **kwargs) -> list[BlockInfo]:
 
         handles.append(modules[name].register_forward_hook(hook))
     try:
-        with FlopCounterMode(display=False, depth=None) as counter:
+        with flop_counter(depth=None) as counter:
             model(*args, **kwargs)
     finally:
         for h in handles:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .blocks import find_blocks
+from .blocks import find_blocks, flop_counter
 from .policy import Policy
 from .reuse import heavy_module_name
 
@@ -28,7 +27,7 @@ def measure_savings(denoiser: nn.Module, granularity: str | None, *args, **kwarg
     """
     blocks = find_blocks(denoiser)
     modules = dict(denoiser.named_modules())
-    with FlopCounterMode(display=False, depth=None) as counter:
+    with flop_counter(depth=None) as counter:
         denoiser(*args, **kwargs)
     counts = counter.get_flop_counts()
     root = type(denoiser).__name__

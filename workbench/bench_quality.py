@@ -115,11 +115,10 @@ def run_method(pipe, method: Method, labels: list[int], seeds: list[int], batch_
 
 def count_flops(pipe, method: Method, labels: list[int], seeds: list[int]) -> float:
     """Denoiser FLOPs per image of a whole sampling run of ``method`` (one batch), counted as executed."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from frdiff.blocks import flop_counter
     from workbench.sampling import sample
 
-    with attached(pipe, method), FlopCounterMode(display=False) as counter:
+    with attached(pipe, method), flop_counter() as counter:
         sample(pipe, labels, seeds, steps=method.steps, scheduler=method.scheduler, batch_size=len(seeds))
     return counter.get_total_flops() / len(seeds)
 

@@ -250,6 +250,7 @@ BENCH_OPTIONS = {
     "gpu-speed": ["repeats", "small", "compile"],
     "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
+    "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
 }
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
 
@@ -270,14 +271,15 @@ def bench_command(args: argparse.Namespace, suite: str) -> str:
 def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     from workbench.bench import bench_analysis, bench_foundation, bench_record_overhead
     from workbench.bench_app import bench_app_startup
+    from workbench.bench_autofr import bench_autofr
+    from workbench.bench_distributed import bench_run_throughput
     from workbench.bench_engine import bench_engine_quality, bench_gpu_speed
     from workbench.bench_quality import bench_overhead, bench_quality_latency, bench_schedulers
 
     suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
               "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup,
-              "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead}
-    from workbench.bench_distributed import bench_run_throughput; suites["run-throughput"] = bench_run_throughput  # noqa: E702, I001
-    from workbench.bench_distributed import bench_run_throughput; suites["run-throughput"] = bench_run_throughput  # noqa: E702, I001
+              "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead,
+              "run-throughput": bench_run_throughput, "autofr": bench_autofr}
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
@@ -305,8 +307,11 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
         extra = {"small": small, "app": not args.no_app}
     elif suite == "run-throughput":  # under torchrun: the whole job's throughput (docs/distributed.md)
         extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
-    elif suite == "run-throughput":  # under torchrun: the job's throughput (docs/distributed.md)
-        extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
+    elif suite == "autofr":  # Auto-FR against the hand-made front on held-out seeds (docs/autofr.md)
+        extra = {"models": models, "device": args.device, "steps": args.steps or 50,
+                 "iterations": args.autofr_iterations or 30,
+                 **({"train_seeds": parse_seeds(args.train_seeds)} if args.train_seeds else {}),
+                 **({"val_seeds": parse_seeds(args.val_seeds)} if args.val_seeds else {})}
     try:
         report = suites[suite](repeats=args.repeats, **extra)
     except ValueError as exc:
@@ -436,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/), all of them, or the report")
-    p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | foundation | "
-                                 "record-overhead | analysis | engine-quality | app-startup")
+    p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
+                                 "run-throughput | foundation | record-overhead | analysis | engine-quality | "
+                                 "app-startup")
     p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
@@ -454,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autofr-iterations", type=int, default=None, help="Auto-FR Adam steps (default 30)")
     p.add_argument("--autofr-train-seeds", type=int, default=None,
                    help="Auto-FR training seeds, from 1000 (default 32; evaluation seeds start at 0)")
+    p.add_argument("--train-seeds", default=None, help="autofr: Auto-FR training seeds (default 0-31)")
+    p.add_argument("--val-seeds", default=None, help="autofr: held-out evaluation seeds (default 100-163)")
     p.add_argument("--no-peers", action="store_true", help="quality-vs-latency: skip DeepCache and diffusers caches")
     p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")
     p.add_argument("--no-app", action="store_true", help="overhead: skip the app start-up part")
