@@ -45,7 +45,6 @@ INTERVALS = (2, 3, 4)
 FR_FEWER_STEPS = (20, 30)  # FR M=2 + mixing on fewer steps (the paper's "FR M=2 30 steps")
 THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 DEEPCACHE_INTERVALS = (2, 3, 5)
-AUTOFR_TARGETS = (0.5,)
 TRAIN_SEEDS = 1000  # first training seed of Auto-FR and of the threshold policies' recorded run
 
 
@@ -233,15 +232,20 @@ def threshold_methods(pipe, model: str, steps: int, thresholds=THRESHOLDS, recor
             for d in thresholds]
 
 
-def autofr_methods(pipe, model: str, steps: int, targets=AUTOFR_TARGETS, iterations: int = 30,
+def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | None = None, iterations: int = 30,
                    train_seeds: int = 32, gates=("step", "block"), progress=None) -> list[Method]:
-    """Auto-FR policies learned on ``train_seeds`` seeds from :data:`TRAIN_SEEDS` (disjoint from evaluation)."""
+    """Auto-FR policies (feature reuse) learned on ``train_seeds`` seeds from :data:`TRAIN_SEEDS` (disjoint from
+    evaluation). ``targets``: compute fractions; default the model's target of ``bench autofr``
+    (:data:`workbench.bench_autofr.TARGETS`: between uniform M=3 and M=4, reachable with feature reuse; 0.6 for other
+    models)."""
     from frdiff.autofr import AutoFRConfig
+    from workbench.bench_autofr import TARGETS
     from workbench.cli_autofr import learn_for_pipeline
     from workbench.compare import measure_savings
 
     savings = measure_savings(pipe)
     train = list(range(TRAIN_SEEDS, TRAIN_SEEDS + train_seeds))
+    targets = targets or (TARGETS.get(model, 0.6),)
     out = []
     for g in gates:
         for target in targets:
@@ -493,7 +497,7 @@ def _env(device: str) -> dict:
 
 def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"),
                           steps: int = REFERENCE_STEPS, device: str | None = None, autofr: bool = True,
-                          autofr_iterations: int = 30, autofr_train_seeds: int = 32, autofr_targets=AUTOFR_TARGETS,
+                          autofr_iterations: int = 30, autofr_train_seeds: int = 32, autofr_targets=None,
                           thresholds=THRESHOLDS, peers: bool = True, flop_seeds: int = 4, batch_size: int = 64,
                           small: bool = False, progress=None) -> dict:
     """The ``quality-vs-latency`` suite (module docstring). ``small`` keeps the first setting of each method family
