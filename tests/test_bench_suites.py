@@ -124,6 +124,14 @@ def test_report_generated_from_the_jsons(bench_dir, tmp_path):
     with Image.open(pngs[0]) as img:
         assert img.size == (1100, 640)
     assert (bench_dir / "quality-vs-latency-tiny-dit-psnr-vs-latency.html").read_text().count("<html") == 1
+    # a hand-written reading between the markers survives a rewrite, after the summary; stale numbers do not
+    from workbench.bench_report import NOTES_END, NOTES_START
+
+    md.write_text(text.replace("## Summary", f"{NOTES_START}\nreading kept\n{NOTES_END}\n\n## Summary") + "| stale |\n")
+    assert main(["bench", "report", "--from", str(bench_dir), "--out", str(md), "--json"]) == 0
+    again = md.read_text()
+    assert again.count("reading kept") == 1 and "| stale |" not in again
+    assert again.index("## Summary") < again.index("reading kept") < again.index("## Quality vs latency")
 
 
 def test_overhead_suite_small():

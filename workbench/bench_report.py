@@ -382,8 +382,23 @@ ORDER = {"quality-vs-latency": 0, "schedulers": 1, "gpu-speed": 2, "overhead": 3
          "analysis": 5, "app-startup": 6}
 
 
+NOTES_START, NOTES_END = "<!-- reading: hand-written, kept by bench report -->", "<!-- reading end -->"
+
+
+def _kept_notes(markdown: Path) -> str:
+    """The hand-written reading of the results between the notes markers of an existing report (kept on rewrite;
+    it interprets the generated tables and quotes no number of its own)."""
+    if not markdown.is_file():
+        return ""
+    text = markdown.read_text()
+    if NOTES_START not in text or NOTES_END not in text:
+        return ""
+    return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip("\n")
+
+
 def write_report(folder: Path, markdown: Path) -> dict:
-    """Plots into ``folder`` and the markdown at ``markdown`` from the JSONs in ``folder``."""
+    """Plots into ``folder`` and the markdown at ``markdown`` from the JSONs in ``folder``; a hand-written reading
+    between the notes markers of an existing ``markdown`` is kept, after the summary."""
     import os
 
     folder, markdown = Path(folder), Path(markdown)
@@ -397,6 +412,9 @@ def write_report(folder: Path, markdown: Path) -> dict:
     summary = summary_lines(reports)
     lines += [f"- {s}" for s in summary] or ["- no quality-vs-latency or full-size gpu-speed results yet."]
     lines.append("")
+    notes = _kept_notes(markdown)
+    if notes:
+        lines += [NOTES_START, notes, NOTES_END, ""]
     plots_written: list[str] = []
     other = []
     for fname, rep in sorted(reports, key=lambda r: (ORDER.get(r[1]["suite"], 9), r[0])):
