@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .apply import apply, exclusive
-from .blocks import find_blocks
+from .blocks import capture_denoiser_call, find_blocks
 from .policy import GRANULARITIES, Mixing, Policy, model_ref
 from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target
 from .speedup import measure_savings, predicted_speedup
@@ -310,25 +310,13 @@ def psnr_per_image(reference: torch.Tensor, images: torch.Tensor) -> torch.Tenso
 
 def _savings(denoiser: nn.Module, denoise: Callable, scheduler, samples: Samples, steps: int) -> dict:
     """FLOP shares a reuse step skips, measured on this task's first denoiser call."""
-    captured: dict = {}
 
-    def grab(_m, args, kwargs):
-        captured["args"], captured["kwargs"] = args, kwargs
-        raise _Captured
-
-    handle = denoiser.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
+    def first_call():
         with torch.no_grad():
             sample(denoise, scheduler, samples.take(slice(0, 1)).noise, _first(samples.cond), steps)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    return measure_savings(denoiser, None, *captured["args"], **captured["kwargs"])
 
-
-class _Captured(Exception):
-    pass
+    args, kwargs = capture_denoiser_call(denoiser, first_call)
+    return measure_savings(denoiser, None, *args, **kwargs)
 
 
 def _first(cond):
