@@ -36,7 +36,7 @@ from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
 from .policy import Policy, PolicyError, model_fingerprint
-from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target, wrapper
+from .reuse import HOOK_PREFIX, ReuseState, attach, attach_reuse_hooks, detach_all, wrapper
 
 
 class _PipelineLock:
@@ -207,26 +207,17 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     lock.acquire(timeout, "frdiff.apply")
     run = FRRun(policy)
     state = ReuseState(policy.keyframes)
-    modules = dict(denoiser.named_modules())
-    kinds = dict(find_blocks(denoiser))
     attached: list[tuple[nn.Module, str]] = []
     start = time.perf_counter()
     try:
         step_hook = _StepHook(policy, state, pipe, threading.get_ident(), run._report)
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
-        reuses = (~policy.keyframes).any(1).tolist() if policy.blocks else []
-        for i, name in enumerate(policy.blocks):
-            if not reuses[i]:
-                continue  # computed at every step: no hook, stock speed
-            target, hook_cls = hook_target(modules[name], kinds.get(name, "generic"), policy.granularity[i])
-            hook_name = f"{HOOK_PREFIX}-reuse-{i}"
-            attach(target, hook_cls(state, i, name), hook_name)
-            attached.append((target, hook_name))
+        always = policy.keyframes.all(1).tolist() if policy.blocks else []  # computed at every step: no hook
+        attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=always)
         yield run
     finally:
-        for module, hook_name in reversed(attached):
-            detach(module, hook_name)
+        detach_all(attached)
         state.clear()
         run._report.seconds = time.perf_counter() - start
         lock.release()

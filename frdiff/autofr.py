@@ -54,7 +54,7 @@ from torch.utils.checkpoint import checkpoint
 from .apply import apply, exclusive
 from .blocks import capture_denoiser_call, find_blocks
 from .policy import GRANULARITIES, Mixing, Policy, model_ref
-from .reuse import HOOK_PREFIX, ReuseState, attach, detach, hook_target
+from .reuse import ReuseState, attach_reuse_hooks, detach_all
 from .speedup import measure_savings, predicted_speedup
 
 GATE_MODES = ("step", "block")
@@ -251,21 +251,14 @@ def gated_reuse(denoiser: nn.Module, blocks: list[str], granularity: list[str]):
     Set ``state.gates`` (``[blocks, steps]``) and ``state.step`` before each denoiser call; the hooks blend
     g·computed + (1 − g)·cached. Holds the denoiser's lock (:func:`frdiff.exclusive`); hooks are always removed.
     """
-    modules = dict(denoiser.named_modules())
-    kinds = dict(find_blocks(denoiser))
     state = ReuseState(torch.ones(len(blocks), 1, dtype=torch.bool))
     attached: list[tuple[nn.Module, str]] = []
     with exclusive(denoiser):
         try:
-            for i, (name, gran) in enumerate(zip(blocks, granularity, strict=True)):
-                target, hook_cls = hook_target(modules[name], kinds.get(name, "generic"), gran)
-                hook_name = f"{HOOK_PREFIX}-autofr-{i}"
-                attach(target, hook_cls(state, i, name), hook_name)
-                attached.append((target, hook_name))
+            attach_reuse_hooks(denoiser, blocks, granularity, state, "autofr", attached)
             yield state
         finally:
-            for module, hook_name in reversed(attached):
-                detach(module, hook_name)
+            detach_all(attached)
             state.clear()
             state.gates = None
 

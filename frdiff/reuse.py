@@ -29,7 +29,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
-from .blocks import first_tensor
+from .blocks import find_blocks, first_tensor
 
 HOOK_PREFIX = "frdiff"
 
@@ -237,6 +237,30 @@ def heavy_module_name(block: str, block_module: nn.Module, kind: str, granularit
 
 def attach(module: nn.Module, hook: ModelHook, name: str) -> None:
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def attach_reuse_hooks(denoiser: nn.Module, blocks: list[str], granularity: list[str], state: ReuseState, tag: str,
+                       attached: list[tuple[nn.Module, str]], skip: list[bool] | None = None) -> None:
+    """Attach block i's reuse hook (row i of ``state``) for every block of ``blocks`` not marked in ``skip``.
+
+    Each ``(module, hook name)`` is appended to ``attached`` as soon as it is attached, so the caller's cleanup
+    (:func:`detach_all`) also covers a failure half-way.
+    """
+    modules = dict(denoiser.named_modules())
+    kinds = dict(find_blocks(denoiser))
+    for i, (name, gran) in enumerate(zip(blocks, granularity, strict=True)):
+        if skip is not None and skip[i]:
+            continue
+        target, hook_cls = hook_target(modules[name], kinds.get(name, "generic"), gran)
+        hook_name = f"{HOOK_PREFIX}-{tag}-{i}"
+        attach(target, hook_cls(state, i, name), hook_name)
+        attached.append((target, hook_name))
+
+
+def detach_all(attached: list[tuple[nn.Module, str]]) -> None:
+    """Remove the hooks in ``attached``, last attached first."""
+    for module, hook_name in reversed(attached):
+        detach(module, hook_name)
 
 
 def detach(module: nn.Module, name: str) -> None:
