@@ -96,14 +96,24 @@ def cmd_sample(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> dict:
     from workbench.train import TrainConfig, train_classifier, train_diffusion
 
-    cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                      seed=args.seed, data_seed=args.data_seed, sample_every=args.sample_every,
-                      time_limit_min=args.time_limit_min, device=args.device,
-                      init_from=args.init_from, bf16=not args.fp32)
+    from workbench import distributed
+
+    try:
+        cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          warmup=args.warmup, seed=args.seed, data_seed=args.data_seed,
+                          sample_every=args.sample_every, time_limit_min=args.time_limit_min, device=args.device,
+                          init_from=args.init_from, bf16=not args.fp32, lr_schedule=args.lr_schedule,
+                          loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
+                          ema_decay=args.ema_decay)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg.model == "shape-classifier" and distributed.is_distributed():
+        raise UserError("the shape classifier trains in one process; run it without torchrun")
     out = Path(args.out)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, desc=f"train {args.model}", unit="step", file=sys.stderr)
+    bar = tqdm(total=cfg.steps, desc=f"train {args.model}", unit="step", file=sys.stderr,
+               disable=not distributed.is_main())
 
     def show(info: dict) -> None:
         bar.update(info["step"] + 1 - bar.n)
@@ -388,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an embedded model or the shape classifier (CUDA when present)")
     p.add_argument("--model", required=True, choices=["tiny-unet", "tiny-dit", "shape-classifier"])
     p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=500, help="linear warm-up steps")
     p.add_argument("--seed", type=int, default=0)
@@ -398,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--fp32", action="store_true", help="train in fp32 (TF32) instead of bf16 autocast on CUDA")
     p.add_argument("--init-from", default=None, help="pipeline folder to continue training from")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="after warm-up: constant, or a half cosine to 0 at the last step (with --time-limit-min the "
+                        "step count is fitted to the time from the measured speed)")
+    p.add_argument("--loss-weighting", default="none", choices=["none", "min-snr"],
+                   help="per-noise-level weights of the ε loss: none, or Min-SNR-γ (arXiv 2303.09556)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0, help="γ of Min-SNR-γ weighting")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average (shipped)")
     p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)

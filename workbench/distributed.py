@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
-COMMANDS = ("record", "run", "autofr", "bench")  # the commands that know how to share work between ranks
+COMMANDS = ("record", "run", "autofr", "bench", "train")  # the commands that know how to share work between ranks
 TIMEOUT_ENV = "FRDIFF_DIST_TIMEOUT_S"
 
 

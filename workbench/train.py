@@ -3,8 +3,19 @@
 Recipe (the same for both denoisers): ε-prediction MSE on the procedural data, linear β schedule of 1000 steps,
 AdamW with linear warm-up, gradient clipping at 1, an exponential moving average (EMA) of the weights that is what
 gets shipped, classifier-free guidance training by replacing the class with the null class 10 % of the time. Data
-is rendered on the training device each step from seed ``data_seed·10⁶ + step``, so a run is reproducible from its
-arguments. CUDA is used when present (bf16 autocast), the CPU otherwise.
+is rendered on the training device each step from seed ``data_seed·10⁶ + step·world_size + rank``, so a run is
+reproducible from its arguments. CUDA is used when present (bf16 autocast), the CPU otherwise.
+
+Options used by the later runs (see the model cards):
+
+- ``loss_weighting="min-snr"``: Min-SNR-γ weighting (Hang et al., 2023, arXiv 2303.09556). For ε-prediction the
+  per-sample weight is ``min(SNR(t), γ) / SNR(t)``, with ``SNR(t) = ᾱ_t / (1 - ᾱ_t)``: low-noise steps, whose ε loss
+  is easy and whose gradients dominate, count less; high-noise steps, where the shape is decided, keep weight 1.
+- ``lr_schedule="cosine"``: after warm-up the learning rate follows a half cosine from its peak to 0 at the last
+  step. With a time limit, the number of steps is fitted to it once, from the measured speed of steps 100-300, and
+  recorded (``schedule_steps``), so a run can be repeated with ``--steps`` alone.
+- torchrun: ``torchrun --nproc_per_node N -m workbench train ...`` trains data-parallel. Each rank renders its own
+  batch (``--batch-size`` is per rank), gradients are averaged with one all-reduce per step, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -45,14 +56,48 @@ class TrainConfig:
     device: str | None = None
     init_from: str | None = None  # a pipeline folder whose weights start the run (continued training)
     bf16: bool = True  # bf16 autocast on CUDA: faster; fp32 (TF32 matmuls) is the steadier choice
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step, after warm-up)
+    loss_weighting: str = "none"  # none | min-snr
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
+        if self.min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+LOSS_WEIGHTINGS = ("none", "min-snr")
 
 
 def _device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+def _lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
+    """Learning rate at ``step``: linear warm-up, then constant or a half cosine to 0 at ``total_steps``."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    total = total_steps or cfg.steps
+    span = max(total - cfg.warmup, 1)
+    progress = min(max(step - cfg.warmup, 0) / span, 1.0)
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def loss_weights(alphas_cumprod_t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Per-sample weights of the ε-MSE for the noise levels ``ᾱ_t`` (ones unless Min-SNR-γ is chosen)."""
+    if cfg.loss_weighting == "none":
+        return torch.ones_like(alphas_cumprod_t)
+    snr = alphas_cumprod_t / (1 - alphas_cumprod_t)
+    return snr.clamp(max=cfg.min_snr_gamma) / snr
 
 
 def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
@@ -70,11 +115,19 @@ def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
 
 
 def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:
-    """Train ``cfg.model`` (an embedded diffusion architecture) and save the EMA pipeline in fp16 to ``out_dir``."""
+    """Train ``cfg.model`` (an embedded diffusion architecture) and save the EMA pipeline in fp16 to ``out_dir``.
+
+    Under torchrun every rank calls this; gradients are averaged across ranks and only rank 0 writes files.
+    """
+    from workbench import distributed
     from workbench.zoo import build_pipeline
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg)
+    ctx = distributed.context()
+    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
+    main = rank == 0
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    device = ctx.device if ctx and ctx.device.type == "cuda" else _device(cfg)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
     pipe = build_pipeline(cfg.model, seed=cfg.seed)
     if cfg.init_from:
@@ -101,7 +154,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device)
     null = pipe.null_class
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     use_bf16 = device.type == "cuda" and cfg.bf16
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -111,18 +164,35 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     start = time.time()
     losses: list[float] = []
     skipped = 0
-    step = 0
+    step = completed = 0
+    total_steps = cfg.steps
+    fit_to_time = cfg.lr_schedule == "cosine" and cfg.time_limit_min is not None
     best_loss, diverged = float("inf"), False
 
     def record() -> dict:
         recent = losses[-20:]
-        return dict(config=asdict(cfg), previous_run=previous, steps_done=step + 1,
-                    final_loss=sum(recent) / max(len(recent), 1), skipped_nonfinite_steps=skipped,
+        return dict(config=asdict(cfg), previous_run=previous, steps_done=completed, schedule_steps=total_steps,
+                    world_size=world, final_loss=sum(recent) / max(len(recent), 1), skipped_nonfinite_steps=skipped,
                     train_minutes=(time.time() - start) / 60, device=str(device),
                     device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
 
-    for step in range(cfg.steps):
-        batch = make_shapes(cfg.batch_size, cfg.data_seed * 1_000_000 + step, device=device)
+    def agreed(value: float) -> float:
+        """Rank 0's ``value`` on every rank (so that decisions taken from clocks and losses are the same)."""
+        if world == 1:
+            return value
+        t = torch.tensor([value if main else 0.0], dtype=torch.float64, device=distributed.context().device)
+        return float(distributed.all_reduce_sum(t).item())
+
+    for step in range(10**9):
+        if step >= total_steps:
+            break
+        if fit_to_time and step == 300:  # fit the cosine's length to the time limit from the measured speed
+            rate = 200 / max(time.time() - t100, 1e-6)
+            left = cfg.time_limit_min * 60 - (time.time() - start)
+            total_steps = int(agreed(min(cfg.steps, 300 + int(0.95 * rate * left))))
+        if step == 100:
+            t100 = time.time()
+        batch = make_shapes(cfg.batch_size, cfg.data_seed * 1_000_000 + step * world + rank, device=device)
         x0, labels = batch.images, batch.labels
         drop = torch.rand(labels.shape, device=device, generator=gen) < cfg.cfg_dropout
         labels = torch.where(drop, torch.full_like(labels, null), labels)
@@ -131,24 +201,35 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg, total_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             pred = pipe.denoise(noisy, t, labels)
-        loss = F.mse_loss(pred.float(), noise)
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (loss_weights(alphas[t], cfg) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            flat = distributed.all_reduce_sum(flat) / world
+            offset = 0
+            for p, g in zip(params, grads):
+                p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+                offset += g.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights (or the EMA)
             skipped += 1
             if skipped > 100:
                 raise RuntimeError(f"training diverged: {skipped} non-finite steps; lower --lr")
+            completed += 1
             continue
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - cfg.ema_decay)
+        completed += 1
         if step % 50 == 0:
-            losses.append(loss.item())
-        if progress and step % 100 == 0:
+            losses.append(float(distributed.all_reduce_sum(loss.detach().double()).item()) / world)
+        if progress and main and step % 100 == 0:
             progress(dict(step=step, loss=losses[-1], elapsed_s=time.time() - start))
         if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
             recent = sum(losses[-20:]) / len(losses[-20:])
@@ -156,16 +237,30 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
             if recent > 1.5 * best_loss:  # diverging: keep the last good checkpoint and stop
                 diverged = True
                 break
-            _sample_grid(ema_pipe, out_dir / f"{cfg.model}-samples-{step + 1:06d}.png")
-            _save(ema_pipe, out_dir / cfg.model, record())  # a checkpoint survives an interrupted run
-        if cfg.time_limit_min and time.time() - start > cfg.time_limit_min * 60:
+            if main:
+                _sample_grid(ema_pipe, out_dir / f"{cfg.model}-samples-{step + 1:06d}.png")
+                _save(ema_pipe, out_dir / cfg.model, record())  # a checkpoint survives an interrupted run
+        if cfg.time_limit_min and step % 50 == 0 and agreed(time.time() - start > cfg.time_limit_min * 60):
             break
     if diverged:
         return dict(record(), diverged=True, note="stopped on a rising loss; the saved checkpoint is the last good one")
-    _sample_grid(ema_pipe, out_dir / f"{cfg.model}-samples-final.png")
     final = record()
-    _save(ema_pipe, out_dir / cfg.model, final)
+    if world > 1:  # the replicas must have stayed identical: compare fingerprints of the shipped weights
+        prints = distributed.all_gather_tensor(_fingerprint(ema_params).to(distributed.context().device))
+        final["replicas_identical"] = all(torch.equal(prints[0], p) for p in prints[1:])
+    if main:
+        if cfg.sample_every:
+            _sample_grid(ema_pipe, out_dir / f"{cfg.model}-samples-final.png")
+        _save(ema_pipe, out_dir / cfg.model, final)
+    distributed.barrier()
     return final
+
+
+def _fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Two float64 numbers that differ when any weight differs (in practice): Σw and Σ w·k over a fixed index."""
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    k = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+    return torch.stack([flat.sum(), (flat * k.remainder(997)).sum()])
 
 
 def _save(pipe, save_dir: Path, record: dict) -> None:
