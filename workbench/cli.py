@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
                           sample_every=args.sample_every, time_limit_min=args.time_limit_min, device=args.device,
                           init_from=args.init_from, bf16=not args.fp32, lr_schedule=args.lr_schedule,
                           loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
-                          ema_decay=args.ema_decay)
+                          ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if cfg.model == "shape-classifier" and distributed.is_distributed():
@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-noise-level weights of the ε loss: none, or Min-SNR-γ (arXiv 2303.09556)")
     p.add_argument("--min-snr-gamma", type=float, default=5.0, help="γ of Min-SNR-γ weighting")
     p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average (shipped)")
+    p.add_argument("--teacher", default=None, help="pipeline (embedded name or folder) to distil from")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="share of the teacher's predicted noise in the target, 0-1 (needs --teacher)")
     p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)

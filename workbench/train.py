@@ -14,6 +14,11 @@ Options used by the later runs (see the model cards):
 - ``lr_schedule="cosine"``: after warm-up the learning rate follows a half cosine from its peak to 0 at the last
   step. With a time limit, the number of steps is fitted to it once, from the measured speed of steps 100-300, and
   recorded (``schedule_steps``), so a run can be repeated with ``--steps`` alone.
+- ``teacher`` / ``distill_weight``: the target becomes ``(1 - w)·ε + w·ε_teacher(x_t, t, class)``, the teacher
+  being another trained pipeline on the same data and classes (the shipped tiny-unet for the tiny-dit). Since
+  ``(1-w)‖p-ε‖² + w‖p-ε_T‖² = ‖p-((1-w)ε + w·ε_T)‖² + const``, this is the mixture of the two losses; the teacher's
+  prediction is the conditional mean the student would otherwise have to learn from single noisy draws, so its
+  gradients are far less noisy. The student can at best match the teacher where w = 1.
 - torchrun: ``torchrun --nproc_per_node N -m workbench train ...`` trains data-parallel. Each rank renders its own
   batch (``--batch-size`` is per rank), gradients are averaged with one all-reduce per step, and rank 0 writes.
 """
@@ -59,6 +64,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step, after warm-up)
     loss_weighting: str = "none"  # none | min-snr
     min_snr_gamma: float = 5.0
+    teacher: str | None = None  # a pipeline (name or folder) whose ε predictions become part of the target
+    distill_weight: float = 0.0  # share of the teacher's ε in the target (the rest is the true noise)
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -67,6 +74,10 @@ class TrainConfig:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
         if self.min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
+        if self.distill_weight > 0 and not self.teacher:
+            raise ValueError("distill_weight > 0 needs a teacher")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.steps < 1 or self.batch_size < 1:
@@ -140,6 +151,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     trainables = [m for m in (pipe.denoiser, pipe.class_encoder) if m is not None]
     for m in trainables:
         m.to(device).train()
+    teacher = _load_teacher(cfg, pipe, device) if cfg.distill_weight > 0 else None
     if pipe.transformer is not None:
         # diffusers' DiT drops labels inside every block independently in train mode; we drop once, explicitly.
         for mod in pipe.transformer.modules():
@@ -204,7 +216,12 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
             group["lr"] = _lr_at(step, cfg, total_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             pred = pipe.denoise(noisy, t, labels)
-        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        target = noise
+        if teacher is not None:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                taught = teacher.denoise(noisy, t, labels).float()
+            target = torch.lerp(noise, taught, cfg.distill_weight)
+        per_sample = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
         loss = (loss_weights(alphas[t], cfg) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,6 +271,21 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
         _save(ema_pipe, out_dir / cfg.model, final)
     distributed.barrier()
     return final
+
+
+def _load_teacher(cfg: TrainConfig, pipe, device: torch.device):
+    """The teacher pipeline, frozen on ``device``; it must share the student's image shape and classes."""
+    from workbench.zoo import load_pipeline
+
+    teacher = load_pipeline(cfg.teacher)
+    if (teacher.num_classes, teacher.sample_size, teacher.denoiser.config.in_channels) != (
+            pipe.num_classes, pipe.sample_size, pipe.denoiser.config.in_channels):
+        raise ValueError(f"teacher {cfg.teacher!r} does not match {cfg.model}: it needs the same classes, image size "
+                         "and channels")
+    for m in (teacher.denoiser, teacher.class_encoder):
+        if m is not None:
+            m.to(device=device, dtype=torch.float32).train(False).requires_grad_(False)
+    return teacher
 
 
 def _fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
