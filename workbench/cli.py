@@ -106,9 +106,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
                           loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
                           ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        distributed.refuse(str(exc))
     if cfg.model == "shape-classifier" and distributed.is_distributed():
-        raise UserError("the shape classifier trains in one process; run it without torchrun")
+        distributed.refuse("the shape classifier trains in one process; run it without torchrun")
     out = Path(args.out)
     from tqdm.auto import tqdm
 

@@ -229,6 +229,16 @@ def gather_comparison(local: dict, labels: list[int], seeds: list[int]) -> dict:
     return out
 
 
+def refuse(message: str) -> None:
+    """Stop a command for a reason every rank finds alike (bad arguments): rank 0 raises the one ``UserError`` the
+    user sees, the other ranks exit quietly with the same status."""
+    from workbench.cli import UserError
+
+    if is_main():
+        raise UserError(message)
+    raise SystemExit(2)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

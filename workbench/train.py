@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -72,7 +72,7 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
-        if self.min_snr_gamma <= 0:
+        if not self.min_snr_gamma > 0:  # also refuses NaN
             raise ValueError(f"min_snr_gamma must be positive, got {self.min_snr_gamma}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
@@ -80,6 +80,8 @@ class TrainConfig:
             raise ValueError("distill_weight > 0 needs a teacher")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
 
@@ -184,7 +186,8 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     def record() -> dict:
         recent = losses[-20:]
         return dict(config=asdict(cfg), previous_run=previous, steps_done=completed, schedule_steps=total_steps,
-                    world_size=world, final_loss=sum(recent) / max(len(recent), 1), skipped_nonfinite_steps=skipped,
+                    world_size=world, final_loss=sum(recent) / len(recent) if recent else None,
+                    optimizer_steps=completed - skipped, skipped_nonfinite_steps=skipped,
                     train_minutes=(time.time() - start) / 60, device=str(device),
                     device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
 
@@ -323,7 +326,8 @@ def train_classifier(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict],
     step = 0
     for step in range(cfg.steps):
         batch = make_shapes(cfg.batch_size, cfg.data_seed * 1_000_000 + step, device=device)
-        lr = _lr_at(step, cfg) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        # the classifier's own schedule: warm-up times one cosine over all steps (whatever --lr-schedule says)
+        lr = _lr_at(step, replace(cfg, lr_schedule="constant")) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
         loss = F.cross_entropy(model(batch.images), batch.labels)
