@@ -15,3 +15,16 @@ def test_analysis_suite_runs_small():
     assert report["blocks"] == 18 and report["median_s"] > 0 and report["store_bytes"] > 0
     assert set(report["parts_median_s"]) == {"read_s", "similarity_s", "spectra_s", "report_s"}
     assert report["maps_bytes_read"] * 2 < report["store_bytes"]  # one CFG half of the maps is read
+
+
+def test_machine_info_names_the_shipped_weights():
+    import hashlib
+
+    from workbench.bench import machine_info
+    from workbench.zoo import MODELS_DIR
+
+    weights = machine_info()["weights"]
+    assert set(weights) >= {"tiny-unet", "tiny-dit", "shape-classifier"}
+    dit = MODELS_DIR / "tiny-dit" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert weights["tiny-dit"] == hashlib.sha256(dit.read_bytes()).hexdigest()[:16]
+    assert len(set(weights.values())) == len(weights)  # different models, different digests

@@ -29,7 +29,24 @@ def machine_info() -> dict:
     import diffusers
 
     info["diffusers"] = diffusers.__version__
+    info["weights"] = shipped_weights_digest()
     return info
+
+
+def shipped_weights_digest() -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of each shipped model's weight files, so a result names the weights it was
+    measured on (the policy fingerprint names only the architecture)."""
+    import hashlib
+
+    from workbench.zoo import MODELS_DIR
+
+    out = {}
+    for folder in sorted(p for p in MODELS_DIR.iterdir() if p.is_dir()):
+        h = hashlib.sha256()
+        for f in sorted(folder.rglob("*.safetensors")):
+            h.update(f.read_bytes())
+        out[folder.name] = h.hexdigest()[:16]
+    return out
 
 
 def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:

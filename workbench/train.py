@@ -249,9 +249,9 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
         completed += 1
         if step % 50 == 0:
             losses.append(float(distributed.all_reduce_sum(loss.detach().double()).item()) / world)
-        if progress and main and step % 100 == 0:
+        if progress and main and step % 100 == 0 and losses:
             progress(dict(step=step, loss=losses[-1], elapsed_s=time.time() - start))
-        if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+        if cfg.sample_every and (step + 1) % cfg.sample_every == 0 and losses:
             recent = sum(losses[-20:]) / len(losses[-20:])
             best_loss = min(best_loss, recent)
             if recent > 1.5 * best_loss:  # diverging: keep the last good checkpoint and stop
