@@ -4,9 +4,9 @@
 # guidance 2, the shipped classifier): a control without a teacher, and distillation from the shipped tiny-unet.
 # Usage: scripts/device_distill.sh INIT_DIR [MINUTES] [DATA_SEED]     (INIT_DIR holds tiny-dit/; carry it)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_lib.sh"
+device_setup
+export OMP_NUM_THREADS=8
 init=${1:?init dir}; minutes=${2:-7.6}; data_seed=${3:-10}
 work=/tmp/distill; rm -rf $work; mkdir -p $work
 
@@ -41,8 +41,7 @@ evaluate init-g2 1 "$init/tiny-dit" 2
 wait
 echo "evaluation done at $(date +%T)"
 cd $work
-for f in eval-*.json; do printf '%s ' "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('class_accuracy'), d.get('fd_shapes'))" "$f" 2>/dev/null || echo failed; done
-for f in train-*.json; do printf '%s ' "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['steps_done'], d['schedule_steps'], round(d['final_loss'], 5), round(d['train_minutes'], 2), d.get('diverged', False))" "$f" 2>/dev/null || { echo failed; tail -n 3 "${f%.json}.log"; }; done
+summarise
 tar czf "$OUT/results.tgz" *.json *.log grid-*.png */*.png 2>/dev/null
 tar czf "$OUT/models-ab.tgz" a-control/tiny-dit b-distill1/tiny-dit 2>/dev/null
 tar czf "$OUT/models-cd.tgz" c-distill05/tiny-dit d-distill1-lr6/tiny-dit 2>/dev/null

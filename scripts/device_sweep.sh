@@ -4,9 +4,8 @@
 # each evaluated (and the shipped weights too) on the same 600 samples: 50 DDIM steps, the shipped classifier.
 # Usage: scripts/device_sweep.sh [MINUTES] [DATA_SEED]      (results and models come back under $OUT)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_lib.sh"
+device_setup
 minutes=${1:-6.5}; data_seed=${2:-9}
 work=/tmp/sweep; rm -rf $work; mkdir -p $work
 
@@ -50,8 +49,7 @@ done
 wait
 echo "evaluation done at $(date +%T)"
 cd $work
-for f in eval-*.json; do printf '%s ' "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('class_accuracy'), d.get('fd_shapes'))" "$f" 2>/dev/null || echo failed; done
-for f in train-*.json; do printf '%s ' "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['steps_done'], d['schedule_steps'], round(d['final_loss'], 5), round(d['train_minutes'], 2), d.get('diverged', False))" "$f" 2>/dev/null || { echo failed; tail -n 3 "${f%.json}.log"; }; done
+summarise
 tar czf "$OUT/results.tgz" *.json *.log grid-*.png */*.png 2>/dev/null
 tar czf "$OUT/models-1.tgz" A-const/tiny-dit B-cos/tiny-dit C-snr/tiny-dit 2>/dev/null
 tar czf "$OUT/models-2.tgz" D-snr-cos/tiny-dit E-snr-cos-b1024/tiny-dit F-snr-cos-lr6/tiny-dit 2>/dev/null
