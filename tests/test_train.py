@@ -326,3 +326,11 @@ def test_a_teacher_of_another_architecture_trains_the_student(tmp_path, capsys):
     assert math.isfinite(report["final_loss"]) and report["config"]["teacher"] == "tiny-unet"
     assert report["final_loss"] != plain["final_loss"]
     assert changed(weights(tmp_path / "out"), weights(tmp_path / "plain")) > 1000
+
+
+def test_a_missing_teacher_is_one_clear_error_and_writes_nothing(tmp_path, capsys):
+    code = main([*TINY, "--teacher", str(tmp_path / "nope"), "--distill-weight", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "nope" in lines[0], err
+    assert not (tmp_path / "out").exists()

@@ -29,7 +29,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -229,7 +229,7 @@ def gather_comparison(local: dict, labels: list[int], seeds: list[int]) -> dict:
     return out
 
 
-def refuse(message: str) -> None:
+def refuse(message: str) -> NoReturn:
     """Stop a command for a reason every rank finds alike (bad arguments): rank 0 raises the one ``UserError`` the
     user sees, the other ranks exit quietly with the same status."""
     from workbench.cli import UserError

@@ -138,8 +138,6 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     ctx = distributed.context()
     rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
     main = rank == 0
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     device = ctx.device if ctx and ctx.device.type == "cuda" else _device(cfg)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
     pipe = build_pipeline(cfg.model, seed=cfg.seed)
@@ -154,6 +152,8 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     for m in trainables:
         m.to(device).train()
     teacher = _load_teacher(cfg, pipe, device) if cfg.distill_weight > 0 else None
+    if main:  # only once the inputs (start weights, teacher) have loaded: a bad argument leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
     if pipe.transformer is not None:
         # diffusers' DiT drops labels inside every block independently in train mode; we drop once, explicitly.
         for mod in pipe.transformer.modules():
