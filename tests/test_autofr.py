@@ -3,6 +3,7 @@ optimisation, the exported policy reproducing its validation metrics through the
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,18 @@ def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_
     text = md.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("outro\n")
     assert f"| {mine['compute_fraction']:.3f} | {mine['psnr']:.2f} |" in text
+
+
+def test_bench_autofr_tables_name_each_models_machine_when_they_differ(tmp_path):
+    from workbench.bench_autofr import MARK_END, MARK_START, write_markdown
+
+    bench = Path(__file__).resolve().parents[1] / "docs" / "bench"
+    md = tmp_path / "autofr.md"
+    md.write_text(f"head\n{MARK_START}\nold\n{MARK_END}\ntail\n")
+    report = write_markdown([bench / "autofr-tiny-unet-h200.json", bench / "autofr-tiny-dit-cpu.json"], md)
+    text = md.read_text()
+    assert set(report["models"]) == {"tiny-unet", "tiny-dit"} and "old" not in text
+    assert "on the machine named under each model" in text
+    unet, dit = text.index("### tiny-unet"), text.index("### tiny-dit")
+    assert "Measured on NVIDIA H200" in text[unet:dit] and "Measured on the CPU (x86_64, 1 thread" in text[dit:]
+    assert text.startswith("head\n") and text.endswith("tail\n")

@@ -148,16 +148,24 @@ def bench_autofr(repeats: int = 1, models: tuple[str, ...] = ("tiny-unet", "tiny
 # ---- docs ------------------------------------------------------------------------------------------------------------
 def render_markdown(report: dict, source: str = "") -> str:
     """The results part of docs/autofr.md from a ``bench autofr`` JSON."""
-    m = report["machine"]
-    where = m.get("gpu") or m.get("processor") or "cpu"
-    lines = [f"Measured by `python -m workbench bench autofr --out DIR` on {where} (torch {m['torch']}, diffusers "
-             f"{m['diffusers']}){f', raw JSON {source}' if source else ''}. {report['steps']}-step DDIM, "
+    def where(m: dict) -> str:
+        versions = f"torch {m['torch']}, diffusers {m['diffusers']}"
+        if m.get("gpu"):
+            return f"{m['gpu']} ({versions})"
+        threads = m.get("threads")
+        return f"the CPU ({m.get('processor') or 'cpu'}, {threads} thread{'s' * (threads != 1)}, {versions})"
+
+    machines = {name: where(entry.get("machine", report["machine"])) for name, entry in report["models"].items()}
+    shared = len(set(machines.values())) == 1
+    on = next(iter(machines.values())) if shared else "the machine named under each model"
+    lines = [f"Measured by `python -m workbench bench autofr --out DIR` on {on}"
+             f"{f', raw JSON {source}' if source else ''}. {report['steps']}-step DDIM, "
              f"Auto-FR trained on seeds {report['train_seeds']} ({report['iterations']} iterations of 2 images), "
              f"every row measured on held-out seeds {report['val_seeds']} against the full run from the same noise. "
              "Compute = Σ step costs / steps from measured FLOPs.", ""]
     for name, entry in report["models"].items():
         ref = entry["reference"]
-        lines += [f"### {name}", "",
+        lines += [f"### {name}", ""] + ([] if shared else [f"Measured on {machines[name]}.", ""]) + [
                   f"Full run: class accuracy {ref['class_accuracy']:.3f}"
                   + (f", FD-shapes {ref['fd_shapes']:.2f}" if "fd_shapes" in ref else "") + ".", "",
                   "| policy | compute | PSNR (dB) | SSIM | class acc. | FD-shapes | vs front |",
@@ -192,7 +200,7 @@ def merge_reports(reports: list[dict]) -> dict:
         for key in ("steps", "train_seeds", "val_seeds", "iterations"):
             if rep[key] != merged[key]:
                 raise ValueError(f"cannot merge runs with different {key}: {merged[key]!r} and {rep[key]!r}")
-        merged["models"].update(rep["models"])
+        merged["models"].update({name: {**entry, "machine": rep["machine"]} for name, entry in rep["models"].items()})
     return merged
 
 

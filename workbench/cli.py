@@ -94,9 +94,8 @@ def cmd_sample(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from workbench.train import TrainConfig, train_classifier, train_diffusion
-
     from workbench import distributed
+    from workbench.train import TrainConfig, train_classifier, train_diffusion
 
     try:
         cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,

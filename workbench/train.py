@@ -175,7 +175,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     previous = None
     if cfg.init_from and (Path(cfg.init_from) / "training.json").exists():
         previous = json.loads((Path(cfg.init_from) / "training.json").read_text())
-    start = time.time()
+    start = t100 = time.time()  # t100: when step 100 began (the speed that fits the cosine is measured from it)
     losses: list[float] = []
     skipped = 0
     step = completed = 0
@@ -233,7 +233,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
             flat = torch.cat([g.reshape(-1) for g in grads])
             flat = distributed.all_reduce_sum(flat) / world
             offset = 0
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
                 offset += g.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
