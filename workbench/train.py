@@ -229,13 +229,11 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
+            # one all-reduce of every gradient flattened; the averaged slices become the gradients (views, no copy)
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            flat = distributed.all_reduce_sum(flat) / world
-            offset = 0
-            for p, g in zip(params, grads, strict=True):
-                p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
-                offset += g.numel()
+            flat = distributed.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads])) / world
+            for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+                p.grad = g.view_as(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if not torch.isfinite(grad_norm):  # never let one bad batch poison the weights (or the EMA)
             skipped += 1
