@@ -1,17 +1,14 @@
 """Entry point: ``streamlit run streamlit_app.py``. Navigation and shared session defaults; pages live in ``pages/``.
 
 Every page works on the shipped ``tiny-unet`` with nothing to configure. Heavy objects (pipelines, FLOP shares) are
-cached per process in ``workbench.app_state``; state shared between pages lives in ``st.session_state``:
+cached per process in ``workbench.app.state``; state shared between pages lives in ``st.session_state``:
 ``policy`` (the builder's current policy), ``run_dir`` (the recording opened in the run browser) and ``comparison``
 (the last Run & compare result).
 """
 
 import os
-from pathlib import Path
 
 import streamlit as st
-
-ROOT = Path(__file__).resolve().parent
 
 # One torch thread per app process unless FRDIFF_THREADS says otherwise: the shipped models are tiny, and on a small
 # shared CPU two threads of one run wait on each other (docs/app.md: the Tour's 30-step run took 1.3-1.7 s on one
@@ -33,10 +30,8 @@ pages = {
     "Use": [
         st.Page("pages/policy_builder.py", title="Policy builder", icon="🧩"),
         st.Page("pages/compare.py", title="Run & compare", icon="⚖️"),
+        st.Page("pages/autofr.py", title="Auto-FR", icon="🤖"),
         st.Page("pages/library.py", title="Policy library", icon="📚"),
     ],
 }
-# a file check, not importlib's find_spec: that would import frdiff (torch, diffusers) before the first page draws
-if all((ROOT / f).is_file() for f in ("frdiff/autofr.py", "workbench/cli_autofr.py")):
-    pages["Use"].insert(2, st.Page("pages/autofr.py", title="Auto-FR", icon="🤖"))
 st.navigation(pages).run()

@@ -3,9 +3,10 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from workbench import app_autofr, app_policy
-from workbench.app_state import cached_savings, load_model, readable_errors
-from workbench.zoo import EMBEDDED
+from workbench.app import autofr as app_autofr
+from workbench.app import policy as app_policy
+from workbench.app.state import cached_savings, load_model, readable_errors
+from workbench.models.zoo import EMBEDDED
 
 st.title("Auto-FR")
 st.write("The model stays frozen; one gate per step (or per block and step) decides compute or reuse. Training "

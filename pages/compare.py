@@ -5,11 +5,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from frdiff import Policy
-from workbench import app_policy, app_runs
-from workbench.app_state import load_model, model_picker, policy_library, readable_errors
+from workbench.app import policy as app_policy
+from workbench.app import runs as app_runs
+from workbench.app.state import load_model, model_picker, policy_library, readable_errors
 from workbench.compare import Variant
 from workbench.figures import error_spectra_figure, image_grid
-from workbench.schedulers import SCHEDULERS
+from workbench.models.schedulers import SCHEDULERS
 
 st.title("Run & compare")
 st.write("Every variant samples the same classes from the same seeds as the full reference run, so the "

@@ -3,10 +3,10 @@
 import numpy as np
 import streamlit as st
 
-from workbench import app_runs
 from workbench.analysis.frequency import spectra_over_time
-from workbench.app_pages import pick_run
-from workbench.app_state import DEFAULT_MODEL, load_model, readable_errors
+from workbench.app import runs as app_runs
+from workbench.app.state import DEFAULT_MODEL, load_model, readable_errors
+from workbench.app.widgets import pick_run
 from workbench.figures import error_spectra_figure, spectra_over_time_figure
 
 st.title("Frequency content over time")

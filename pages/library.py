@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from frdiff import Policy
-from workbench import app_policy
-from workbench.app_state import policy_library, readable_errors
+from workbench.app import policy as app_policy
+from workbench.app.state import policy_library, readable_errors
 
 st.title("Policy library")
 root = policy_library()

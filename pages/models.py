@@ -3,10 +3,10 @@
 import streamlit as st
 
 import frdiff
-from workbench.app_state import load_model, readable_errors
-from workbench.data import CLASSES, to_uint8
+from workbench.app.state import load_model, readable_errors
+from workbench.models.data import CLASSES, to_uint8
+from workbench.models.zoo import list_models
 from workbench.sampling import judge, sample
-from workbench.zoo import list_models
 
 st.title("Shipped models")
 st.write(

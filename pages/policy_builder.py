@@ -7,10 +7,10 @@ import streamlit as st
 
 import frdiff
 from frdiff import Mixing
-from workbench import app_policy
-from workbench.app_pages import pick_run
-from workbench.app_state import cached_savings, error_message, load_model, model_picker, policy_library, readable_errors
-from workbench.schedulers import SCHEDULERS
+from workbench.app import policy as app_policy
+from workbench.app.state import cached_savings, error_message, load_model, model_picker, policy_library, readable_errors
+from workbench.app.widgets import pick_run
+from workbench.models.schedulers import SCHEDULERS
 
 st.title("Policy builder")
 st.write("A policy says, per block and step, whether the block is **computed** (a keyframe, ✔) or **reuses** its "

@@ -6,11 +6,11 @@ import pandas as pd
 import streamlit as st
 
 import frdiff
-from workbench import app_runs
-from workbench.app_state import load_model, model_picker, readable_errors, runs_root
-from workbench.recorder import REDUCTIONS
-from workbench.schedulers import SCHEDULERS
-from workbench.store import FeatureStore, delete_run, list_runs
+from workbench.app import runs as app_runs
+from workbench.app.state import load_model, model_picker, readable_errors, runs_root
+from workbench.models.schedulers import SCHEDULERS
+from workbench.record.plan import REDUCTIONS
+from workbench.record.store import FeatureStore, delete_run, list_runs
 
 st.title("Record a run")
 st.write("Every chosen block's output is observed at every step while the pipeline samples. The store keeps "

@@ -3,11 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from workbench import app_runs
 from workbench.analysis.pca import pca_images
 from workbench.analysis.similarity import similarity_matrix
-from workbench.app_pages import pick_run
-from workbench.app_state import readable_errors
+from workbench.app import runs as app_runs
+from workbench.app.state import readable_errors
+from workbench.app.widgets import pick_run
 from workbench.figures import blocks_steps_heatmap, similarity_curves, steps_matrix
 
 st.title("Similarity across steps")
@@ -19,7 +19,7 @@ key = (str(store.directory), store.steps_done)
 
 @st.cache_data(show_spinner="Reading statistics…", max_entries=8)
 def _stats(path_and_steps):
-    from workbench.store import FeatureStore
+    from workbench.record.store import FeatureStore
 
     s = FeatureStore.open(path_and_steps[0])
     return app_runs.all_stats(s)
@@ -27,7 +27,7 @@ def _stats(path_and_steps):
 
 @st.cache_data(show_spinner="Reading the block's maps…", max_entries=8)
 def _maps(path_and_steps, block):
-    from workbench.store import FeatureStore
+    from workbench.record.store import FeatureStore
 
     return FeatureStore.open(path_and_steps[0]).features(block, cond=True)
 

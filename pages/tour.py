@@ -6,10 +6,10 @@ st.title("Temporal redundancy in diffusion models")  # first, so the page shows 
 
 import numpy as np  # noqa: E402
 
-from workbench import app_runs  # noqa: E402
-from workbench.app_state import DEFAULT_MODEL, load_model, readable_errors  # noqa: E402
-from workbench.data import CLASSES  # noqa: E402
+from workbench.app import runs as app_runs  # noqa: E402
+from workbench.app.state import DEFAULT_MODEL, load_model, readable_errors  # noqa: E402
 from workbench.figures import blocks_steps_heatmap, error_spectra_figure, image_grid  # noqa: E402
+from workbench.models.data import CLASSES  # noqa: E402
 
 STEPS = ["1 · Watch an image form", "2 · Adjacent steps barely change", "3 · Reuse instead of recompute"]
 

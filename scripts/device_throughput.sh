@@ -19,9 +19,9 @@ STEPS=${2:-50}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 ARGS=(--seeds "$SEEDS" --steps "$STEPS" --batch-size "${BATCH:-16}" --repeats 1)
 [ -n "${SMALL:-}" ] && ARGS+=(--small)  # plumbing check on a CPU: SMALL=1 BATCH=2 bash scripts/device_throughput.sh 4 4
-timeout 170 python3 -m workbench.bench_distributed "${ARGS[@]}" >"$OUT/run-throughput-1gpu.json" \
+timeout 170 python3 -m workbench.bench.throughput "${ARGS[@]}" >"$OUT/run-throughput-1gpu.json" \
   2>"$OUT/run-throughput-1gpu.log" || { echo "1-GPU run failed:"; tail -n 20 "$OUT/run-throughput-1gpu.log"; exit 1; }
-timeout 170 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m workbench.bench_distributed \
+timeout 170 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m workbench.bench.throughput \
   "${ARGS[@]}" >"$OUT/run-throughput-2gpu.json" 2>"$OUT/run-throughput-2gpu.log" \
   || { echo "2-GPU run failed:"; tail -n 20 "$OUT/run-throughput-2gpu.log"; exit 1; }
 python3 - "$OUT" <<'EOF'

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workbench.zoo import build_pipeline, embedded_path, load_pipeline
+from workbench.models.zoo import build_pipeline, embedded_path, load_pipeline
 
 torch.set_num_threads(2)
 

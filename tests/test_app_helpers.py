@@ -1,4 +1,4 @@
-"""The app's pure helpers (workbench.app_policy, workbench.app_runs): values, not just "no exception"."""
+"""The app's pure helpers (workbench.app.policy, workbench.app.runs): values, not just "no exception"."""
 
 import json
 
@@ -8,7 +8,8 @@ import torch
 
 import frdiff
 from frdiff import PolicyError
-from workbench import app_policy, app_runs
+from workbench.app import policy as app_policy
+from workbench.app import runs as app_runs
 from workbench.compare import Cancelled
 
 
@@ -111,7 +112,7 @@ def test_watching_x0_ends_at_the_image_and_leaves_no_hooks(random_unet_pipe):
 
 
 def test_plan_matches_recording_and_heatmap(random_unet_pipe, tmp_path):
-    from workbench.store import FeatureStore
+    from workbench.record.store import FeatureStore
 
     plan = app_runs.plan_store(random_unet_pipe, [0], 3, "ddim", "pool16", labels=[1])
     out = app_runs.record(random_unet_pipe, "tiny-unet", tmp_path / "r", [0], 3, "ddim", "pool16", labels=[1])

@@ -2,16 +2,13 @@
 export/import it, run a comparison with attribution, the library). Small shapes: 4–6 steps, 1–2 images."""
 
 import json
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
-HAS_AUTOFR = find_spec("frdiff.autofr") is not None and find_spec("workbench.cli_autofr") is not None
-PAGES = ["tour", "models", "record", "similarity", "frequency", "policy_builder", "compare", "library"] + (
-    ["autofr"] if HAS_AUTOFR else [])
+PAGES = ["tour", "models", "record", "similarity", "frequency", "policy_builder", "compare", "library", "autofr"]
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +178,6 @@ def test_library_lists_compares_downloads_and_deletes(folders, unet_pipe):
     assert not (lib / "u2.json").exists()
 
 
-@pytest.mark.skipif(not HAS_AUTOFR, reason="frdiff.autofr is not in this checkout")
 def test_autofr_learns_and_sends_the_policy_to_the_builder():
     at = open_page("autofr")
     at.number_input(key="autofr_steps").set_value(4)

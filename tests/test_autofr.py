@@ -22,8 +22,8 @@ from frdiff.autofr import (
     straight_through_gate,
     uniform_start,
 )
+from workbench.autofr import learn_for_pipeline, shapes_samples, shapes_task
 from workbench.cli import main
-from workbench.cli_autofr import learn_for_pipeline, shapes_samples, shapes_task
 from workbench.metrics import compare_images
 from workbench.sampling import sample as sample_images
 
@@ -242,7 +242,7 @@ def test_cli_reports_validation_psnr_and_speedups(capsys, tmp_path):
 
 
 def test_front_verdicts_against_a_hand_computed_envelope():
-    from workbench.bench_autofr import _envelope, verdict
+    from workbench.bench.autofr import _envelope, verdict
 
     front = [{"name": "a", "compute_fraction": 0.5, "psnr": 20.0}, {"name": "b", "compute_fraction": 1.0, "psnr": 30.0},
              {"name": "c", "compute_fraction": 0.75, "psnr": 22.0}]  # c lies under the chord a–b (25 dB at 0.75)
@@ -257,7 +257,7 @@ def test_front_verdicts_against_a_hand_computed_envelope():
 
 
 def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_path):
-    from workbench.bench_autofr import MARK_END, MARK_START, bench_autofr, write_markdown
+    from workbench.bench.autofr import MARK_END, MARK_START, bench_autofr, write_markdown
 
     rep = bench_autofr(models=("tiny-dit",), steps=4, train_seeds=[0, 1], val_seeds=[100, 101], iterations=1,
                        runs=[("step", "feature", None)], targets={"tiny-dit": 0.9}, device="cpu")
@@ -281,7 +281,7 @@ def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_
 
 
 def test_bench_autofr_tables_name_each_models_machine_when_they_differ(tmp_path):
-    from workbench.bench_autofr import MARK_END, MARK_START, write_markdown
+    from workbench.bench.autofr import MARK_END, MARK_START, write_markdown
 
     bench = Path(__file__).resolve().parents[1] / "docs" / "bench"
     md = tmp_path / "autofr.md"

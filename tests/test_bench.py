@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark suites at tiny size (the numbers themselves come from the commands, not tests)."""
 
-from workbench.bench import bench_analysis, bench_record_overhead
+from workbench.bench.foundation import bench_analysis, bench_record_overhead
 
 
 def test_record_overhead_suite_runs_small():
@@ -20,8 +20,8 @@ def test_analysis_suite_runs_small():
 def test_machine_info_names_the_shipped_weights():
     import hashlib
 
-    from workbench.bench import machine_info
-    from workbench.zoo import MODELS_DIR
+    from workbench.bench.common import machine_info
+    from workbench.models.zoo import MODELS_DIR
 
     weights = machine_info()["weights"]
     assert set(weights) >= {"tiny-unet", "tiny-dit", "shape-classifier"}

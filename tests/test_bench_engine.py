@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench.bench_engine import bench_engine_quality, bench_gpu_speed
+from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
 
 
 def test_gpu_speed_suite_small():

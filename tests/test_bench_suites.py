@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench.bench_quality import Method, bench_overhead, finite, measure, peer_candidates
+from workbench.bench.methods import Method
+from workbench.bench.peers import peer_candidates
+from workbench.bench.quality import bench_overhead, finite, measure
 from workbench.cli import main
 from workbench.metrics import PSNR_CAP_DB
 
@@ -74,7 +76,7 @@ def test_quality_suite_compute_fractions(quality, model):
 
 
 def test_every_peer_is_run_or_explained(quality):
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     pipe = load_pipeline("tiny-dit")
     peer_families = {family for _, family, _, _ in peer_candidates(pipe, STEPS)} | {"DeepCache (package)"}
@@ -125,7 +127,7 @@ def test_report_generated_from_the_jsons(bench_dir, tmp_path):
         assert img.size == (1100, 640)
     assert (bench_dir / "quality-vs-latency-tiny-dit-psnr-vs-latency.html").read_text().count("<html") == 1
     # a hand-written reading between the markers survives a rewrite, after the summary; stale numbers do not
-    from workbench.bench_report import NOTES_END, NOTES_START
+    from workbench.bench.report import NOTES_END, NOTES_START
 
     md.write_text(text.replace("## Summary", f"{NOTES_START}\nreading kept\n{NOTES_END}\n\n## Summary") + "| stale |\n")
     assert main(["bench", "report", "--from", str(bench_dir), "--out", str(md), "--json"]) == 0

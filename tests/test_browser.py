@@ -3,7 +3,7 @@ driven by Playwright). Visits every page, runs the Tour's first step, checks tha
 traceback shows (on the pages or in the server's log) and saves a screenshot of every page.
 
 Screenshots go to the test's tmp folder, or to ``$FRDIFF_SCREENSHOTS`` when set. The documentation's screenshots
-are written by ``python -m workbench.bench_app --screenshots docs/img``. Skipped only when Playwright or
+are written by ``python -m workbench.bench.app --screenshots docs/img``. Skipped only when Playwright or
 ``/usr/bin/chromium`` is missing (``.ci/run`` installs both)."""
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import bench_app
+from workbench.bench import app as bench_app
 
 MISSING = bench_app.browser_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"end-to-end browser test: {MISSING}")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"end-to-end browser
 
 def test_every_page_in_chromium(tmp_path):
     shots = Path(os.environ.get("FRDIFF_SCREENSHOTS") or tmp_path / "shots")
-    expected = [label for label, _, _ in bench_app.PAGES if label != "Auto-FR" or bench_app.has_autofr()]
+    expected = [label for label, _, _ in bench_app.PAGES]
     with ThreadPoolExecutor(1) as pool:
         # A small recording (6 steps, pooled maps) for Similarity and Frequency, made while the server starts.
         recording = pool.submit(bench_app.record_demo_run, tmp_path / "runs", steps=6, seeds="0")

@@ -2,8 +2,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from workbench.classifier import class_accuracy, fd_shapes, feature_stats, frechet_distance, load_classifier
-from workbench.data import make_shapes
+from workbench.models.classifier import class_accuracy, fd_shapes, feature_stats, frechet_distance, load_classifier
+from workbench.models.data import make_shapes
 
 
 def test_classifier_accuracy_on_heldout_images():

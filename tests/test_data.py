@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.data import CLASSES, IMAGE_SIZE, class_index, make_shapes, to_uint8
+from workbench.models.data import CLASSES, IMAGE_SIZE, class_index, make_shapes, to_uint8
 
 
 def test_deterministic_from_seed():

@@ -22,7 +22,7 @@ import torch
 
 from workbench import distributed
 from workbench.cli import main
-from workbench.store import FeatureStore, list_runs
+from workbench.record.store import FeatureStore, list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = "down_blocks.0.resnets.0,mid_block.attentions.0,up_blocks.1.resnets.0"
@@ -95,10 +95,14 @@ def test_run_gathers_metrics_equal_to_single_process(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
     one = single(capsys, *args)
-    # the same pipeline calls (8 seeds each) on either side: the images, so every metric, are identical
-    for key in ("psnr", "ssim", "max_abs_diff", "class_accuracy", "fd_shapes", "reference_fd_shapes",
-                "reference_class_accuracy", "predicted_speedup", "denoiser_calls", "n"):
+    # the same pipeline calls (8 seeds each) on either side: the images are identical, so the metrics computed
+    # from them image by image are too; FD-shapes goes through the classifier's batched matrix products and sqrtm,
+    # whose last bits depend on the thread count (one per rank here, two in this process): equal to 1e-9 only
+    for key in ("psnr", "ssim", "max_abs_diff", "class_accuracy", "reference_class_accuracy", "predicted_speedup",
+                "denoiser_calls", "n"):
         assert two[key] == one[key], key
+    for key in ("fd_shapes", "reference_fd_shapes"):
+        assert two[key] == pytest.approx(one[key], rel=1e-9), key
     assert two["n"] == 64 and two["ranks"] == 2 and "ranks" not in one
     assert len(two["latency_per_rank_s"]) == 2 and two["latency_s"] == max(two["latency_per_rank_s"])
 
@@ -142,7 +146,7 @@ def test_a_failing_rank_stops_the_job_and_leaves_the_rest_readable(tmp_path):
 
 
 def test_run_throughput_suite_reports_images_per_second_of_both_variants():
-    from workbench.bench_distributed import bench_run_throughput
+    from workbench.bench.throughput import bench_run_throughput
 
     report = bench_run_throughput(small=True, seeds=3, steps=2, batch_size=2)
     assert report["processes"] == 1 and report["images"] == report["images_per_rank"] == 3

@@ -10,7 +10,7 @@ import torch
 import frdiff
 from frdiff import Mixing, Policy, make_preset
 from frdiff.presets import shallow_blocks
-from workbench.schedulers import make_scheduler
+from workbench.models.schedulers import make_scheduler
 
 SCHEDULERS = ["ddim", "dpmpp", "euler", "unipc"]
 

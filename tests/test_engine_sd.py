@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import frdiff
-from workbench.schedulers import make_scheduler
+from workbench.models.schedulers import make_scheduler
 
 transformers = pytest.importorskip("transformers")
 

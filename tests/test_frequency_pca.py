@@ -113,9 +113,9 @@ def test_final_sample_replays_the_pipeline(tmp_path, random_unet_pipe, scheduler
     import torch
 
     from workbench.analysis.report import final_sample, frequency_report, guided_noise
-    from workbench.recorder import record_run
-    from workbench.schedulers import scheduler_swapped
-    from workbench.store import FeatureStore
+    from workbench.models.schedulers import scheduler_swapped
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     pipe = random_unet_pipe
     store = FeatureStore.open(record_run(pipe, "unet", tmp_path / "r", labels=[1, 4], seeds=[3, 4], steps=4,
@@ -144,8 +144,8 @@ def test_frequency_report_of_an_incomplete_run(tmp_path, random_dit_pipe):
     import json
 
     from workbench.analysis.report import analyze_store
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore, write_manifest
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore, write_manifest
 
     run = record_run(random_dit_pipe, "dit", tmp_path / "r", labels=[2], steps=3, reduction="stats")
     store = FeatureStore.open(run)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.pipeline import ShapesPipeline
-from workbench.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from workbench.models.pipeline import ShapesPipeline
+from workbench.models.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 
 
 def _gens(seeds):

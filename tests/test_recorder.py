@@ -4,15 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.recorder import (
-    REDUCTIONS,
-    BudgetError,
-    adjacent_stats,
-    capture_denoiser_call,
-    record_run,
-    reduce_map,
-)
-from workbench.store import FeatureStore, StoreError, delete_run, list_runs
+from frdiff.blocks import capture_denoiser_call
+from workbench.record.plan import REDUCTIONS, BudgetError, reduce_map
+from workbench.record.recorder import adjacent_stats, record_run
+from workbench.record.store import FeatureStore, StoreError, delete_run, list_runs
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from workbench.classifier import classify
+from workbench.models.classifier import classify
 from workbench.sampling import sample
 
 

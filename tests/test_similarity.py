@@ -61,8 +61,8 @@ def test_keyframes_threshold_rule():
 
 
 def test_summarize_a_recorded_run(tmp_path, random_dit_pipe):
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     out = record_run(random_dit_pipe, "dit", tmp_path / "r", labels=[0, 3], steps=5, reduction="full")
     store = FeatureStore.open(out)
@@ -119,7 +119,7 @@ def test_sample_spread_hand_values():
 
 @pytest.fixture(scope="module")
 def dit_full_run(tmp_path_factory, random_dit_pipe):
-    from workbench.recorder import record_run
+    from workbench.record.recorder import record_run
 
     return record_run(random_dit_pipe, "dit", tmp_path_factory.mktemp("full") / "r", labels=[0, 3, 5],
                       seeds=[0, 1, 2], steps=4, reduction="full")
@@ -127,7 +127,7 @@ def dit_full_run(tmp_path_factory, random_dit_pipe):
 
 def test_reader_returns_what_the_store_returns(dit_full_run):
     from workbench.analysis.reading import iter_maps, read_maps, read_stats
-    from workbench.store import FeatureStore, StoreError
+    from workbench.record.store import FeatureStore, StoreError
 
     store = FeatureStore.open(dit_full_run)
     for layout in ("uncond_first", "cond_first"):
@@ -145,7 +145,7 @@ def test_reader_returns_what_the_store_returns(dit_full_run):
     import zarr
 
     from workbench.analysis.reading import _chunk_files
-    from workbench.store import ARRAYS
+    from workbench.record.store import ARRAYS
 
     folder = store.directory / ARRAYS / "features" / "1"
     assert _chunk_files(zarr.open_array(str(folder), mode="r"), folder, 4, slice(3, None)) is not None
@@ -156,7 +156,7 @@ def test_reader_returns_what_the_store_returns(dit_full_run):
 def test_analyze_maps_matches_per_block_computation(dit_full_run):
     from workbench.analysis.frequency import spectra_over_time
     from workbench.analysis.similarity import analyze_maps
-    from workbench.store import FeatureStore
+    from workbench.record.store import FeatureStore
 
     store = FeatureStore.open(dit_full_run)
     result = analyze_maps(store)
@@ -188,8 +188,8 @@ def test_analyze_store_report_on_full_and_stats_runs(dit_full_run, tmp_path, ran
     import json
 
     from workbench.analysis.report import analyze_store
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     store = FeatureStore.open(dit_full_run)
     report = analyze_store(store, threshold=0.2)

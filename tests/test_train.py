@@ -1,4 +1,4 @@
-"""Training (workbench/train.py and ``python -m workbench train``): the learning-rate schedules, Min-SNR-γ loss
+"""Training (workbench/models/train.py and ``python -m workbench train``): the learning-rate schedules, Min-SNR-γ loss
 weights, the config's validation, reproducible runs, and data-parallel training under torchrun (2 gloo processes on
 the CPU, launched as in test_distributed.py; the training job runs ``workbench.cli.main`` through a 15-line script
 that also notes each rank's data seeds, the refused one through ``-m workbench`` itself).
@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from workbench.cli import main
-from workbench.train import TrainConfig, _fingerprint, _lr_at, loss_weights
+from workbench.models.train import TrainConfig, _fingerprint, _lr_at, loss_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("train", "--model", "tiny-dit", "--steps", "4", "--batch-size", "2", "--warmup", "2", "--sample-every", "0",
@@ -248,11 +248,11 @@ def test_fingerprint_tells_weights_apart():
 
 RECORDING_TRAIN = """
 import json, os, sys
-import workbench.train
+import workbench.models.train
 from workbench.cli import main
 
 seeds = []
-render = workbench.train.make_shapes
+render = workbench.models.train.make_shapes
 
 
 def recording(n, seed, **kwargs):
@@ -260,7 +260,7 @@ def recording(n, seed, **kwargs):
     return render(n, seed, **kwargs)
 
 
-workbench.train.make_shapes = recording
+workbench.models.train.make_shapes = recording
 code = main(sys.argv[1:])
 with open(f"seeds-{os.environ.get('RANK', 'single')}.json", "w") as f:
     json.dump(seeds, f)

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from workbench.zoo import EMBEDDED, ModelLoadError, count_parameters, embedded_path, load_pipeline
+from workbench.models.zoo import EMBEDDED, ModelLoadError, count_parameters, embedded_path, load_pipeline
 
 
 def test_embedded_models_are_small_enough():

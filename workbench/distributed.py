@@ -168,7 +168,7 @@ def all_gather_json(obj) -> list:
 
 def _describe(exc: BaseException) -> str:
     msg = str(exc)
-    from workbench.cli import UserError
+    from workbench.errors import UserError
 
     return msg if isinstance(exc, UserError | RankFailed) and msg else f"{type(exc).__name__}: {msg}"
 
@@ -232,7 +232,7 @@ def gather_comparison(local: dict, labels: list[int], seeds: list[int]) -> dict:
 def refuse(message: str) -> NoReturn:
     """Stop a command for a reason every rank finds alike (bad arguments): rank 0 raises the one ``UserError`` the
     user sees, the other ranks exit quietly with the same status."""
-    from workbench.cli import UserError
+    from workbench.errors import UserError
 
     if is_main():
         raise UserError(message)
@@ -247,7 +247,7 @@ def barrier() -> None:
 def run_command(args) -> dict | None:
     """``args.func(args)`` as one rank of a torchrun job (see the module docstring). Returns rank 0's report; the
     other ranks return theirs with ``args.json`` cleared, so only rank 0 prints."""
-    from workbench.cli import UserError
+    from workbench.errors import UserError
 
     if args.command not in COMMANDS:
         raise UserError(f"`{args.command}` does not run under torchrun; only {', '.join(COMMANDS)} share their work "

@@ -2,7 +2,7 @@
 
 PSNR and SSIM come from scikit-image (``skimage.metrics``), computed per image on [0, 1] RGB with
 ``data_range=1`` and averaged; FD-shapes and class accuracy come from the shipped classifier
-(:mod:`workbench.classifier`).
+(:mod:`workbench.models.classifier`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.schedulers import scheduler_swapped
+from workbench.models.schedulers import scheduler_swapped
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size) -> S
 
 def judge(result: SampleResult, fd_min_samples: int = 64) -> dict:
     """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes."""
-    from workbench.classifier import class_accuracy, fd_shapes
+    from workbench.models.classifier import class_accuracy, fd_shapes
 
     metrics = {"class_accuracy": class_accuracy(result.images, result.labels)}
     if len(result.labels) >= fd_min_samples:

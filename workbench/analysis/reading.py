@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec
 
-from workbench.store import ARRAYS, FeatureStore, StoreError
+from workbench.record.store import ARRAYS, FeatureStore, StoreError
 
 
 def half_slice(store: FeatureStore, cond: bool | None) -> slice:

@@ -17,26 +17,23 @@ solvers, whose updates combine several past score evaluations).
 
 ``overhead``: the ``record-overhead``, ``analysis`` and ``app-startup`` suites in one JSON.
 
-No plotting here (the measuring machine may lack plotly); :mod:`workbench.bench_report` draws from the JSON.
+No plotting here (the measuring machine may lack plotly); :mod:`workbench.bench.report` draws from the JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import random
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 import frdiff
-from frdiff import Policy, make_preset
+from frdiff import make_preset
+from workbench.bench.methods import TRAIN_SEEDS, Method, count_flops, first_of_each_family, run_method
+from workbench.bench.peers import peer_methods
 
 REFERENCE_STEPS = 50
 DDIM_STEPS = (10, 15, 20, 25, 30, 40)
@@ -44,82 +41,12 @@ DPMPP_STEPS = (10, 15, 20, 25)
 INTERVALS = (2, 3, 4)
 FR_FEWER_STEPS = (20, 30)  # FR M=2 + mixing on fewer steps (the paper's "FR M=2 30 steps")
 THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
-DEEPCACHE_INTERVALS = (2, 3, 5)
-TRAIN_SEEDS = 1000  # first training seed of Auto-FR and of the threshold policies' recorded run
-
-
-class NotApplicable(RuntimeError):
-    """A peer method that cannot run on this model; the message says why."""
-
-
-@dataclass
-class Method:
-    """One way to sample: a stock scheduler at ``steps``, an FRDiff ``policy``, or a ``peer`` (a context manager
-    factory ``peer(pipe)`` that attaches another library's cache for one pipeline call)."""
-
-    name: str
-    family: str  # one line per family in the plots
-    frdiff: bool  # counts as an FRDiff variant in the summary
-    steps: int
-    scheduler: str = "ddim"
-    policy: Policy | None = None
-    peer: Callable | None = None
-    params: dict = field(default_factory=dict)
 
 
 def scaled(values: tuple[int, ...], steps: int) -> list[int]:
     """Step counts of a sweep defined for 50 steps, scaled to a ``steps``-step reference (≥ 2, < steps, unique)."""
     out = sorted({max(2, round(v * steps / REFERENCE_STEPS)) for v in values})
     return [v for v in out if v < steps]
-
-
-# ---- running one method ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def attached(pipe, method: Method) -> Iterator:
-    """``method`` attached to ``pipe`` for one pipeline call (peers are attached fresh per call: their state is
-    per run), holding the pipeline's lock. Yields the :class:`frdiff.FRRun` of a policy, else ``None``."""
-    if method.policy is not None:
-        with frdiff.apply(pipe, method.policy) as run:
-            yield run
-    elif method.peer is not None:
-        with frdiff.exclusive(pipe), method.peer(pipe):
-            yield
-    else:
-        with frdiff.exclusive(pipe):
-            yield
-
-
-def run_method(pipe, method: Method, labels: list[int], seeds: list[int], batch_size: int = 64):
-    """Sample ``method``: ``(SampleResult, denoiser calls per image)``."""
-    from workbench.sampling import SampleResult, sample
-
-    calls = [0]  # module calls (a peer that skips blocks still calls the denoiser); policies: the engine's count
-    handle = pipe.denoiser.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    parts, engine_calls = [], 0
-    try:
-        for start in range(0, len(seeds), batch_size):
-            with attached(pipe, method) as run:
-                parts.append(sample(pipe, labels[start:start + batch_size], seeds[start:start + batch_size],
-                                    steps=method.steps, scheduler=method.scheduler, batch_size=batch_size))
-            if run is not None:
-                engine_calls += run.report().denoiser_calls
-    finally:
-        handle.remove()
-    if method.policy is not None:
-        calls[0] = engine_calls
-    result = SampleResult(torch.cat([p.images for p in parts]), list(labels), list(seeds),
-                          sum(p.latency_s for p in parts))
-    return result, calls[0] / max(1, len(parts))
-
-
-def count_flops(pipe, method: Method, labels: list[int], seeds: list[int]) -> float:
-    """Denoiser FLOPs per image of a whole sampling run of ``method`` (one batch), counted as executed."""
-    from frdiff.blocks import flop_counter
-    from workbench.sampling import sample
-
-    with attached(pipe, method), flop_counter() as counter:
-        sample(pipe, labels, seeds, steps=method.steps, scheduler=method.scheduler, batch_size=len(seeds))
-    return counter.get_total_flops() / len(seeds)
 
 
 def measure(pipe, methods: list[Method], labels: list[int], seeds: list[int], steps: int = REFERENCE_STEPS,
@@ -217,8 +144,8 @@ def frdiff_methods(den, steps: int) -> list[Method]:
 
 def threshold_methods(pipe, model: str, steps: int, thresholds=THRESHOLDS, record_seeds: int = 4) -> list[Method]:
     """Per-block threshold policies from a ``stats`` recording of ``record_seeds`` training seeds."""
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     seeds = list(range(TRAIN_SEEDS, TRAIN_SEEDS + record_seeds))
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,11 +163,11 @@ def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | No
                    train_seeds: int = 32, gates=("step", "block"), progress=None) -> list[Method]:
     """Auto-FR policies (feature reuse) learned on ``train_seeds`` seeds from :data:`TRAIN_SEEDS` (disjoint from
     evaluation). ``targets``: compute fractions; default the model's target of ``bench autofr``
-    (:data:`workbench.bench_autofr.TARGETS`: between uniform M=3 and M=4, reachable with feature reuse; 0.6 for other
+    (:data:`workbench.bench.autofr.TARGETS`: between uniform M=3 and M=4, reachable with feature reuse; 0.6 for other
     models)."""
     from frdiff.autofr import AutoFRConfig
-    from workbench.bench_autofr import TARGETS
-    from workbench.cli_autofr import learn_for_pipeline
+    from workbench.autofr import learn_for_pipeline
+    from workbench.bench.autofr import TARGETS
     from workbench.compare import measure_savings
 
     savings = measure_savings(pipe)
@@ -259,236 +186,13 @@ def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | No
     return out
 
 
-# ---- peers ----------------------------------------------------------------------------------------------------------
-def deepcache_package():
-    """The published ``DeepCache`` package's helper class and version, or ``(None, reason)``."""
-    try:
-        from importlib.metadata import version
-
-        from DeepCache import DeepCacheSDHelper
-    except ImportError as exc:
-        return None, f"the DeepCache package is not installed ({exc})"
-    return DeepCacheSDHelper, version("DeepCache")
-
-
-def deepcache_peer(helper_cls, interval: int, branch: int = 0):
-    """The published DeepCache helper (``DeepCacheSDHelper``, UNet only) on one pipeline call.
-
-    Shim: the helper finds the step from ``timestep.item()``, which needs the scalar timestep Stable Diffusion's
-    pipeline passes; ours (like diffusers' DiT pipeline) passes one per sample, all equal, so the first is handed on.
-    """
-
-    @contextlib.contextmanager
-    def peer(pipe):
-        if getattr(pipe, "unet", None) is None:
-            raise NotApplicable("DeepCacheSDHelper wraps pipe.unet's down/mid/up blocks; this model has no UNet")
-        own = {m for m in pipe.unet.modules() if "forward" in vars(m)}
-        helper = helper_cls(pipe=pipe)
-        helper.set_params(cache_interval=interval, cache_branch_id=branch)
-        helper.enable()
-        wrapped = pipe.unet.forward
-
-        def scalar_timestep(sample, timestep, *args, **kwargs):
-            if torch.is_tensor(timestep) and timestep.ndim > 0:
-                timestep = timestep.flatten()[0]
-            return wrapped(sample, timestep, *args, **kwargs)
-
-        pipe.unet.forward = scalar_timestep
-        try:
-            yield
-        finally:
-            pipe.unet.forward = wrapped
-            helper.disable()
-            for m in pipe.unet.modules():  # the helper puts the original bound methods back as instance attributes
-                if m not in own and "forward" in vars(m):
-                    del m.forward
-
-    return peer
-
-
-def _hook_names(den) -> set[tuple[str, str]]:
-    return {(mod_name, hook) for mod_name, mod in den.named_modules()
-            for hook in (getattr(getattr(mod, "_diffusers_hook", None), "hooks", None) or {})}
-
-
-def diffusers_cache_peer(apply_name: str, make_config: Callable):
-    """A ``diffusers.hooks`` cache (``apply_<name>``) attached for one pipeline call, with the cache context set
-    for the batched CFG call and the current timestep handed to configs that ask for it."""
-
-    @contextlib.contextmanager
-    def peer(pipe):
-        import diffusers.hooks as hooks
-        from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
-
-        den = pipe.denoiser
-        current = {"t": 999}
-
-        def note_timestep(_module, args, kwargs):
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            if t is not None:
-                current["t"] = int(torch.as_tensor(t).flatten()[0])
-
-        pre = den.register_forward_pre_hook(note_timestep, with_kwargs=True)
-        before = _hook_names(den)
-        modules = dict(den.named_modules())
-        try:
-            try:
-                getattr(hooks, apply_name)(den, make_config(lambda: current["t"]))
-            except Exception as exc:
-                raise NotApplicable(f"{apply_name} raised {type(exc).__name__}: {exc}") from None
-            added = sorted(_hook_names(den) - before)
-            if not [h for h in added if h[0]]:  # only a hook on the denoiser itself: no block is cached
-                raise NotApplicable(f"{apply_name} hooks no block of {type(den).__name__}")
-            HookRegistry.check_if_exists_or_initialize(den).invalidate_child_registries_cache()
-            _set_cache_context(den, CacheContext("cond_uncond"))
-            yield
-        finally:
-            pre.remove()
-            with contextlib.suppress(Exception):
-                _set_cache_context(den, None)
-            for mod_name, hook in sorted(_hook_names(den) - before):
-                modules[mod_name]._diffusers_hook.remove_hook(hook, recurse=False)
-            HookRegistry.check_if_exists_or_initialize(den).invalidate_child_registries_cache()
-
-    return peer
-
-
-def _calibrated_mag_ratios(pipe, steps: int, seeds: list[int]) -> list[float]:
-    """MagCache's calibration pass (it prints the ratios; they are read back from its output as JSON)."""
-    from diffusers.hooks import MagCacheConfig
-
-    peer = diffusers_cache_peer("apply_mag_cache", lambda _t: MagCacheConfig(calibrate=True,
-                                                                            num_inference_steps=steps))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        run_method(pipe, Method("calibrate", "", False, steps, peer=peer), [s % pipe.num_classes for s in seeds],
-                   seeds, batch_size=len(seeds))
-    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip().startswith("[")]
-    if not lines:
-        raise NotApplicable("MagCache calibration printed no ratios")
-    return [float(x) for x in json.loads(lines[-1])]
-
-
-def peer_candidates(pipe, steps: int) -> list[tuple[str, str, dict, Callable]]:
-    """``(name, family, params, peer factory)`` of every diffusers cache setting tried (before applicability)."""
-    from diffusers.hooks import (
-        FasterCacheConfig,
-        FirstBlockCacheConfig,
-        MagCacheConfig,
-        PyramidAttentionBroadcastConfig,
-        SeaCacheConfig,
-        TaylorSeerCacheConfig,
-    )
-
-    out = []
-    for th in (0.05, 0.1, 0.2):
-        out.append((f"FirstBlockCache τ={th:g}", "diffusers FirstBlockCache", {"threshold": th},
-                    diffusers_cache_peer("apply_first_block_cache", lambda _t, th=th: FirstBlockCacheConfig(th))))
-    for k in (2, 3, 4):
-        out.append((f"PyramidAttentionBroadcast skip {k}", "diffusers PyramidAttentionBroadcast",
-                    {"spatial_attention_block_skip_range": k, "spatial_attention_timestep_skip_range": [100, 800]},
-                    diffusers_cache_peer("apply_pyramid_attention_broadcast", lambda t, k=k:
-                                         PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=k,
-                                                                         current_timestep_callback=t))))
-    for k in (2, 3):
-        out.append((f"FasterCache skip {k}", "diffusers FasterCache",
-                    {"spatial_attention_block_skip_range": k, "is_guidance_distilled": True},
-                    diffusers_cache_peer("apply_faster_cache", lambda t, k=k: FasterCacheConfig(
-                        spatial_attention_block_skip_range=k, current_timestep_callback=t,
-                        attention_weight_callback=lambda _m: 0.5, is_guidance_distilled=True,
-                        tensor_format="BCHW"))))
-    for k in (2, 3):
-        out.append((f"TaylorSeer interval {k}", "diffusers TaylorSeer",
-                    {"cache_interval": k, "cache_identifiers": [r"(.*\.)?transformer_blocks\.\d+"]},
-                    diffusers_cache_peer("apply_taylorseer_cache", lambda _t, k=k: TaylorSeerCacheConfig(
-                        cache_interval=k, disable_cache_before_step=2, taylor_factors_dtype=torch.float32,
-                        cache_identifiers=[r"(.*\.)?transformer_blocks\.\d+"]))))
-    mag_ratios: dict = {}
-
-    def mag(th):
-        def make(_t):
-            return MagCacheConfig(threshold=th, num_inference_steps=steps, mag_ratios=mag_ratios["r"])
-
-        peer = diffusers_cache_peer("apply_mag_cache", make)
-
-        @contextlib.contextmanager
-        def calibrated(pipe):
-            if "r" not in mag_ratios:
-                mag_ratios["r"] = _calibrated_mag_ratios(pipe, steps, list(range(TRAIN_SEEDS, TRAIN_SEEDS + 2)))
-            with peer(pipe):
-                yield
-
-        return calibrated
-
-    for th in (0.06, 0.12):
-        out.append((f"MagCache τ={th:g}", "diffusers MagCache", {"threshold": th, "calibration_seeds": "1000-1001"},
-                    mag(th)))
-    out.append(("SeaCache", "diffusers SeaCache", {},
-                diffusers_cache_peer("apply_sea_cache", lambda _t: SeaCacheConfig())))
-    return out
-
-
-def _no_op(pipe, peer, steps: int) -> str | None:
-    """Why ``peer`` does nothing on ``pipe`` (it runs but the images equal the stock run's), else ``None``."""
-    seeds, labels = [TRAIN_SEEDS], [TRAIN_SEEDS % pipe.num_classes]
-    stock, _ = run_method(pipe, Method("stock", "", False, steps), labels, seeds)
-    cached, _ = run_method(pipe, Method("peer", "", False, steps, peer=peer), labels, seeds)
-    if torch.equal(stock.images, cached.images):
-        return "runs, but its images equal the stock run's on a probe seed (it skips nothing here)"
-    return None
-
-
-def peer_methods(pipe, steps: int, deepcache: bool = True) -> tuple[list[Method], list[dict]]:
-    """The peers that run on ``pipe`` and, for each that does not, ``{"name", "family", "reason"}``."""
-    den = pipe.denoiser
-    methods, skipped = [], []
-    helper, info = deepcache_package() if deepcache else (None, "not requested")
-    for m in DEEPCACHE_INTERVALS:
-        methods.append(Method(f"DeepCache preset N={m}", "DeepCache (frdiff preset)", False, steps,
-                              policy=make_preset("deepcache", den, steps, interval=m), params={"interval": m}))
-    if helper is None:
-        skipped.append({"name": "DeepCache (published package)", "family": "DeepCache (package)", "reason": info})
-    elif getattr(pipe, "unet", None) is None:
-        skipped.append({"name": f"DeepCache {info} (published package)", "family": "DeepCache (package)",
-                        "reason": "DeepCacheSDHelper wraps a UNet's down/mid/up blocks; this model is a transformer"})
-    else:
-        for m in DEEPCACHE_INTERVALS:
-            methods.append(Method(f"DeepCache {info} N={m}", "DeepCache (package)", False, steps,
-                                  peer=deepcache_peer(helper, m), params={"cache_interval": m, "cache_branch_id": 0,
-                                                                          "package_version": info}))
-    probed: dict[str, str | None] = {}
-    for name, family, params, peer in peer_candidates(pipe, steps):
-        if family not in probed:
-            try:
-                probed[family] = _no_op(pipe, peer, steps)
-            except NotApplicable as exc:
-                probed[family] = str(exc)
-        if probed[family] is not None:
-            if not any(s["family"] == family for s in skipped):
-                skipped.append({"name": family, "family": family, "reason": probed[family]})
-            continue
-        methods.append(Method(name, family, False, steps, peer=peer, params=params))
-    return methods, skipped
-
-
-def first_of_each_family(methods: list[Method], k: int, keep_two: tuple[str, ...] = ()) -> list[Method]:
-    """The first ``k`` methods of every family (two of the families in ``keep_two``), in order."""
-    seen: dict[str, int] = {}
-    out = []
-    for m in methods:
-        seen[m.family] = seen.get(m.family, 0) + 1
-        if seen[m.family] <= (max(k, 2) if m.family in keep_two else k):
-            out.append(m)
-    return out
-
-
 # ---- suites ---------------------------------------------------------------------------------------------------------
 def _device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _env(device: str) -> dict:
-    from workbench.bench import machine_info
+    from workbench.bench.common import machine_info
 
     info = machine_info()
     info["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
@@ -502,7 +206,7 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
                           small: bool = False, progress=None) -> dict:
     """The ``quality-vs-latency`` suite (module docstring). ``small`` keeps the first setting of each method family
     (two of fewer DDIM steps and reduced NFE): the CI smoke size."""
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     if seeds < 1 or steps < 4:
         raise ValueError(f"quality-vs-latency needs ≥ 1 seed and ≥ 4 steps, got {seeds} seeds, {steps} steps")
@@ -546,7 +250,7 @@ def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] 
     """The ``schedulers`` suite: per model, step count and scheduler, FR variants and the stock scheduler at half
     the steps against the full run of that scheduler, from the same seeds."""
     from workbench.compare import Variant, compare
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     device = _device(device)
     report = {"suite": "schedulers", "machine": _env(device), "steps": list(steps), "schedulers": list(schedulers),
@@ -573,7 +277,7 @@ def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] 
 def bench_overhead(repeats: int = 3, small: bool = False, app: bool = True, device: str = "cpu") -> dict:
     """The ``overhead`` suite: recording overhead per reduction, analysis time and app start-up, in one JSON.
     ``small``: 6 steps, 1 repeat, no app start-up (the CI smoke size)."""
-    from workbench.bench import bench_analysis, bench_record_overhead
+    from workbench.bench.foundation import bench_analysis, bench_record_overhead
 
     steps = 6 if small else 50
     repeats = 1 if small else repeats
@@ -581,7 +285,7 @@ def bench_overhead(repeats: int = 3, small: bool = False, app: bool = True, devi
               "record_overhead": bench_record_overhead(repeats=repeats, device=device, steps=steps),
               "analysis": bench_analysis(repeats=repeats, device=device, steps=steps)}
     if app and not small:
-        from workbench.bench_app import bench_app_startup, browser_missing
+        from workbench.bench.app import bench_app_startup, browser_missing
 
         reason = browser_missing()
         report["app_startup"] = {"skipped": reason} if reason else bench_app_startup(repeats=repeats)

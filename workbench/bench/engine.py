@@ -24,7 +24,7 @@ import torch
 import frdiff
 from frdiff import make_preset
 from frdiff.blocks import capture_denoiser_call
-from workbench.pipeline import ClassTokenEncoder, ShapesPipeline
+from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
 VARIANTS = [("uniform M=2", dict(preset="uniform", interval=2)),
             ("uniform M=2 + mixing", dict(preset="uniform", interval=2, mix=True)),
@@ -231,7 +231,7 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
     """The paper's comparison on the shipped models: every variant against the full ``steps``-step run from the
     same ``seeds`` (classes cycling), under DDIM; then a subset of variants under each of ``schedulers``."""
     from workbench.compare import Variant, compare
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"suite": "engine-quality", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -17,7 +17,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-from workbench.data import CLASSES, make_shapes
+from workbench.models.data import CLASSES, make_shapes
 
 REAL_STATS_SEED = 900_000  # seed of the real images FD-shapes compares against; never used for training
 
@@ -53,7 +53,7 @@ class ShapeClassifier(ModelMixin, ConfigMixin):
 
 
 def classifier_path() -> Path:
-    from workbench.zoo import CLASSIFIER_NAME, MODELS_DIR
+    from workbench.models.zoo import CLASSIFIER_NAME, MODELS_DIR
 
     return MODELS_DIR / CLASSIFIER_NAME
 
@@ -61,7 +61,7 @@ def classifier_path() -> Path:
 @lru_cache(maxsize=2)
 def load_classifier(device: str = "cpu") -> ShapeClassifier:
     """The shipped classifier, in eval mode (cached per device)."""
-    from workbench.zoo import ModelLoadError, _check_safetensors
+    from workbench.models.zoo import ModelLoadError, _check_safetensors
 
     path = classifier_path()
     weights = path / "diffusion_pytorch_model.safetensors"

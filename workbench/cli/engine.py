@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from workbench.cli import UserError, _load, parse_seeds
+from workbench.cli.common import UserError, load_model, parse_seeds
 
 
 def _policy_error(exc) -> UserError:
@@ -45,7 +45,7 @@ def cmd_policy(args: argparse.Namespace) -> dict:
         if not args.out:
             raise UserError("policy make needs --out P.json")
         args.model = args.model or "tiny-unet"
-        pipe = _load(args)
+        pipe = load_model(args)
         policy = _preset(args, pipe, args.steps)
         policy.save(args.out)
         report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
@@ -55,7 +55,7 @@ def cmd_policy(args: argparse.Namespace) -> dict:
             raise UserError("policy validate needs a policy JSON file")
         policy = _load_policy(args.file)
         if args.model:
-            pipe = _load(args)
+            pipe = load_model(args)
             den = frdiff.denoiser_of(pipe)
             problems = policy.problems(model_blocks=dict(frdiff.find_blocks(den)),
                                        fingerprint=frdiff.model_fingerprint(den))
@@ -85,8 +85,8 @@ def _policy_from_run(args) -> dict:
     import torch
 
     import frdiff
-    from workbench.store import FeatureStore, StoreError
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
+    from workbench.record.store import FeatureStore, StoreError
 
     if not args.file:
         raise UserError("policy from-run needs the run folder written by `record`")
@@ -118,11 +118,11 @@ def cmd_run(args: argparse.Namespace) -> dict:
     import frdiff
     from workbench import distributed
     from workbench.compare import Variant, compare
-    from workbench.train import save_grid
+    from workbench.models.train import save_grid
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    pipe = _load(args)
+    pipe = load_model(args)
     seeds = parse_seeds(args.seeds)
     if args.cls == "all":
         labels = [s % pipe.num_classes for s in seeds]
@@ -219,4 +219,3 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
-    from workbench.cli_autofr import add_autofr_command; add_autofr_command(sub)  # noqa: E702, I001

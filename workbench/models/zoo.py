@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,15 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel
 
-from workbench.data import CLASSES, IMAGE_SIZE
-from workbench.pipeline import ClassTokenEncoder, ShapesPipeline
+from workbench.models import pipeline as _pipeline_module
+from workbench.models.data import CLASSES, IMAGE_SIZE
+from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+# Folders saved before the package was split into rooms name the class encoder's module ``workbench.pipeline`` in
+# model_index.json; diffusers resolves it from sys.modules, so that name keeps pointing at the module.
+sys.modules.setdefault("workbench.pipeline", _pipeline_module)
+
+MODELS_DIR = Path(__file__).resolve().parent  # the weights folders sit beside this module (package data)
 CLASSIFIER_NAME = "shape-classifier"
 HUB_TIMEOUT_S = 20.0
 

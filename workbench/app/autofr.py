@@ -1,6 +1,6 @@
 """Auto-FR for the app (no Streamlit): learn a policy on a shipped pipeline, keep the best mask as it goes.
 
-Wraps :func:`workbench.cli_autofr.learn_for_pipeline` (which calls :func:`frdiff.autofr.learn_policy`; its hooks
+Wraps :func:`workbench.autofr.learn_for_pipeline` (which calls :func:`frdiff.autofr.learn_policy`; its hooks
 hold the pipeline's lock and are always removed). ``progress`` receives each iteration's record; the latest mask
 that met the compute target is kept in ``best`` so a run stopped from the page can still send it to the builder.
 """
@@ -23,7 +23,7 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: st
     """Run Auto-FR; ``best`` (a dict) is updated in place with ``{"mask", "iteration", "compute_fraction"}``
     whenever an iteration's hard mask meets the target. Returns the :class:`frdiff.autofr.AutoFRResult`."""
     from frdiff.autofr import AutoFRConfig
-    from workbench.cli_autofr import learn_for_pipeline
+    from workbench.autofr import learn_for_pipeline
 
     config = AutoFRConfig(gates=gates, reuse=reuse, target_compute=target, iterations=iterations,
                           batch_size=batch_size)

@@ -1,6 +1,6 @@
 """``bench run-throughput``: images per second of the ``run`` path on one GPU and, under ``torchrun``, on several.
 
-Model: the Stable Diffusion 1.5 UNet architecture at 512 px with CFG (:func:`workbench.bench_engine.build`,
+Model: the Stable Diffusion 1.5 UNet architecture at 512 px with CFG (:func:`workbench.bench.engine.build`,
 ``sd15-unet``, random weights, fp16 on CUDA; ``small`` on the CPU). What is timed is what ``run`` does per variant on
 each rank: its share of the seeds (:func:`workbench.distributed.shard`) sampled in batches through
 :func:`workbench.sampling.sample`, inside :func:`frdiff.apply` for a policy -- for ``none`` (no reuse) and uniform
@@ -12,7 +12,7 @@ run of every shape before timing, and wall time from a barrier to a barrier (aft
 rank sets the time. ``scripts/device_throughput.sh`` runs 1 and 2 GPUs and writes the ratio.
 
 Imports neither zarr nor scikit-image (the GPU machine carries only torch and a diffusers wheel); run it as
-``python -m workbench.bench_distributed`` there, or ``python -m workbench bench run-throughput`` where the whole
+``python -m workbench.bench.throughput`` there, or ``python -m workbench bench run-throughput`` where the whole
 workbench is installed.
 """
 
@@ -44,7 +44,7 @@ def bench_run_throughput(repeats: int = 1, small: bool | None = None, seeds: int
     batch_size: images per pipeline call on each rank (16; ``small``: 2). Every rank returns the same report.
     """
     import frdiff
-    from workbench.bench_engine import build
+    from workbench.bench.engine import build
     from workbench.sampling import sample
 
     ctx = distributed.context()
@@ -101,9 +101,9 @@ def bench_run_throughput(repeats: int = 1, small: bool | None = None, seeds: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``[torchrun --nproc_per_node N] python -m workbench.bench_distributed``: the suite without the CLI's other
+    """``[torchrun --nproc_per_node N] python -m workbench.bench.throughput``: the suite without the CLI's other
     imports; prints one JSON object from rank 0."""
-    p = argparse.ArgumentParser(prog="python -m workbench.bench_distributed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workbench.bench.throughput", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=None, help="images in total (default 32; --small 8)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 50; --small 4)")
     p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call per rank (default 16)")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from workbench.data import CLASSES, make_shapes, to_uint8
+from workbench.models.data import CLASSES, make_shapes, to_uint8
 
 CLASSIFIER_VAL_SEED = 800_000  # held-out images for the classifier's accuracy; never a training seed
 
@@ -133,7 +133,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     Under torchrun every rank calls this; gradients are averaged across ranks and only rank 0 writes files.
     """
     from workbench import distributed
-    from workbench.zoo import build_pipeline
+    from workbench.models.zoo import build_pipeline
 
     ctx = distributed.context()
     rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
@@ -142,7 +142,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolution kernels
     pipe = build_pipeline(cfg.model, seed=cfg.seed)
     if cfg.init_from:
-        from workbench.zoo import load_pipeline
+        from workbench.models.zoo import load_pipeline
 
         start_pipe = load_pipeline(cfg.init_from)
         for name in ("unet", "transformer", "class_encoder"):
@@ -276,7 +276,7 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
 
 def _load_teacher(cfg: TrainConfig, pipe, device: torch.device):
     """The teacher pipeline, frozen on ``device``; it must share the student's image shape and classes."""
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     teacher = load_pipeline(cfg.teacher)
     if (teacher.num_classes, teacher.sample_size, teacher.denoiser.config.in_channels) != (
@@ -313,7 +313,7 @@ def _sample_grid(pipe, path: Path) -> None:
 
 def train_classifier(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:
     """Train the shape classifier and save it (fp32 safetensors) with its held-out accuracy."""
-    from workbench.classifier import ShapeClassifier
+    from workbench.models.classifier import ShapeClassifier
 
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)

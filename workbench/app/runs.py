@@ -56,8 +56,8 @@ def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: 
     ``on_step(step, steps, x0 [H, W, 3] in [0, 1], timestep)`` is called after each step. Returns ``{"x0": [steps,
     H, W, 3], "timesteps": [...], "image": [H, W, 3]}``.
     """
+    from workbench.models.schedulers import make_scheduler
     from workbench.sampling import sample
-    from workbench.schedulers import make_scheduler
 
     if not is_class_pipeline(pipe):
         raise ValueError("watching x0 needs one of the shipped class-conditional models")
@@ -121,8 +121,8 @@ def guidance_of(pipe) -> float:
 def plan_store(pipe, seeds: list[int], steps: int, scheduler: str, reduction: str, blocks: list[str] | None = None,
                labels: list[int] | None = None, prompts: list[str] | None = None) -> dict:
     """What a recording would store, before starting it: size on disk, device memory, blocks (one real forward)."""
-    from workbench.recorder import REDUCTIONS, plan_recording
-    from workbench.schedulers import scheduler_swapped
+    from workbench.models.schedulers import scheduler_swapped
+    from workbench.record.plan import REDUCTIONS, plan_recording
 
     conditions = labels if labels is not None else prompts
     if not conditions:
@@ -138,8 +138,8 @@ def record(pipe, model_id: str, out_dir: str | Path, seeds: list[int], steps: in
            blocks: list[str] | None = None, labels: list[int] | None = None, prompts: list[str] | None = None,
            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
            disk_budget: int | None = None) -> Path:
-    """:func:`workbench.recorder.record_run` under the pipeline's lock."""
-    from workbench.recorder import record_run
+    """:func:`workbench.record.recorder.record_run` under the pipeline's lock."""
+    from workbench.record.recorder import record_run
 
     with frdiff.exclusive(pipe):
         return record_run(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
@@ -174,7 +174,7 @@ def quick_heatmap(pipe, model_id: str, label: int, seeds: list[int], steps: int 
                   cancel: Callable[[], bool] | None = None) -> dict:
     """A statistics-only recording in a temporary folder, reduced to the blocks × steps adjacent cosine (the Tour's
     heatmap). The folder is deleted afterwards."""
-    from workbench.store import FeatureStore
+    from workbench.record.store import FeatureStore
 
     tmp = Path(tempfile.mkdtemp(prefix="frdiff-tour-"))
     try:

@@ -1,7 +1,7 @@
 """Resources shared by the Streamlit pages: models loaded once per process, folders, and readable errors.
 
 Pages import these instead of loading models themselves, so every session reuses one pipeline per model. A shared
-pipeline is only ever run inside ``frdiff.apply`` or ``frdiff.exclusive`` (the helpers in ``workbench.app_runs`` do
+pipeline is only ever run inside ``frdiff.apply`` or ``frdiff.exclusive`` (the helpers in ``workbench.app.runs`` do
 that), so two sessions take turns and neither sees the other's hooks.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.zoo import load_pipeline
+from workbench.models.zoo import load_pipeline
 
 DEFAULT_MODEL = "tiny-unet"
 
@@ -38,7 +38,7 @@ def cached_pipeline(name_or_path: str):
 @st.cache_resource(show_spinner="Measuring FLOP shares…")
 def cached_savings(name_or_path: str) -> dict:
     """FLOP share each block's reuse saves, per granularity (for predicted speedups), measured once per model."""
-    from workbench.app_runs import savings_of
+    from workbench.app.runs import savings_of
 
     return savings_of(cached_pipeline(name_or_path))
 
@@ -59,9 +59,9 @@ def readable_errors(what: str = "") -> Iterator[None]:
 def error_message(exc: BaseException, what: str = "") -> str:
     """One readable message for an exception: known workbench errors as they are, others with their type."""
     from frdiff import PolicyError
-    from workbench.recorder import BudgetError
-    from workbench.store import StoreError
-    from workbench.zoo import ModelLoadError
+    from workbench.models.zoo import ModelLoadError
+    from workbench.record.plan import BudgetError
+    from workbench.record.store import StoreError
 
     prefix = f"{what} failed: " if what else ""
     if isinstance(exc, PolicyError):
@@ -79,7 +79,7 @@ def load_model(source: str):
 
 def model_picker(key: str, label: str = "Model", custom: bool = True) -> str:
     """Shipped models plus (``custom``) a local diffusers folder or hub id; returns the model source string."""
-    from workbench.zoo import EMBEDDED
+    from workbench.models.zoo import EMBEDDED
 
     options = list(EMBEDDED) + (["local folder or hub id…"] if custom else [])
     choice = st.selectbox(label, options, key=f"{key}_choice")

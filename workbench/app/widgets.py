@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from workbench.app_state import readable_errors, runs_root
-from workbench.store import FeatureStore, list_runs
+from workbench.app.state import readable_errors, runs_root
+from workbench.record.store import FeatureStore, list_runs
 
 
 def pick_run(key: str, need_maps: bool = False):

@@ -14,8 +14,8 @@ Layout of ``DIR``::
     arrays.zarr/denoiser_output   [steps, batch, C, H, W]
     arrays.zarr/latents           [steps, images, C, H, W] the denoiser's sample input (one CFG half)
 
-A run recorded under ``torchrun`` (:func:`workbench.recorder.record_sharded`) is split by seeds into parts, one per
-rank, each a store of the layout above::
+A run recorded under ``torchrun`` (:func:`workbench.record.recorder.record_sharded`) is split by seeds into parts,
+one per rank, each a store of the layout above::
 
     manifest.json                 written by rank 0: ``parts`` (folder, rank, seeds of each), all seeds and
                                   conditions, ``complete``, ``failed`` (rank and error of each failed rank)

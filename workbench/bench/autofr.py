@@ -13,7 +13,7 @@ Each Auto-FR row gets a verdict against the front:
 - ``not dominated``: below that envelope, but no single front policy has both ≤ its compute and ≥ its PSNR;
 - ``below``: some front policy is at least as cheap and at least as good.
 
-``render_markdown`` turns the JSON into the tables of ``docs/autofr.md`` (``python -m workbench.bench_autofr JSON…
+``render_markdown`` turns the JSON into the tables of ``docs/autofr.md`` (``python -m workbench.bench.autofr JSON…
 --md docs/autofr.md`` rewrites the part between the markers, merging one JSON per model), so no number there is
 typed by hand.
 """
@@ -81,10 +81,10 @@ def bench_autofr(repeats: int = 1, models: tuple[str, ...] = ("tiny-unet", "tiny
     """Hand-made front and Auto-FR policies on held-out seeds (see the module docstring)."""
     import frdiff
     from frdiff.autofr import AutoFRConfig
-    from workbench.bench import machine_info
-    from workbench.cli_autofr import BASELINES, _ranges, learn_for_pipeline, mask_lines
+    from workbench.autofr import BASELINES, learn_for_pipeline, mask_lines, seed_ranges
+    from workbench.bench.common import machine_info
     from workbench.compare import Variant, compare, measure_savings
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_seeds = list(range(32)) if train_seeds is None else list(train_seeds)
@@ -94,7 +94,7 @@ def bench_autofr(repeats: int = 1, models: tuple[str, ...] = ("tiny-unet", "tiny
     runs = AUTOFR_RUNS if runs is None else runs
     targets = {**TARGETS, **(targets or {})}
     report = {"suite": "autofr", "machine": machine_info(), "device": device, "steps": steps,
-              "train_seeds": _ranges(train_seeds), "val_seeds": _ranges(val_seeds), "iterations": iterations,
+              "train_seeds": seed_ranges(train_seeds), "val_seeds": seed_ranges(val_seeds), "iterations": iterations,
               "repeats": repeats, "models": {}}
     for name in models:
         pipe = load_pipeline(name, device=device)
@@ -220,7 +220,7 @@ def write_markdown(json_paths: list[str | Path] | str | Path, md_path: str | Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench.bench_autofr",
+    p = argparse.ArgumentParser(prog="python -m workbench.bench.autofr",
                                 description="rewrite the results part of docs/autofr.md from bench autofr JSONs")
     p.add_argument("json", nargs="+", help="bench autofr JSON(s); several are merged (one model each)")
     p.add_argument("--md", required=True, help="markdown file with the bench-autofr markers")

@@ -3,7 +3,7 @@
 ``bench_app_startup`` (suite ``app-startup`` of ``python -m workbench bench``) launches ``streamlit run`` as a
 subprocess and measures, with Playwright driving Debian's ``chromium``, the time from process start to the Tour's
 title on screen and the time from clicking the Tour's first step to its live result. ``walk_pages`` visits every
-page (used by ``tests/test_browser.py``); ``python -m workbench.bench_app --screenshots docs/img`` writes the
+page (used by ``tests/test_browser.py``); ``python -m workbench.bench.app --screenshots docs/img`` writes the
 documentation's screenshots.
 
 Playwright is a test dependency (``requirements-dev.txt``); its own browser download is not used: Chromium comes
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: the app runs from streamlit_app.py there
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -59,10 +59,6 @@ def browser_missing() -> str | None:
     if not os.access(CHROMIUM, os.X_OK):
         return f"{CHROMIUM} is missing (apt-get install chromium)"
     return None
-
-
-def has_autofr() -> bool:
-    return find_spec("frdiff.autofr") is not None and find_spec("workbench.cli_autofr") is not None
 
 
 def free_port() -> int:
@@ -229,8 +225,6 @@ def walk_pages(page, url: str, shots: Path | None = None, compare: bool = False,
     page.get_by_role("heading", name=TOUR_TITLE).wait_for(timeout=timeout_s * 1000)
     report["tour"] = run_tour_first_step(page, timeout_s)
     for label, title, shot in PAGES:
-        if label == "Auto-FR" and not has_autofr():
-            continue
         if label != "Tour":
             open_page(page, label, title, timeout_s)
         if label == "Run & compare" and compare:
@@ -336,7 +330,7 @@ def write_screenshots(out: Path, threads: int | None = 1, timeout_s: float = 180
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workbench.bench_app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workbench.bench.app", description=__doc__.splitlines()[0])
     parser.add_argument("--screenshots", metavar="DIR", help="walk every page and save screenshots into DIR")
     parser.add_argument("--bench", action="store_true", help="run bench_app_startup and print its JSON")
     parser.add_argument("--repeats", type=int, default=3)

@@ -10,60 +10,18 @@ Suites:
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
-from workbench.data import make_shapes
-
-
-def machine_info() -> dict:
-    """What the numbers were measured on."""
-    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                torch=torch.__version__, threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    import diffusers
-
-    info["diffusers"] = diffusers.__version__
-    info["weights"] = shipped_weights_digest()
-    return info
-
-
-def shipped_weights_digest() -> dict[str, str]:
-    """SHA-256 (first 16 hex digits) of each shipped model's weight files, so a result names the weights it was
-    measured on (the policy fingerprint names only the architecture)."""
-    import hashlib
-
-    from workbench.zoo import MODELS_DIR
-
-    out = {}
-    for folder in sorted(p for p in MODELS_DIR.iterdir() if p.is_dir()):
-        h = hashlib.sha256()
-        for f in sorted(folder.rglob("*.safetensors")):
-            h.update(f.read_bytes())
-        out[folder.name] = h.hexdigest()[:16]
-    return out
-
-
-def median_time(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+from workbench.bench.common import machine_info, median_time
+from workbench.models.data import make_shapes
 
 
 def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
     """Sampling latency of the shipped models (50 DDIM steps, 4 images, CFG) and data generation throughput."""
-    from workbench.zoo import EMBEDDED, load_pipeline
+    from workbench.models.zoo import EMBEDDED, load_pipeline
 
     models = {}
     for name in EMBEDDED:
@@ -92,9 +50,9 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
     import tempfile
     from pathlib import Path
 
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore
-    from workbench.zoo import EMBEDDED, load_pipeline
+    from workbench.models.zoo import EMBEDDED, load_pipeline
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     reductions = ("stats", "pool16", "full")
     report: dict = dict(suite="record-overhead", machine=machine_info(), device=device, steps=steps, models={})
@@ -154,9 +112,9 @@ def bench_analysis(repeats: int = 3, device: str = "cpu", steps: int = 50) -> di
     from workbench.analysis.reading import iter_maps
     from workbench.analysis.report import analyze_store
     from workbench.analysis.similarity import analyze_maps, block_similarity
-    from workbench.recorder import record_run
-    from workbench.store import FeatureStore
-    from workbench.zoo import load_pipeline
+    from workbench.models.zoo import load_pipeline
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
 
     pipe = load_pipeline("tiny-unet", device=device)
     with tempfile.TemporaryDirectory() as tmp:

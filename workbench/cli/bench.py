@@ -1,0 +1,165 @@
+"""``python -m workbench bench SUITE``: run a benchmark suite (:mod:`workbench.bench`), all of them, or the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.cli.common import UserError, parse_seeds
+
+# Options each suite reads (recorded with its JSON as the exact command that produced it).
+BENCH_OPTIONS = {
+    "quality-vs-latency": ["models", "seeds", "steps", "repeats", "device", "no_autofr", "autofr_iterations",
+                           "autofr_train_seeds", "no_peers", "flop_seeds", "small"],
+    "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
+    "overhead": ["repeats", "small", "no_app"],
+    "gpu-speed": ["repeats", "small", "compile"],
+    "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
+    "run-throughput": ["repeats", "small", "seeds", "steps"],
+    "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
+}
+ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
+
+
+def bench_command(args: argparse.Namespace, suite: str) -> str:
+    """The command line that runs ``suite`` with ``args``' settings, every option spelled out."""
+    parts = ["python -m workbench bench", suite]
+    for name in BENCH_OPTIONS.get(suite, ["repeats"]):
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value not in (None, False):
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def _run_suite(args: argparse.Namespace, suite: str) -> dict:
+    from workbench.bench.app import bench_app_startup
+    from workbench.bench.autofr import bench_autofr
+    from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
+    from workbench.bench.foundation import bench_analysis, bench_foundation, bench_record_overhead
+    from workbench.bench.quality import bench_overhead, bench_quality_latency, bench_schedulers
+    from workbench.bench.throughput import bench_run_throughput
+
+    suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
+              "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup,
+              "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead,
+              "run-throughput": bench_run_throughput, "autofr": bench_autofr}
+    if suite not in suites:
+        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
+    small = bool(args.small)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    extra: dict = {}
+    if suite == "gpu-speed":
+        extra = {"compile": args.compile, "small": True if small else None}
+    elif suite == "engine-quality":
+        extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds}
+    elif suite == "quality-vs-latency":
+        extra = {"seeds": args.seeds or (4 if small else 64), "steps": args.steps or (6 if small else 50),
+                 "models": models, "device": args.device, "autofr": not args.no_autofr,
+                 "autofr_iterations": args.autofr_iterations or (2 if small else 30),
+                 "autofr_train_seeds": args.autofr_train_seeds or (2 if small else 32), "peers": not args.no_peers,
+                 "flop_seeds": args.flop_seeds or (2 if small else 4), "small": small}
+    elif suite == "schedulers":
+        steps = args.scheduler_steps or ("4" if small else "20,50")
+        try:
+            step_list = tuple(int(x) for x in steps.split(","))
+        except ValueError:
+            raise UserError(f"--scheduler-steps takes step counts like 20,50, got {steps!r}") from None
+        extra = {"seeds": args.seeds or (4 if small else 64), "steps": step_list, "models": models,
+                 "device": args.device}
+    elif suite == "overhead":
+        extra = {"small": small, "app": not args.no_app}
+    elif suite == "run-throughput":  # under torchrun: the whole job's throughput (docs/distributed.md)
+        extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
+    elif suite == "autofr":  # Auto-FR against the hand-made front on held-out seeds (docs/autofr.md)
+        extra = {"models": models, "device": args.device, "steps": args.steps or 50,
+                 "iterations": args.autofr_iterations or 30,
+                 **({"train_seeds": parse_seeds(args.train_seeds)} if args.train_seeds else {}),
+                 **({"val_seeds": parse_seeds(args.val_seeds)} if args.val_seeds else {})}
+    try:
+        report = suites[suite](repeats=args.repeats, **extra)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    report["command"] = bench_command(args, suite)
+    if "machine" not in report:
+        from workbench.bench.common import machine_info
+
+        report["machine"] = machine_info()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{suite}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def _bench_report(args: argparse.Namespace, folder: Path, markdown: Path) -> dict:
+    from workbench.bench.report import write_report
+
+    try:
+        return write_report(folder, markdown)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_bench(args: argparse.Namespace) -> dict:
+    if args.suite == "report":
+        if not args.source or not args.out:
+            raise UserError("bench report needs --from DIR (the suites' JSONs) and --out FILE.md")
+        report = _bench_report(args, Path(args.source), Path(args.out))
+    elif args.suite == "all":
+        if not args.out:
+            raise UserError("bench all needs --out DIR for the suites' JSONs")
+        report = {"suites": {}}
+        for suite in ALL_SUITES:
+            print(f"bench {suite} …", file=sys.stderr)
+            report["suites"][suite] = _run_suite(args, suite)["command"]
+        from importlib.util import find_spec
+
+        if find_spec("plotly") is None:
+            report["report"] = "skipped: plotly is not installed here; run `bench report` where it is"
+        else:
+            md = Path(args.report) if args.report else Path(args.out) / "benchmarks.md"
+            report["report"] = _bench_report(args, Path(args.out), md)
+    else:
+        report = _run_suite(args, args.suite)
+    if not args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/), all of them, or the report")
+    p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
+                                 "run-throughput | foundation | record-overhead | analysis | engine-quality | "
+                                 "app-startup")
+    p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
+    p.add_argument("--small", action="store_true",
+                   help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="samples per method (default 64; FD-shapes from 64; --small: 4)")
+    p.add_argument("--scheduler-seeds", type=int, default=None,
+                   help="engine-quality: samples per variant in the scheduler comparison (default: --seeds)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="quality-vs-latency: steps of the DDIM reference (default 50; sweeps scale with it)")
+    p.add_argument("--scheduler-steps", default=None, help="schedulers: step counts (default 20,50)")
+    p.add_argument("--models", default="tiny-unet,tiny-dit", help="quality-vs-latency, schedulers: models")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--no-autofr", action="store_true", help="quality-vs-latency: skip Auto-FR (training takes minutes)")
+    p.add_argument("--autofr-iterations", type=int, default=None, help="Auto-FR Adam steps (default 30)")
+    p.add_argument("--autofr-train-seeds", type=int, default=None,
+                   help="Auto-FR training seeds, from 1000 (default 32; evaluation seeds start at 0)")
+    p.add_argument("--train-seeds", default=None, help="autofr: Auto-FR training seeds (default 0-31)")
+    p.add_argument("--val-seeds", default=None, help="autofr: held-out evaluation seeds (default 100-163)")
+    p.add_argument("--no-peers", action="store_true", help="quality-vs-latency: skip DeepCache and diffusers caches")
+    p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")
+    p.add_argument("--no-app", action="store_true", help="overhead: skip the app start-up part")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    p.add_argument("--out", default=None, help="folder for the suites' JSON (report: the markdown file)")
+    p.add_argument("--from", dest="source", default=None, help="report: folder of the suites' JSONs")
+    p.add_argument("--report", default=None, help="all: where to write the markdown (default OUT/benchmarks.md)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,164 @@
+"""CLI commands about the models themselves: ``models``, ``sample``, ``train`` and ``blocks``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.cli.common import UserError, example_call, load_model
+from workbench.models.data import CLASSES
+
+
+def cmd_models(args: argparse.Namespace) -> dict:
+    from workbench.models.zoo import list_models
+
+    rows = list_models()
+    if not args.json:
+        for r in rows:
+            status = "weights present" if r["weights"] else "NO WEIGHTS"
+            print(f"{r['name']:<10} {r['architecture']:<5} {r['parameters'] / 1e6:6.2f} M params  {status}")
+            print(f"           {r['description']}")
+    return {"models": rows}
+
+
+def cmd_sample(args: argparse.Namespace) -> dict:
+    from workbench.models.train import save_grid
+    from workbench.sampling import judge, sample
+
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    pipe = load_model(args)
+    if args.cls == "all":
+        labels = [i % pipe.num_classes for i in range(args.n)]
+    else:
+        try:
+            labels = [pipe.class_to_index(args.cls)] * args.n
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    seeds = list(range(args.seed, args.seed + args.n))
+    result = sample(pipe, labels, seeds, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+    report = dict(model=args.model, cls=args.cls, n=args.n, steps=args.steps, seed=args.seed,
+                  scheduler=args.scheduler or "ddim",
+                  guidance_scale=args.guidance if args.guidance is not None else pipe.config.default_guidance_scale,
+                  latency_s=result.latency_s, latency_per_image_s=result.latency_s / args.n)
+    report.update(judge(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(result.images, out, rows=max(1, int(args.n**0.5)))
+        report["out"] = str(out)
+    if not args.json:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+    return report
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from workbench import distributed
+    from workbench.models.train import TrainConfig, train_classifier, train_diffusion
+
+    try:
+        cfg = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          warmup=args.warmup, seed=args.seed, data_seed=args.data_seed,
+                          sample_every=args.sample_every, time_limit_min=args.time_limit_min, device=args.device,
+                          init_from=args.init_from, bf16=not args.fp32, lr_schedule=args.lr_schedule,
+                          loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
+                          ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight)
+    except ValueError as exc:
+        distributed.refuse(str(exc))
+    if cfg.model == "shape-classifier" and distributed.is_distributed():
+        distributed.refuse("the shape classifier trains in one process; run it without torchrun")
+    out = Path(args.out)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, desc=f"train {args.model}", unit="step", file=sys.stderr,
+               disable=not distributed.is_main())
+
+    def show(info: dict) -> None:
+        bar.update(info["step"] + 1 - bar.n)
+        bar.set_postfix(loss=f"{info['loss']:.4f}")
+
+    try:
+        if args.model == "shape-classifier":
+            record = train_classifier(cfg, out, progress=show)
+        else:
+            record = train_diffusion(cfg, out, progress=show)
+    finally:
+        bar.close()
+    if not args.json:
+        print(json.dumps(record, indent=2))
+    return record
+
+
+def cmd_blocks(args: argparse.Namespace) -> dict:
+    from frdiff.blocks import capture_denoiser_call, denoiser_of, discover_blocks
+
+    pipe = load_model(args)
+    call_args, call_kwargs = capture_denoiser_call(pipe, example_call(pipe))
+    blocks = discover_blocks(denoiser_of(pipe), *call_args, **call_kwargs)
+    rows = [dict(name=b.name, type=b.type, kind=b.kind, output_shape=list(b.output_shape), parameters=b.parameters,
+                 flops=b.flops, flop_share=b.flop_share) for b in blocks]
+    if not args.json:
+        print(f"{'block':<34} {'type':<22} {'kind':<11} {'output shape':<20} {'params':>9} {'FLOP share':>10}")
+        for r in rows:
+            print(f"{r['name']:<34} {r['type']:<22} {r['kind']:<11} {str(r['output_shape']):<20} "
+                  f"{r['parameters']:>9} {r['flop_share']:>10.1%}")
+        print(f"blocks cover {sum(r['flop_share'] for r in rows):.1%} of one denoiser call's FLOPs")
+    return {"model": args.model, "blocks": rows}
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("models", help="list the embedded models with parameter counts")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sample", help="sample a grid of images and judge them with the shape classifier")
+    p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
+    p.add_argument("--class", dest="cls", default="all",
+                   help=f"class name or index ({', '.join(CLASSES)}), or 'all' to cycle through classes")
+    p.add_argument("--n", type=int, default=16, help="number of images (FD-shapes from 64 on)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's shipped value)")
+    p.add_argument("--scheduler", default=None, help="ddim (default), dpmpp, euler, unipc, ddpm")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--out", default=None, help="write the image grid to this PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="train an embedded model or the shape classifier (CUDA when present)")
+    p.add_argument("--model", required=True, choices=["tiny-unet", "tiny-dit", "shape-classifier"])
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (per process under torchrun)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=500, help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=1)
+    p.add_argument("--sample-every", type=int, default=2000, help="steps between sample grids (0: never)")
+    p.add_argument("--time-limit-min", type=float, default=None, help="stop after this many minutes")
+    p.add_argument("--device", default=None)
+    p.add_argument("--fp32", action="store_true", help="train in fp32 (TF32) instead of bf16 autocast on CUDA")
+    p.add_argument("--init-from", default=None, help="pipeline folder to continue training from")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="after warm-up: constant, or a half cosine to 0 at the last step (with --time-limit-min the "
+                        "step count is fitted to the time from the measured speed)")
+    p.add_argument("--loss-weighting", default="none", choices=["none", "min-snr"],
+                   help="per-noise-level weights of the ε loss: none, or Min-SNR-γ (arXiv 2303.09556)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0, help="γ of Min-SNR-γ weighting")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average (shipped)")
+    p.add_argument("--teacher", default=None, help="pipeline (embedded name or folder) to distil from")
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="share of the teacher's predicted noise in the target, 0-1 (needs --teacher)")
+    p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("blocks", help="table of the denoiser's hookable blocks with shapes and FLOP shares")
+    p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_blocks)
