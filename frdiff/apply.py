@@ -196,10 +196,12 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     timeout: seconds to wait while another thread runs the same pipeline (``None`` waits).
     """
     denoiser = denoiser_of(pipe)
+    train = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "num_train_timesteps", None)
+    limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
     if check_model:
-        policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser))
+        policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser), **limits)
     else:
-        policy.check()
+        policy.check(**limits)
     lock = _lock_of(denoiser)
     if lock.held_here():
         raise RuntimeError("frdiff.apply is already active on this pipeline in this thread; nested policies are not "

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,16 @@ KIND_GRANULARITIES = {
 }
 MIX_SCHEDULES = ("linear", "sigmoid", "constant")
 SIGMOID_EPS = 1e-3  # a sigmoid λ below this counts as 0 (no denoiser call), above 1 − this as 1
+LAMBDA_EPS = 1e-9  # a linear λ this close to 0 or 1 is rounding error of the ramp: snapped there
+# What a loaded file may hold (bigger or deeper is refused with one line, never a crash).
+MAX_FILE_BYTES = 16 * 2**20
+MAX_DEPTH = 32  # JSON nesting (provenance may nest; a policy file nested deeper is not one we wrote)
+MAX_STEPS = 10_000
+MAX_SLOPE = 1e4
+MAX_NAME = 512
+TOP_KEYS = {"format", "version", "model", "scheduler", "steps", "blocks", "mixing", "provenance"}
+BLOCK_KEYS = {"name", "kind", "granularity", "keyframes"}
+MIX_KEYS = {"enabled", "schedule", "center", "slope", "value"}
 
 
 class PolicyError(ValueError):
@@ -79,9 +91,12 @@ class Mixing:
         if self.schedule == "constant":
             return float(self.value)
         if self.schedule == "sigmoid":
-            v = 1.0 / (1.0 + math.exp(-self.slope * (r - self.center)))
+            x = self.slope * (r - self.center)
+            v = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))  # never overflows
             return 0.0 if v < SIGMOID_EPS else 1.0 if v > 1 - SIGMOID_EPS else v
-        return min(1.0, max(0.0, (self.slope * (r - self.center) + 2.0) / 4.0))
+        v = (self.slope * (r - self.center) + 2.0) / 4.0
+        # e.g. 30 steps, step 13: 30·(13/30 − 0.5) + 2 is 1.1e-16 in floats, 0 in exact arithmetic
+        return 0.0 if v < LAMBDA_EPS else 1.0 if v > 1 - LAMBDA_EPS else v
 
     def curve(self, steps: int) -> list[float]:
         """λ at every step index 0..steps−1."""
@@ -93,8 +108,8 @@ class Mixing:
             out.append(f"mixing.schedule is {self.schedule!r}; use one of {', '.join(MIX_SCHEDULES)}")
         if not 0.0 <= self.center <= 1.0:
             out.append(f"mixing.center must lie in [0, 1], got {self.center}")
-        if not self.slope > 0:
-            out.append(f"mixing.slope must be > 0, got {self.slope}")
+        if not 0 < self.slope <= MAX_SLOPE:
+            out.append(f"mixing.slope must lie in (0, {MAX_SLOPE:g}], got {self.slope}")
         if not 0.0 <= self.value <= 1.0:
             out.append(f"mixing.value must lie in [0, 1], got {self.value}")
         return out
@@ -113,9 +128,13 @@ class Policy:
     mixing: Mixing = field(default_factory=Mixing)
     model: dict = field(default_factory=dict)  # {"architecture": class name, "fingerprint": hex}
     provenance: dict = field(default_factory=dict)
+    load_notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what loading ignored
 
     def __post_init__(self):
-        self.keyframes = torch.as_tensor(self.keyframes, dtype=torch.bool).reshape(len(self.blocks), -1).clone()
+        mask = torch.as_tensor(self.keyframes, dtype=torch.bool)
+        if isinstance(self.steps, int) and self.steps >= 0 and mask.numel() == len(self.blocks) * self.steps:
+            mask = mask.reshape(len(self.blocks), self.steps)  # else problems() reports the shape
+        self.keyframes = mask.clone()
         if self.granularity is None:
             kinds = self.kinds or ["resnet"] * len(self.blocks)
             self.granularity = ["block" if k == "generic" else "feature" for k in kinds]
@@ -143,16 +162,21 @@ class Policy:
 
     # ---- validation -------------------------------------------------------------------------------------------
     def problems(self, model_blocks: dict[str, str] | None = None, fingerprint: str | None = None,
-                 steps: int | None = None) -> list[str]:
+                 steps: int | None = None, train_timesteps: int | None = None) -> list[str]:
         """Every reason this policy cannot run, as readable lines (empty = valid).
 
         model_blocks: ``{name: kind}`` of the target denoiser (``dict(find_blocks(model))``); fingerprint: its
-        :func:`model_fingerprint`; steps: the step count it will run with.
+        :func:`model_fingerprint`; steps: the step count it will run with; train_timesteps: the scheduler's
+        ``num_train_timesteps`` (a schedule cannot have more steps than that).
         """
         out: list[str] = []
         nb = len(self.blocks)
         if self.steps < 1:
             out.append(f"steps must be ≥ 1, got {self.steps}")
+        if train_timesteps is not None and self.steps > train_timesteps:
+            out.append(f"the policy has {self.steps} steps but the scheduler has {train_timesteps} training "
+                       f"timesteps; a schedule has at most that many steps (remap it: `python -m workbench policy "
+                       f"remap P.json --steps N`)")
         if tuple(self.keyframes.shape) != (nb, self.steps):
             out.append(f"keyframes has shape {tuple(self.keyframes.shape)}, expected ({nb} blocks, {self.steps} "
                        f"steps)")
@@ -217,81 +241,146 @@ class Policy:
         return json.dumps(self.to_dict(), indent=1) + "\n"
 
     def save(self, path: str | Path) -> Path:
+        """Write the JSON file atomically (a temporary file in the same folder, then ``os.replace``): a reader sees
+        the old file or the new one, and a failed write leaves no temporary file behind."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
     def from_dict(cls, data) -> Policy:
-        """Build and validate a policy from parsed JSON; :class:`PolicyError` lists every problem."""
+        """Build and validate a policy from parsed JSON; :class:`PolicyError` lists every problem.
+
+        Keys this version does not know are ignored and named in :attr:`load_notes`."""
         if not isinstance(data, dict):
-            raise PolicyError([f"a policy must be a JSON object, got {type(data).__name__}"])
+            raise PolicyError([f"a policy must be a JSON object, got {_json_type(data)}"])
         problems = []
         if data.get("format") != FORMAT:
-            problems.append(f"not an FRDiff policy: \"format\" is {data.get('format')!r}, expected {FORMAT!r}")
-        if data.get("version") != VERSION:
-            problems.append(f"unsupported policy version {data.get('version')!r}; this build reads version {VERSION}")
+            problems.append(f"not an FRDiff policy: \"format\" is {_short(data.get('format'))}, expected {FORMAT!r}")
+        elif data.get("version") != VERSION:
+            problems.append(f"unsupported policy version {_short(data.get('version'))}; this build reads version "
+                            f"{VERSION}")
         if problems:
             raise PolicyError(problems)
+        if _depth(data) > MAX_DEPTH:
+            raise PolicyError([f"the file nests JSON more than {MAX_DEPTH} levels deep; a policy does not"])
+        notes = [f"ignored unknown key(s): {', '.join(sorted(map(str, set(data) - TOP_KEYS)))}"] \
+            if set(data) - TOP_KEYS else []
         steps = data.get("steps")
         if not isinstance(steps, int) or isinstance(steps, bool):
-            raise PolicyError([f"\"steps\" must be an integer, got {steps!r}"])
+            raise PolicyError([f"\"steps\" must be an integer, got {_short(steps)}"])
+        if not 1 <= steps <= MAX_STEPS:
+            raise PolicyError([f"\"steps\" must lie in 1..{MAX_STEPS}, got {steps}"])
         raw_blocks = data.get("blocks")
         if not isinstance(raw_blocks, list):
             raise PolicyError(["\"blocks\" must be a list of {name, granularity, keyframes}"])
+        if not raw_blocks:
+            raise PolicyError(["\"blocks\" is empty: a policy lists at least one block (blocks it leaves out are "
+                               "always computed; the preset \"none\" lists them all)"])
         names, kinds, grans, rows = [], [], [], []
         for i, b in enumerate(raw_blocks):
-            if not isinstance(b, dict) or not isinstance(b.get("name"), str):
-                problems.append(f"blocks[{i}] must be an object with a \"name\"")
+            if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not b["name"]:
+                problems.append(f"blocks[{i}] must be an object with a non-empty \"name\"")
                 continue
+            name = b["name"]
+            if len(name) > MAX_NAME:
+                problems.append(f"blocks[{i}]: the name is {len(name)} characters long; block names are module "
+                                f"paths of at most {MAX_NAME}")
+                continue
+            if set(b) - BLOCK_KEYS:
+                notes.append(f"block {name}: ignored unknown key(s): {', '.join(sorted(set(b) - BLOCK_KEYS))}")
             mask = b.get("keyframes")
             if not isinstance(mask, str) or set(mask) - {"0", "1"}:
-                problems.append(f"block {b['name']}: keyframes must be a string of 0/1, one per step")
+                problems.append(f"block {name}: keyframes must be a string of 0/1, one per step")
                 continue
             if len(mask) != steps:
-                problems.append(f"block {b['name']}: keyframes has {len(mask)} steps, the policy {steps}")
+                problems.append(f"block {name}: keyframes has {len(mask)} steps, the policy {steps}")
                 continue
-            names.append(b["name"])
-            kinds.append(b.get("kind") or "resnet")
-            grans.append(b.get("granularity", "feature"))
+            kind, gran = b.get("kind"), b.get("granularity", "feature")
+            if kind is not None and (not isinstance(kind, str) or kind not in KIND_GRANULARITIES):
+                problems.append(f"block {name}: kind {_short(kind)} is not one of {', '.join(KIND_GRANULARITIES)}")
+                kind = None
+            if not isinstance(gran, str):
+                problems.append(f"block {name}: granularity must be a string, got {_short(gran)}")
+                gran = "feature"
+            names.append(name)
+            kinds.append(kind or "resnet")
+            grans.append(gran)
             rows.append([c == "1" for c in mask])
-        mix = data.get("mixing", {})
-        if not isinstance(mix, dict):
-            problems.append("\"mixing\" must be an object")
-            mix = {}
-        try:
-            mixing = Mixing(enabled=bool(mix.get("enabled", False)), schedule=str(mix.get("schedule", "linear")),
-                            center=float(mix.get("center", 0.5)), slope=float(mix.get("slope", 30.0)),
-                            value=float(mix.get("value", 0.0)))
-        except (TypeError, ValueError):
-            problems.append("mixing: center, slope and value must be numbers")
-            mixing = Mixing()
+        mixing = _mixing_from(data.get("mixing", {}), problems, notes)
+        for key, kind in (("model", dict), ("provenance", dict), ("scheduler", str)):
+            if key in data and not isinstance(data[key], kind):
+                problems.append(f"\"{key}\" must be {'an object' if kind is dict else 'a string'}, got "
+                                f"{_json_type(data[key])}")
+        policy = cls(blocks=names, keyframes=torch.tensor(rows, dtype=torch.bool).reshape(len(rows), steps),
+                     steps=steps, scheduler=data["scheduler"] if isinstance(data.get("scheduler"), str) else "ddim",
+                     granularity=grans, kinds=kinds, mixing=mixing,
+                     model=dict(data["model"]) if isinstance(data.get("model"), dict) else {},
+                     provenance=dict(data["provenance"]) if isinstance(data.get("provenance"), dict) else {})
+        problems += [q for q in policy.problems() if q not in problems]  # mixing's ranges are already in
         if problems:
             raise PolicyError(problems)
-        model = data.get("model") if isinstance(data.get("model"), dict) else {}
-        provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
-        mask = torch.tensor(rows, dtype=torch.bool) if rows else torch.zeros(0, max(steps, 0), dtype=torch.bool)
-        policy = cls(blocks=names, keyframes=mask, steps=steps, scheduler=str(data.get("scheduler", "ddim")),
-                     granularity=grans, kinds=kinds, mixing=mixing, model=model, provenance=provenance)
-        return policy.check()
+        policy.load_notes = notes
+        return policy
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as e:
             raise PolicyError([f"not valid JSON: {e}"]) from None
+        except RecursionError:
+            raise PolicyError([f"the file nests JSON more than {MAX_DEPTH} levels deep; a policy does not"]) from None
+        except ValueError as e:  # NaN / Infinity, which JSON does not have
+            raise PolicyError([str(e)]) from None
         return cls.from_dict(data)
 
     @classmethod
+    def from_bytes(cls, data: bytes) -> Policy:
+        """A policy file's bytes (an upload, a file read) → validated policy; every failure is a
+        :class:`PolicyError` (size, encoding, JSON, content)."""
+        if len(data) > MAX_FILE_BYTES:
+            raise PolicyError([f"the file is {len(data) / 2**20:.1f} MiB; a policy file is at most "
+                               f"{MAX_FILE_BYTES // 2**20} MiB"])
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise PolicyError([f"the file is not UTF-8 text ({e.reason} at byte {e.start}); a policy is a JSON "
+                               "file"]) from None
+        return cls.from_json(text)
+
+    @classmethod
     def load(cls, path: str | Path) -> Policy:
+        """Read and validate a policy file; every failure (missing, a folder, unreadable, too large, not UTF-8,
+        not a valid policy) is one :class:`PolicyError` that names the file."""
         path = Path(path)
-        if not path.is_file():
-            raise PolicyError([f"no policy file at {path}"])
-        return cls.from_json(path.read_text())
+        try:
+            if path.is_dir():
+                raise PolicyError([f"{path} is a folder, not a policy file"])
+            if not path.is_file():
+                raise PolicyError([f"no policy file at {path}"])
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise PolicyError([f"{path} is {path.stat().st_size / 2**20:.1f} MiB; a policy file is at most "
+                                   f"{MAX_FILE_BYTES // 2**20} MiB"])
+            data = path.read_bytes()
+        except OSError as e:
+            raise PolicyError([f"cannot read {path}: {e.strerror or e}"]) from None
+        try:
+            return cls.from_bytes(data)
+        except PolicyError as e:
+            if len(e.problems) == 1 and str(path) in e.problems[0]:
+                raise
+            raise PolicyError([f"{path}: {p}" for p in e.problems]) from None
 
     # ---- transforms -------------------------------------------------------------------------------------------
     def remap(self, steps: int) -> Policy:
@@ -320,6 +409,64 @@ class Policy:
         return Policy(blocks=list(self.blocks), keyframes=mask, steps=steps, scheduler=self.scheduler,
                       granularity=list(self.granularity), kinds=list(self.kinds) if self.kinds else None,
                       mixing=Mixing(**vars(self.mixing)), model=dict(self.model), provenance=prov)
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _short(value) -> str:
+    """``repr`` of a value from a file, cut so that one bad value cannot flood a message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"not valid JSON: {name} is not a JSON number")
+
+
+def _depth(value, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of parsed JSON (iterative, stops counting past ``limit``)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _number(raw: dict, key: str, default: float, problems: list[str]) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.append(f"mixing.{key} must be a finite number, got {_short(value)}")
+        return default
+    return float(value)
+
+
+def _mixing_from(raw, problems: list[str], notes: list[str]) -> Mixing:
+    """The ``mixing`` object of a file (types checked here, ranges by :meth:`Mixing.problems`)."""
+    if not isinstance(raw, dict):
+        problems.append(f"\"mixing\" must be an object, got {_json_type(raw)}")
+        return Mixing()
+    if set(raw) - MIX_KEYS:
+        notes.append(f"mixing: ignored unknown key(s): {', '.join(sorted(map(str, set(raw) - MIX_KEYS)))}")
+    enabled, schedule = raw.get("enabled", False), raw.get("schedule", "linear")
+    if not isinstance(enabled, bool):
+        problems.append(f"mixing.enabled must be true or false, got {_short(enabled)}")
+        enabled = False
+    if not isinstance(schedule, str):
+        problems.append(f"mixing.schedule must be a string, got {_short(schedule)}")
+        schedule = "linear"
+    n = len(problems)
+    mixing = Mixing(enabled=enabled, schedule=schedule, center=_number(raw, "center", 0.5, problems),
+                    slope=_number(raw, "slope", 30.0, problems), value=_number(raw, "value", 0.0, problems))
+    if len(problems) == n:
+        problems += mixing.problems()
+    return mixing
 
 
 def model_fingerprint(model) -> str:

@@ -36,8 +36,11 @@ scheduler = c5.selectbox("Scheduler", [s for s in SCHEDULERS if s != "ddpm"], ke
 
 st.subheader("Variants")
 v1, v2 = st.columns(2)
-library = [r for r in app_policy.list_policies(policy_library()) if not r["problems"]] \
-    if policy_library().exists() else []
+listed = app_policy.list_policies(policy_library()) if policy_library().exists() else []
+library = [r for r in listed if not r["problems"]]
+for r in listed:
+    if r["problems"]:
+        st.warning(f"Library file {r['name']}.json skipped: it does not load ({r['problems']})")
 lib_names = [r["name"] for r in library]
 preselected = [n for n in st.session_state.get("compare_selected", []) if n in lib_names]
 chosen_lib = v1.multiselect("Library policies", lib_names, default=preselected, key="compare_library")

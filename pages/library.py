@@ -1,5 +1,7 @@
 """Policy library: saved policies with their provenance and measured metrics; compare, download, delete."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -8,6 +10,22 @@ from workbench.app import policy as app_policy
 from workbench.app.state import policy_library, readable_errors
 
 st.title("Policy library")
+
+
+def delete(name: str) -> None:
+    """The delete button's callback (it runs before the widgets, so the selection can drop the deleted name)."""
+    try:
+        app_policy.delete_policy(policy_library(), name)
+    except (OSError, ValueError) as exc:
+        st.session_state["library_message"] = ("error", f"Deleting {name} failed: {exc}")
+        return
+    st.session_state["library_selected"] = [n for n in st.session_state.get("library_selected", []) if n != name]
+    st.session_state["library_message"] = ("success", f"Deleted {name}.")
+
+
+message = st.session_state.pop("library_message", None)
+if message is not None:
+    (st.success if message[0] == "success" else st.error)(message[1])
 root = policy_library()
 st.caption(f"Folder: {root} · policies saved from the builder (or any `frdiff-policy` JSON dropped there).")
 rows = app_policy.list_policies(root) if root.exists() else []
@@ -16,11 +34,14 @@ if not rows:
     st.page_link("pages/policy_builder.py", label="Go to the Policy builder", icon="🧩")
     st.stop()
 
-table = pd.DataFrame(rows).drop(columns=["path"])
-st.dataframe(table, hide_index=True)
-bad = [r for r in rows if r["problems"]]
-for r in bad:
-    st.warning(f"{r['name']} does not load: {r['problems']}")
+good_rows = [r for r in rows if not r["problems"]]
+if good_rows:
+    st.dataframe(pd.DataFrame(good_rows).drop(columns=["path", "problems"]), hide_index=True)
+for r in rows:
+    if r["problems"]:
+        st.warning(f"Skipped {Path(r['path']).name}: it does not load ({r['problems']})")
+    elif r.get("notes"):
+        st.info(f"{r['name']}: {r['notes']}")
 
 good = [r["name"] for r in rows if not r["problems"]]
 selected = st.multiselect("Policies", good, key="library_selected")
@@ -48,8 +69,4 @@ for name in selected:
                            key=f"library_download_{name}")
         with d2.popover("Delete…"):
             st.write(f"Delete **{name}** from the library?")
-            if st.button("Yes, delete", type="primary", key=f"library_delete_{name}"):
-                with readable_errors("Deleting"):
-                    app_policy.delete_policy(root, name)
-                del st.session_state["library_selected"]
-                st.rerun()
+            st.button("Yes, delete", type="primary", key=f"library_delete_{name}", on_click=delete, args=(name,))

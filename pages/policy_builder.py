@@ -7,6 +7,7 @@ import streamlit as st
 
 import frdiff
 from frdiff import Mixing
+from frdiff.policy import MAX_SLOPE, MAX_STEPS
 from workbench.app import policy as app_policy
 from workbench.app.state import cached_savings, error_message, load_model, model_picker, policy_library, readable_errors
 from workbench.app.widgets import pick_run
@@ -51,7 +52,7 @@ rev = st.session_state["builder_rev"]
 with st.expander("Start from a preset or a recorded run", expanded=False):
     c1, c2, c3, c4, c5 = st.columns(5)
     preset = c1.selectbox("Preset", [p for p in frdiff.PRESETS if p != "threshold"], index=1, key="builder_preset")
-    steps = int(c2.number_input("Steps", 2, 1000, base.steps, key="builder_steps"))
+    steps = int(c2.number_input("Steps", 1, MAX_STEPS, base.steps, key="builder_steps"))
     interval = int(c3.number_input("Keyframe every M steps", 1, 50, 2, key="builder_interval"))
     scheduler = c4.selectbox("Scheduler", [s for s in SCHEDULERS if s != "ddpm"], key="builder_scheduler")
     mix = c5.checkbox("Score mixing", key="builder_mix")
@@ -105,7 +106,7 @@ enabled = m1.checkbox("Enabled", m.enabled, key=f"builder_mix_on_{rev}")
 schedule = m2.selectbox("Schedule", ["linear", "sigmoid", "constant"],
                         index=["linear", "sigmoid", "constant"].index(m.schedule), key=f"builder_mix_schedule_{rev}")
 center = m3.slider("Centre", 0.0, 1.0, float(m.center), 0.01, key=f"builder_mix_center_{rev}")
-slope = m4.number_input("Slope", 0.0, 200.0, float(m.slope), 1.0, key=f"builder_mix_slope_{rev}")
+slope = m4.number_input("Slope", 0.0, MAX_SLOPE, float(m.slope), 1.0, key=f"builder_mix_slope_{rev}")
 value = m5.slider("Constant λ", 0.0, 1.0, float(m.value), 0.05, key=f"builder_mix_value_{rev}")
 policy = app_policy.with_mixing(policy, Mixing(enabled=enabled, schedule=schedule, center=center, slope=slope,
                                                value=value))
@@ -146,8 +147,14 @@ st.download_button("Download JSON", app_policy.policy_json(policy), file_name=f"
                    mime="application/json", key="builder_download", disabled=bool(problems))
 upload = st.file_uploader("Upload a policy JSON", type=["json"], key="builder_upload")
 if upload is not None and st.session_state.get("builder_uploaded") != upload.file_id:
-    st.session_state["builder_uploaded"] = upload.file_id
-    with readable_errors("Reading the upload"):
+    st.session_state["builder_uploaded"] = upload.file_id  # tried once: a bad file is not re-read every rerun
+    with readable_errors(f"Reading {upload.name}"):
         loaded = app_policy.load_upload(upload.getvalue())
         set_base(loaded)
+    st.session_state["builder_upload_note"] = (upload.name, loaded.load_notes)
     st.rerun()
+note = st.session_state.pop("builder_upload_note", None)
+if note is not None:
+    st.success(f"Loaded {note[0]}: {base.steps} steps, {len(base.blocks)} blocks.")
+    for line in note[1]:
+        st.info(line)

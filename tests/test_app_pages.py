@@ -169,13 +169,51 @@ def test_library_lists_compares_downloads_and_deletes(folders, unet_pipe):
     at = open_page("library")
     assert not at.exception
     names = set(at.dataframe[0].value["name"])
-    assert names == {"u2", "broken"}
-    assert any("broken does not load" in w.value for w in at.warning)
+    assert names == {"u2"}
+    assert any("Skipped broken.json: it does not load (" in w.value and "not valid JSON" in w.value
+               for w in at.warning)
     at.multiselect(key="library_selected").set_value(["u2"]).run()
     assert at.get("download_button")[0].proto.label == "Download JSON"
     at.button(key="library_delete_u2").click().run()
     assert not at.exception
     assert not (lib / "u2.json").exists()
+
+
+def test_bad_library_files_and_uploads_never_break_a_page(folders, unet_pipe):
+    """Issue 16: one bad file does not break the library or Run & compare; a valid upload beyond the builder's
+    usual ranges (2000 steps, slope 500) leaves the builder usable; a name with a space can be deleted."""
+    import frdiff
+
+    lib = folders / "policies"
+    good = frdiff.make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    good.save(lib / "my policy.json")
+    (lib / "latin.json").write_bytes("é".encode("latin-1"))
+    (lib / "list.json").write_text("[1, 2]")
+    for page in ("library", "compare"):
+        at = open_page(page)
+        ok(at)
+        warnings = " ".join(w.value for w in at.warning)
+        assert "latin.json" in warnings and "not UTF-8" in warnings and "list.json" in warnings, page
+    at = open_page("library")
+    at.multiselect(key="library_selected").set_value(["my policy"]).run()
+    at.button(key="library_delete_my policy").click().run()
+    ok(at)
+    assert not (lib / "my policy.json").exists() and at.session_state["library_selected"] == []
+    assert any(s.value == "Deleted my policy." for s in at.success)
+
+    wide = frdiff.make_preset("uniform", unet_pipe.unet, 2000, interval=2, mix=True)
+    wide.mixing.schedule, wide.mixing.slope = "sigmoid", 500.0
+    doc = wide.to_dict()
+    doc["extra"] = 1
+    at = open_page("policy_builder")
+    at.file_uploader(key="builder_upload").set_value(("wide.json", json.dumps(doc).encode(), "application/json"))
+    at.run()
+    ok(at)
+    assert at.session_state["policy"].steps == 2000 and at.session_state["policy"].mixing.slope == 500.0
+    assert any("Loaded wide.json: 2000 steps" in s.value for s in at.success)
+    assert any("ignored unknown key(s): extra" in i.value for i in at.info)
+    at.run()  # and on every rerun after it
+    ok(at)
 
 
 def test_autofr_learns_and_sends_the_policy_to_the_builder():

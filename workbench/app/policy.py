@@ -134,8 +134,10 @@ def list_policies(root: str | Path) -> list[dict]:
     for path in sorted(Path(root).glob("*.json")):
         try:
             policy = Policy.load(path)
-        except PolicyError as exc:
-            rows.append({"name": path.stem, "path": str(path), "problems": "; ".join(exc.problems)})
+            modified = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        except (PolicyError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, PolicyError) else [f"cannot read it: {exc}"]
+            rows.append({"name": path.stem, "path": str(path), "problems": "; ".join(problems)})
             continue
         prov = policy.provenance
         metrics = prov.get("metrics") or {}
@@ -147,13 +149,17 @@ def list_policies(root: str | Path) -> list[dict]:
             "keyframe_share": round(float(policy.keyframes.float().mean()), 3) if policy.blocks else 1.0,
             "denoiser_calls": policy.denoiser_calls(),
             **{k: metrics.get(k) for k in ("psnr", "ssim", "speedup", "predicted_speedup")},
-            "modified": dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M"), "problems": "",
+            "modified": modified, "problems": "", "notes": "; ".join(policy.load_notes),
         })
     return rows
 
 
 def delete_policy(root: str | Path, name: str) -> None:
-    path = Path(root) / f"{safe_name(name)}.json"
+    """Delete the library file ``root/<name>.json`` — the name as listed (a file dropped into the folder by hand
+    may have any name, spaces included), never a path outside the library."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{name!r} is not a policy name of the library")
+    path = Path(root) / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no policy named {name!r} in {root}")
     path.unlink()
@@ -175,12 +181,9 @@ def policy_json(policy: Policy) -> str:
 
 
 def load_upload(data: bytes) -> Policy:
-    """An uploaded policy file → validated policy; :class:`PolicyError` lists every problem."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PolicyError(["the file is not UTF-8 text; a policy is a JSON file"]) from None
-    return Policy.from_json(text)
+    """An uploaded policy file → validated policy (the one loader, :meth:`frdiff.Policy.from_bytes`);
+    :class:`PolicyError` lists every problem, ``load_notes`` what was ignored."""
+    return Policy.from_bytes(data)
 
 
 def lambda_rows(mixing: Mixing, steps: int) -> list[dict]:
