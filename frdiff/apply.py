@@ -35,8 +35,18 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
-from .policy import Policy, PolicyError, model_fingerprint
-from .reuse import HOOK_PREFIX, ReuseState, attach, attach_reuse_hooks, detach_all, wrapper
+from .policy import ORDERS, Policy, PolicyError, model_fingerprint
+from .reuse import (
+    HOOK_PREFIX,
+    History,
+    ReuseState,
+    attach,
+    attach_reuse_hooks,
+    detach_all,
+    forecast,
+    remember,
+    wrapper,
+)
 
 
 class _PipelineLock:
@@ -101,13 +111,15 @@ class RunReport:
     block_reuses: int = 0
     runs: int = 0  # complete pipeline runs inside the ``with``
     seconds: float = 0.0
+    cache_bytes: int = 0  # the most the caches (block values and ε_key) held at once
 
     def as_dict(self) -> dict:
         return dict(vars(self))
 
 
 class _StepHook(ModelHook):
-    """Denoiser-level control: step counting, skipping and score mixing (``new_forward``)."""
+    """Denoiser-level control: step counting, skipping and score mixing (``new_forward``), with ε_key held or
+    forecast from the last full steps' outputs (the policy's ``skip_reuse``)."""
 
     _is_stateful = True
 
@@ -116,13 +128,20 @@ class _StepHook(ModelHook):
         self.policy, self.state, self.pipe, self.owner, self.report = policy, state, pipe, owner, report
         self.kinds = policy.step_kinds()
         self.lams = policy.step_lambdas()
+        self.needs_eps = policy.uses_eps_key()  # otherwise nothing needs to keep the full steps' outputs
+        self.order = ORDERS[policy.skip_reuse]
         self.calls = 0
-        self.eps_key = None
+        self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
         self.wrap = None
 
     def reset_state(self, module):
-        self.calls, self.eps_key = 0, None
+        self.calls = 0
+        self._set_eps(None)
         return module
+
+    def _set_eps(self, new: History | None) -> None:
+        self.state.account(self.eps, new)
+        self.eps = new
 
     def _start_run(self) -> None:
         scheduler = getattr(self.pipe, "scheduler", None)  # read now: callers may swap the scheduler after apply()
@@ -130,11 +149,17 @@ class _StepHook(ModelHook):
         if n is not None and int(n) != self.policy.steps:
             raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
                                f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
-        self.calls, self.eps_key = 0, None
+        self.calls = 0
         self.state.clear()
+        self.eps = None
+        self.state.positions = _timestep_positions(scheduler, self.policy) \
+            if self.policy.forecast_axis == "timestep" else None
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
+        return forecast(self.eps, self.state.x(), like.dtype)
 
     @torch.compiler.disable(recursive=False)  # Python-side control flow: torch.compile traces the model it calls
     def new_forward(self, module, *args, **kwargs):
@@ -152,21 +177,32 @@ class _StepHook(ModelHook):
         self.report.timesteps.append(t)  # kept as given: float() of a GPU tensor here would sync every step
         self.report.step_kinds.append(kind)
         self.report.lambdas.append(lam)
-        if kind == "skip":
-            return self.wrap(self.eps_key)
         self.state.step = s
+        if kind == "skip":
+            return self.wrap(self._eps_key(self.eps[0][0]))
         before = self.state.reused
         out = self.fn_ref.original_forward(*args, **kwargs)
         self.report.denoiser_calls += 1
         self.report.block_reuses += self.state.reused - before
         eps = first_tensor(out)
-        if kind == "full" or self.eps_key is None:
-            self.eps_key, self.wrap = eps, wrapper(out)
+        if kind == "full" or self.eps is None:
+            self.wrap = wrapper(out)
+            if self.needs_eps:
+                self._set_eps(remember(self.eps, eps, self.state.x(), self.order, self.state.cache_dtype))
             return out
         if lam < 1.0:
-            mixed = torch.lerp(self.eps_key, eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
+            mixed = torch.lerp(self._eps_key(eps), eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
             return wrapper(out)(mixed)
         return out
+
+
+def _timestep_positions(scheduler, policy: Policy) -> list[float]:
+    """The scheduler's timesteps as forecast positions (read once per run: one device→host copy, none per step)."""
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timesteps is None or len(timesteps) != policy.steps:
+        raise PolicyError([f"forecast_axis 'timestep' needs the scheduler's {policy.steps} timesteps; this "
+                           f"scheduler has {0 if timesteps is None else len(timesteps)} (use forecast_axis 'step')"])
+    return [float(t) for t in torch.as_tensor(timesteps).double().cpu().tolist()]
 
 
 class FRRun:
@@ -208,7 +244,8 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
                            "supported (leave the first `with` block before applying another policy)")
     lock.acquire(timeout, "frdiff.apply")
     run = FRRun(policy)
-    state = ReuseState(policy.keyframes)
+    state = ReuseState(policy.keyframes, orders=[ORDERS[m] for m in policy.reuse],
+                       cache_dtype=getattr(torch, policy.cache_dtype) if policy.cache_dtype else None)
     attached: list[tuple[nn.Module, str]] = []
     start = time.perf_counter()
     try:
@@ -220,6 +257,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         yield run
     finally:
         detach_all(attached)
+        run._report.cache_bytes = state.peak
         state.clear()
         run._report.seconds = time.perf_counter() - start
         lock.release()

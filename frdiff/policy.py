@@ -8,16 +8,28 @@ A policy holds, for one denoiser, scheduler and step count:
 - ``granularity`` per block: ``"feature"`` reuses the paper's timestep-independent part (resnet ``conv1`` branch,
   attention residual branch, DiT self-attention before gating); ``"block"`` reuses the whole output and skips the
   block (what DeepCache-style policies need).
+- ``reuse`` per block: what a reusing block uses for its cached part. ``"hold"`` (FRDiff, the paper) is the value
+  of its last keyframe; ``"taylor1"`` / ``"taylor2"`` *forecast* it from its last 2 / 3 keyframe values with the
+  polynomial through them (linear / quadratic extrapolation in the forecast axis, TaylorSeer's idea, arXiv
+  2503.06923). A forecast needs as many keyframes behind it: until it has them it uses the highest order it can,
+  ``hold`` with one.
 - ``mixing``: score mixing (PAPER.md, "Score mixing"). At a step where any listed block reuses (an *FR step*) the
   denoiser output is ε̂ = λ(r)·ε_FR + (1 − λ(r))·ε_key, r = step / steps. Where λ = 0 the denoiser is not called.
+- ``skip_reuse``: ε_key at such steps — ``hold`` (the last full step's output, as in the paper) or forecast from the
+  last full steps' outputs (``taylor1``/``taylor2``), so multistep solvers see a changing ε.
+- ``forecast_axis``: what forecasts extrapolate in: ``"step"`` (the step index) or ``"timestep"`` (the scheduler's
+  timestep values; the same weights wherever the timesteps are evenly spaced, e.g. 10, 20 or 50 trailing-spaced
+  steps of 1000).
+- ``cache_dtype``: the dtype caches are kept in (``None``: the model's), e.g. ``float16`` for an fp32 model.
 - ``model``: the architecture and a fingerprint of the denoiser's config, so a policy is not run on another model.
 - ``provenance``: how the policy was made, its parameters and the metrics measured when it was made.
 
 A step is *full* when every listed block is a keyframe there; ε_key is the output of the most recent full step.
 
-JSON (``"format": "frdiff-policy", "version": 1``) stores the mask as one string of ``1``/``0`` per block, so a
-policy file is readable and diffable. Loading validates everything and reports every problem at once, one per line
-(:class:`PolicyError`); nothing is evaluated or unpickled. The format is documented in ``docs/policy-format.md``.
+JSON (``"format": "frdiff-policy", "version": 2``; version-1 files, which have no reuse fields, load as ``hold``
+everywhere) stores the mask as one string of ``1``/``0`` per block, so a policy file is readable and diffable.
+Loading validates everything and reports every problem at once, one per line (:class:`PolicyError`); nothing is
+evaluated or unpickled. The format is documented in ``docs/policy-format.md``.
 """
 
 from __future__ import annotations
@@ -33,8 +45,13 @@ from pathlib import Path
 import torch
 
 FORMAT = "frdiff-policy"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # versions this build loads
 GRANULARITIES = ("feature", "block")
+REUSE_MODES = ("hold", "taylor1", "taylor2")
+ORDERS = {"hold": 0, "taylor1": 1, "taylor2": 2}  # polynomial order of each reuse mode's forecast
+FORECAST_AXES = ("step", "timestep")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
 # Which granularities each block kind supports (kinds come from frdiff.blocks.find_blocks).
 KIND_GRANULARITIES = {
     "resnet": ("feature", "block"),
@@ -53,7 +70,9 @@ MAX_STEPS = 10_000
 MAX_SLOPE = 1e4
 MAX_NAME = 512
 TOP_KEYS = {"format", "version", "model", "scheduler", "steps", "blocks", "mixing", "provenance"}
+TOP_KEYS_V2 = TOP_KEYS | {"skip_reuse", "forecast_axis", "cache_dtype"}
 BLOCK_KEYS = {"name", "kind", "granularity", "keyframes"}
+BLOCK_KEYS_V2 = BLOCK_KEYS | {"reuse"}
 MIX_KEYS = {"enabled", "schedule", "center", "slope", "value"}
 
 
@@ -128,6 +147,10 @@ class Policy:
     mixing: Mixing = field(default_factory=Mixing)
     model: dict = field(default_factory=dict)  # {"architecture": class name, "fingerprint": hex}
     provenance: dict = field(default_factory=dict)
+    reuse: list[str] | None = None  # per block: hold | taylor1 | taylor2; None → hold everywhere
+    skip_reuse: str = "hold"  # ε at skipped steps (λ = 0) and ε_key in mixing: hold or forecast
+    forecast_axis: str = "step"  # step | timestep
+    cache_dtype: str | None = None  # dtype of the caches; None: the model's
     load_notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what loading ignored
 
     def __post_init__(self):
@@ -138,6 +161,13 @@ class Policy:
         if self.granularity is None:
             kinds = self.kinds or ["resnet"] * len(self.blocks)
             self.granularity = ["block" if k == "generic" else "feature" for k in kinds]
+        if self.reuse is None:
+            self.reuse = ["hold"] * len(self.blocks)
+
+    @property
+    def forecasts(self) -> bool:
+        """Whether any block or the skipped steps forecast (else the policy is a version-1 ``hold`` policy)."""
+        return self.skip_reuse != "hold" or any(m != "hold" for m in self.reuse or [])
 
     # ---- derived per-step views -------------------------------------------------------------------------------
     def full_steps(self) -> torch.Tensor:
@@ -156,6 +186,11 @@ class Policy:
         full = self.full_steps().tolist()
         lams = self.step_lambdas()
         return ["full" if full[s] else "skip" if lams[s] == 0.0 else "fr" for s in range(self.steps)]
+
+    def uses_eps_key(self) -> bool:
+        """Whether some step reads ε_key: a skipped step, or an FR step whose output is mixed (λ < 1)."""
+        kinds, lams = self.step_kinds(), self.step_lambdas()
+        return any(k == "skip" or (k == "fr" and lam < 1.0) for k, lam in zip(kinds, lams, strict=True))
 
     def denoiser_calls(self) -> int:
         return sum(k != "skip" for k in self.step_kinds())
@@ -193,6 +228,18 @@ class Policy:
             for b, g in zip(self.blocks, self.granularity, strict=True):
                 if g not in GRANULARITIES:
                     out.append(f"block {b}: granularity {g!r} is not one of {', '.join(GRANULARITIES)}")
+        if self.reuse is None or len(self.reuse) != nb:
+            out.append(f"reuse has {len(self.reuse or [])} entries, expected one per block ({nb})")
+        else:
+            for b, m in zip(self.blocks, self.reuse, strict=True):
+                if m not in REUSE_MODES:
+                    out.append(f"block {b}: reuse {_short(m)} is not one of {', '.join(REUSE_MODES)}")
+        if self.skip_reuse not in REUSE_MODES:
+            out.append(f"skip_reuse {_short(self.skip_reuse)} is not one of {', '.join(REUSE_MODES)}")
+        if self.forecast_axis not in FORECAST_AXES:
+            out.append(f"forecast_axis {_short(self.forecast_axis)} is not one of {', '.join(FORECAST_AXES)}")
+        if self.cache_dtype is not None and self.cache_dtype not in CACHE_DTYPES:
+            out.append(f"cache_dtype {_short(self.cache_dtype)} is not one of {', '.join(CACHE_DTYPES)} (or null)")
         out += self.mixing.problems()
         if steps is not None and steps != self.steps:
             out.append(f"the policy is for {self.steps} steps but the run has {steps}; remap it "
@@ -229,11 +276,14 @@ class Policy:
             "steps": self.steps,
             "blocks": [
                 {"name": b, "kind": (self.kinds or [None] * len(self.blocks))[i], "granularity": self.granularity[i],
-                 "keyframes": "".join("1" if v else "0" for v in self.keyframes[i].tolist())}
+                 "reuse": self.reuse[i], "keyframes": "".join("1" if v else "0" for v in self.keyframes[i].tolist())}
                 for i, b in enumerate(self.blocks)
             ],
             "mixing": {"enabled": self.mixing.enabled, "schedule": self.mixing.schedule,
                        "center": self.mixing.center, "slope": self.mixing.slope, "value": self.mixing.value},
+            "skip_reuse": self.skip_reuse,
+            "forecast_axis": self.forecast_axis,
+            "cache_dtype": self.cache_dtype,
             "provenance": self.provenance,
         }
 
@@ -267,15 +317,17 @@ class Policy:
         problems = []
         if data.get("format") != FORMAT:
             problems.append(f"not an FRDiff policy: \"format\" is {_short(data.get('format'))}, expected {FORMAT!r}")
-        elif data.get("version") != VERSION:
-            problems.append(f"unsupported policy version {_short(data.get('version'))}; this build reads version "
-                            f"{VERSION}")
+        elif data.get("version") not in READS or isinstance(data.get("version"), bool):
+            problems.append(f"unsupported policy version {_short(data.get('version'))}; this build reads versions "
+                            f"{', '.join(map(str, READS))}")
         if problems:
             raise PolicyError(problems)
         if _depth(data) > MAX_DEPTH:
             raise PolicyError([f"the file nests JSON more than {MAX_DEPTH} levels deep; a policy does not"])
-        notes = [f"ignored unknown key(s): {', '.join(sorted(map(str, set(data) - TOP_KEYS)))}"] \
-            if set(data) - TOP_KEYS else []
+        v2 = data["version"] == 2
+        top_keys, block_keys = (TOP_KEYS_V2, BLOCK_KEYS_V2) if v2 else (TOP_KEYS, BLOCK_KEYS)
+        notes = [f"ignored unknown key(s): {', '.join(sorted(map(str, set(data) - top_keys)))}"] \
+            if set(data) - top_keys else []
         steps = data.get("steps")
         if not isinstance(steps, int) or isinstance(steps, bool):
             raise PolicyError([f"\"steps\" must be an integer, got {_short(steps)}"])
@@ -287,7 +339,7 @@ class Policy:
         if not raw_blocks:
             raise PolicyError(["\"blocks\" is empty: a policy lists at least one block (blocks it leaves out are "
                                "always computed; the preset \"none\" lists them all)"])
-        names, kinds, grans, rows = [], [], [], []
+        names, kinds, grans, modes, rows = [], [], [], [], []
         for i, b in enumerate(raw_blocks):
             if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not b["name"]:
                 problems.append(f"blocks[{i}] must be an object with a non-empty \"name\"")
@@ -297,8 +349,8 @@ class Policy:
                 problems.append(f"blocks[{i}]: the name is {len(name)} characters long; block names are module "
                                 f"paths of at most {MAX_NAME}")
                 continue
-            if set(b) - BLOCK_KEYS:
-                notes.append(f"block {name}: ignored unknown key(s): {', '.join(sorted(set(b) - BLOCK_KEYS))}")
+            if set(b) - block_keys:
+                notes.append(f"block {name}: ignored unknown key(s): {', '.join(sorted(set(b) - block_keys))}")
             mask = b.get("keyframes")
             if not isinstance(mask, str) or set(mask) - {"0", "1"}:
                 problems.append(f"block {name}: keyframes must be a string of 0/1, one per step")
@@ -313,20 +365,33 @@ class Policy:
             if not isinstance(gran, str):
                 problems.append(f"block {name}: granularity must be a string, got {_short(gran)}")
                 gran = "feature"
+            mode = b.get("reuse", "hold") if v2 else "hold"
+            if not isinstance(mode, str):
+                problems.append(f"block {name}: reuse must be a string, got {_short(mode)}")
+                mode = "hold"
             names.append(name)
             kinds.append(kind or "resnet")
             grans.append(gran)
+            modes.append(mode)
             rows.append([c == "1" for c in mask])
         mixing = _mixing_from(data.get("mixing", {}), problems, notes)
-        for key, kind in (("model", dict), ("provenance", dict), ("scheduler", str)):
+        for key, kind in (("model", dict), ("provenance", dict), ("scheduler", str), ("skip_reuse", str),
+                          ("forecast_axis", str)):
             if key in data and not isinstance(data[key], kind):
                 problems.append(f"\"{key}\" must be {'an object' if kind is dict else 'a string'}, got "
                                 f"{_json_type(data[key])}")
+        extra = {k: data[k] for k in ("skip_reuse", "forecast_axis") if v2 and isinstance(data.get(k), str)}
+        if v2 and data.get("cache_dtype") is not None:
+            if isinstance(data["cache_dtype"], str):
+                extra["cache_dtype"] = data["cache_dtype"]
+            else:
+                problems.append(f"\"cache_dtype\" must be a string or null, got {_json_type(data['cache_dtype'])}")
         policy = cls(blocks=names, keyframes=torch.tensor(rows, dtype=torch.bool).reshape(len(rows), steps),
                      steps=steps, scheduler=data["scheduler"] if isinstance(data.get("scheduler"), str) else "ddim",
-                     granularity=grans, kinds=kinds, mixing=mixing,
+                     granularity=grans, kinds=kinds, mixing=mixing, reuse=modes,
                      model=dict(data["model"]) if isinstance(data.get("model"), dict) else {},
-                     provenance=dict(data["provenance"]) if isinstance(data.get("provenance"), dict) else {})
+                     provenance=dict(data["provenance"]) if isinstance(data.get("provenance"), dict) else {},
+                     **extra)
         problems += [q for q in policy.problems() if q not in problems]  # mixing's ranges are already in
         if problems:
             raise PolicyError(problems)
@@ -406,9 +471,16 @@ class Policy:
         if len(self.blocks):
             mask[:, 0] = True
         prov = {"made_by": "remap", "from_steps": old, "source": self.provenance}
-        return Policy(blocks=list(self.blocks), keyframes=mask, steps=steps, scheduler=self.scheduler,
-                      granularity=list(self.granularity), kinds=list(self.kinds) if self.kinds else None,
-                      mixing=Mixing(**vars(self.mixing)), model=dict(self.model), provenance=prov)
+        return self.replaced(keyframes=mask, steps=steps, provenance=prov)
+
+    def replaced(self, **changes) -> Policy:
+        """A copy with some fields changed (lists and the mask copied, so the two never share state)."""
+        fields = dict(blocks=list(self.blocks), keyframes=self.keyframes.clone(), steps=self.steps,
+                      scheduler=self.scheduler, granularity=list(self.granularity),
+                      kinds=list(self.kinds) if self.kinds else None, mixing=Mixing(**vars(self.mixing)),
+                      model=dict(self.model), provenance=dict(self.provenance), reuse=list(self.reuse),
+                      skip_reuse=self.skip_reuse, forecast_axis=self.forecast_axis, cache_dtype=self.cache_dtype)
+        return Policy(**{**fields, **changes})
 
 
 def _json_type(value) -> str:

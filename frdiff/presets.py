@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
-from .policy import Mixing, Policy, model_ref
+from .policy import FORECAST_AXES, REUSE_MODES, Mixing, Policy, model_ref
 
 PRESETS = ("none", "uniform", "reduced-nfe", "deepcache", "threshold")
 
@@ -24,17 +24,36 @@ def uniform_mask(n_blocks: int, steps: int, interval: int) -> torch.Tensor:
     return mask
 
 
-def _policy(denoiser: nn.Module, blocks, mask, steps, scheduler, provenance, granularity=None, mixing=None):
+def _policy(denoiser: nn.Module, blocks, mask, steps, scheduler, provenance, granularity=None, mixing=None,
+            reuse: dict | None = None):
     names, kinds = [b for b, _ in blocks], [k for _, k in blocks]
     if granularity is None:
         granularity = ["block" if k == "generic" else "feature" for k in kinds]
+    reuse = reuse or {}
+    modes = {"reuse": [reuse["reuse"]] * len(names)} if "reuse" in reuse else {}
     return Policy(blocks=names, keyframes=mask, steps=steps, scheduler=scheduler, granularity=granularity,
                   kinds=kinds, mixing=mixing or Mixing(), model=model_ref(denoiser),
-                  provenance={"made_by": "preset", **provenance}).check(model_blocks=dict(blocks))
+                  provenance={"made_by": "preset", **provenance}, **modes,
+                  **{k: v for k, v in reuse.items() if k != "reuse"}).check(model_blocks=dict(blocks))
+
+
+def reuse_settings(reuse: str = "hold", skip_reuse: str | None = None, forecast_axis: str = "step",
+                   cache_dtype: str | None = None) -> dict:
+    """The reuse fields of a preset: every block's mode, ε_key's (the blocks' unless given), the forecast axis and
+    the cache dtype; only what differs from a version-1 policy is recorded in the provenance."""
+    out = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "forecast_axis": forecast_axis,
+           "cache_dtype": cache_dtype}
+    bad = [f"{k} {v!r}" for k, v, ok in (("reuse", reuse, REUSE_MODES), ("skip_reuse", out["skip_reuse"], REUSE_MODES),
+                                         ("forecast_axis", forecast_axis, FORECAST_AXES)) if v not in ok]
+    if bad:
+        raise ValueError(f"unknown {', '.join(bad)}; reuse modes: {', '.join(REUSE_MODES)}; forecast axes: "
+                         f"{', '.join(FORECAST_AXES)}")
+    return out
 
 
 def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "ddim", interval: int = 2,
-                mix: bool = False, mixing: Mixing | None = None) -> Policy:
+                mix: bool = False, mixing: Mixing | None = None, reuse: str = "hold", skip_reuse: str | None = None,
+                forecast_axis: str = "step", cache_dtype: str | None = None) -> Policy:
     """Build preset ``name`` (one of :data:`PRESETS` except ``threshold``, see :func:`threshold_policy`).
 
     - ``none``: every block computed at every step; runs exactly as the stock pipeline.
@@ -45,22 +64,29 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
     - ``deepcache``: like DeepCache, the shallowest blocks (UNet: ``down_blocks.0`` and the last up block;
       transformers: the first and last block) are computed at every step and every other block reuses its whole
       output between keyframes every ``interval`` steps.
+
+    ``reuse``: every block's reuse mode (``hold``, ``taylor1``, ``taylor2``); ``skip_reuse``: ε_key's at skipped and
+    mixed steps (default: ``reuse``); ``forecast_axis`` and ``cache_dtype`` as in :class:`~frdiff.policy.Policy`.
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     blocks = find_blocks(denoiser)
     nb = len(blocks)
-    params = {"preset": name, "steps": steps, "scheduler": scheduler}
+    settings = reuse_settings(reuse, skip_reuse, forecast_axis, cache_dtype)
+    params = {"preset": name, "steps": steps, "scheduler": scheduler,
+              **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
     if name == "none":
-        return _policy(denoiser, blocks, torch.ones(nb, steps, dtype=torch.bool), steps, scheduler, params)
+        return _policy(denoiser, blocks, torch.ones(nb, steps, dtype=torch.bool), steps, scheduler, params,
+                       reuse=settings)
     if name == "uniform":
         mixing = mixing or Mixing(enabled=mix)
         params |= {"interval": interval, "mixing": mixing.enabled}
-        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params, mixing=mixing)
+        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params, mixing=mixing,
+                       reuse=settings)
     if name == "reduced-nfe":
         params |= {"interval": interval}
         return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params,
-                       mixing=Mixing(enabled=True, schedule="constant", value=0.0))
+                       mixing=Mixing(enabled=True, schedule="constant", value=0.0), reuse=settings)
     if name == "deepcache":
         shallow = shallow_blocks([b for b, _ in blocks])
         mask = uniform_mask(nb, steps, interval)
@@ -68,7 +94,8 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
             if b in shallow:
                 mask[i] = True
         params |= {"interval": interval, "always_computed": sorted(shallow)}
-        return _policy(denoiser, blocks, mask, steps, scheduler, params, granularity=["block"] * nb)
+        return _policy(denoiser, blocks, mask, steps, scheduler, params, granularity=["block"] * nb,
+                       reuse=settings)
     if name == "threshold":
         raise ValueError("the threshold preset needs a recorded run: use threshold_policy (CLI: policy from-run)")
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -35,23 +35,85 @@ HOOK_PREFIX = "frdiff"
 
 
 class ReuseState:
-    """What every hook of one applied run shares: the current step and the keyframe decisions."""
+    """What every hook of one applied run shares: the current step, the keyframe decisions, how each block forecasts
+    (``orders``: 0 = hold, 1 / 2 = the polynomial through its last 2 / 3 keyframe values), where a step lies on the
+    forecast axis (``positions``), the cache dtype, and the bytes the caches hold now and at most (``held``, ``peak``).
+    """
 
-    def __init__(self, keyframes: torch.Tensor):
+    def __init__(self, keyframes: torch.Tensor, orders: list[int] | None = None,
+                 cache_dtype: torch.dtype | None = None):
         self.mask: list[list[bool]] = keyframes.tolist()  # [blocks][steps]; python lists: cheap to index per call
+        self.orders = list(orders) if orders is not None else [0] * len(self.mask)
+        self.cache_dtype = cache_dtype
+        self.positions: list[float] | None = None  # x of each step on the forecast axis; None: the step index
         self.gates: torch.Tensor | None = None  # Auto-FR: [blocks, steps] hard straight-through gates
+        self.hard: list[list[bool]] | None = None  # the same gates read once per Auto-FR iteration (forecasts)
         self.step = 0
         self.hooks: list[_ReuseHook] = []
         self.reused = 0  # block reuses in this run (for the report)
+        self.held = 0  # bytes the caches hold now
+        self.peak = 0  # the most they held since the state was made
 
     def decide(self, idx: int) -> bool | torch.Tensor:
         if self.gates is not None:
             return self.gates[idx, self.step]
         return self.mask[idx][self.step]
 
+    def x(self) -> float:
+        """The current step's position on the forecast axis."""
+        return float(self.step) if self.positions is None else self.positions[self.step]
+
     def clear(self) -> None:
         for hook in self.hooks:
             hook.cache = None
+        self.held = 0
+
+    def account(self, old: History | None, new: History | None) -> None:
+        self.held += history_bytes(new) - history_bytes(old)
+        self.peak = max(self.peak, self.held)
+
+
+# A cache: the last keyframe values of a cached tensor and where on the forecast axis each was computed, newest
+# first — ((value, x), ...), at most order + 1 of them. Immutable, so a snapshot (Auto-FR's checkpointing) stays valid.
+History = tuple[tuple[torch.Tensor, float], ...]
+
+
+def history_bytes(history: History | None) -> int:
+    return sum(v.numel() * v.element_size() for v, _ in history or ())
+
+
+def remember(history: History | None, value: torch.Tensor, x: float, order: int,
+             dtype: torch.dtype | None = None) -> History:
+    """``history`` with ``value`` (computed at ``x``) in front, keeping the ``order`` + 1 newest."""
+    return ((value if dtype is None else value.to(dtype), x),) + (history or ())[:order]
+
+
+def extrapolation_weights(xs: list[float], x: float) -> list[float]:
+    """Lagrange weights w_j with p(x) = Σ_j w_j·f(x_j) for the polynomial through the points (x_j, f(x_j))."""
+    out = []
+    for j, xj in enumerate(xs):
+        w = 1.0
+        for m, xm in enumerate(xs):
+            if m != j:
+                w *= (x - xm) / (xj - xm)
+        out.append(w)
+    return out
+
+
+def forecast(history: History, x: float, dtype: torch.dtype) -> torch.Tensor:
+    """The cached value at ``x``: the newest value (hold) or the polynomial through all of ``history`` evaluated at
+    ``x`` (linear with two values, quadratic with three), in ``dtype``.
+
+    Written as v₀ + Σ_{j≥1} w_j·(v_j − v₀) (the weights sum to 1): one ``lerp`` for the linear forecast.
+    """
+    v0 = history[0][0].to(dtype)
+    if len(history) == 1:
+        return v0
+    w = extrapolation_weights([xj for _, xj in history], x)
+    out = torch.lerp(v0, history[1][0].to(dtype), w[1])
+    for (v, _), wj in zip(history[2:], w[2:], strict=True):
+        out = out + wj * (v.to(dtype) - v0)
+    return out
 
 
 def wrapper(template):
@@ -67,27 +129,53 @@ def wrapper(template):
     return lambda t: cls(**{key: t, **others})
 
 
-def _rewrap(template, tensor: torch.Tensor):
-    return wrapper(template)(tensor)
-
-
 def _blend(gate: torch.Tensor, computed: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
     g = gate.to(computed.dtype)
     return g * computed + (1 - g) * cached
 
 
 class _ReuseHook(ModelHook):
+    """A block's cache and the three things every rule does with it: keep a computed value, give the value a reuse
+    step uses (held or forecast), and, under Auto-FR's gates, blend the two."""
+
     _is_stateful = True
 
     def __init__(self, state: ReuseState, idx: int, block: str):
         super().__init__()
         self.state, self.idx, self.block = state, idx, block
-        self.cache = None
+        self.order = state.orders[idx]
+        self.cache: History | None = None
         state.hooks.append(self)
 
     def reset_state(self, module):
         self.cache = None
         return module
+
+    def keep(self, value: torch.Tensor) -> None:
+        """A keyframe: ``value`` joins the cache."""
+        new = remember(self.cache, value, self.state.x(), self.order, self.state.cache_dtype)
+        self.state.account(self.cache, new)
+        self.cache = new
+
+    def reused(self, like: torch.Tensor) -> torch.Tensor:
+        """A reuse step: the cached part, held or forecast to this step, in ``like``'s dtype."""
+        self._check_batch(like, self.cache[0][0])
+        self.state.reused += 1
+        return forecast(self.cache, self.state.x(), like.dtype)
+
+    def gated(self, gate: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+        """Auto-FR: g·computed + (1 − g)·(the reuse value), and the cache updated as the hard gate says: at a
+        computed step the blend joins the cache; at a reuse step it replaces the newest value (equal to it, with a
+        gradient path to g). With hold (one value) both are the same: the cache becomes the blend."""
+        blended = _blend(gate, computed, forecast(self.cache, self.state.x(), computed.dtype))
+        hard = self.state.hard[self.idx][self.state.step] if self.order else True
+        if hard:
+            self.keep(blended)
+        else:
+            new = ((blended, self.cache[0][1]),) + self.cache[1:]
+            self.state.account(self.cache, new)
+            self.cache = new
+        return blended
 
     def _check_batch(self, current: torch.Tensor, cached: torch.Tensor) -> None:
         if current.shape[0] != cached.shape[0]:
@@ -96,7 +184,7 @@ class _ReuseHook(ModelHook):
 
 
 class ResnetFeatureHook(_ReuseHook):
-    """``ResnetBlock2D``: reuse ``conv1(act(norm1(x)))``, recompute the time-dependent rest."""
+    """``ResnetBlock2D``: reuse ``conv1(act(norm1(x)))`` (held or forecast), recompute the time-dependent rest."""
 
     def initialize_hook(self, module):
         self._capture = False
@@ -122,15 +210,12 @@ class ResnetFeatureHook(_ReuseHook):
                 out = self.fn_ref.original_forward(input_tensor, temb, *args, **kwargs)
             finally:
                 self._capture = False
-            self.cache, self._captured = self._captured, None
+            self.keep(self._captured)
+            self._captured = None
             return out
-        self._check_batch(input_tensor, self.cache)
         if decision is False:
-            self.state.reused += 1
-            return resnet_light(module, input_tensor, temb, self.cache)
-        h = _blend(decision, resnet_heavy(module, input_tensor), self.cache)
-        self.cache = h
-        return resnet_light(module, input_tensor, temb, h)
+            return resnet_light(module, input_tensor, temb, self.reused(input_tensor))
+        return resnet_light(module, input_tensor, temb, self.gated(decision, resnet_heavy(module, input_tensor)))
 
 
 def resnet_heavy(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -169,38 +254,39 @@ def resnet_light(m: nn.Module, x: torch.Tensor, temb: torch.Tensor | None, h: to
 
 
 class ResidualFeatureHook(_ReuseHook):
-    """``Transformer2DModel``: reuse the residual branch (output − input); output = current input + cache."""
+    """``Transformer2DModel``, or an ``Attention`` used as a block: reuse the residual branch (output − input), held
+    or forecast; output = current input + that branch."""
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, hidden_states, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
             out = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+            self._wrap = wrapper(out)
             branch = first_tensor(out) - hidden_states
             if self.cache is not None and isinstance(decision, torch.Tensor):
-                branch = _blend(decision, branch, self.cache)
-                out = _rewrap(out, hidden_states + branch)
-            self.cache, self._wrap = branch, wrapper(out)
+                return self._wrap(hidden_states + self.gated(decision, branch))
+            self.keep(branch)
             return out
-        self._check_batch(hidden_states, self.cache)
-        self.state.reused += 1
-        return self._wrap(hidden_states + self.cache)
+        return self._wrap(hidden_states + self.reused(hidden_states))
 
 
 class WholeBlockHook(_ReuseHook):
-    """``block`` granularity: reuse the block's whole output and skip its forward."""
+    """``block`` granularity: reuse the block's whole (main) output, held or forecast, and skip its forward."""
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
             out = self.fn_ref.original_forward(*args, **kwargs)
+            self._wrap = wrapper(out)
+            main = first_tensor(out)
             if self.cache is not None and isinstance(decision, torch.Tensor):
-                out = _rewrap(out, _blend(decision, first_tensor(out), first_tensor(self.cache)))
-            self.cache = out
+                return self._wrap(self.gated(decision, main))
+            self.keep(main)
             return out
-        self.state.reused += 1
-        return self.cache
+        first = args[0] if args else next(iter(kwargs.values()))
+        return self._wrap(self.reused(first if isinstance(first, torch.Tensor) else self.cache[0][0]))
 
 
 class SelfAttentionFeatureHook(WholeBlockHook):

@@ -1,4 +1,4 @@
-"""Predicted speedup of a policy from measured FLOPs, before running it.
+"""Predicted speedup and cache memory of a policy from one measured denoiser call, before running it.
 
 A full denoiser call costs 1. A reuse step of block b saves the FLOP share of the part it skips (the resnet's
 ``conv1``, the attention block, the DiT self-attention, or the whole block at ``block`` granularity), measured with
@@ -6,6 +6,11 @@ A full denoiser call costs 1. A reuse step of block b saves the FLOP share of th
 speedup = steps / Σ step costs: the speedup of the denoising loop when time follows FLOPs. It ignores the work
 outside the denoiser (scheduler, VAE decode) and the memory-bound layers FLOPs do not see, which is why runs report
 it next to the measured one.
+
+Cache memory (:func:`cache_bytes`): a block that reuses keeps its cached part at its last keyframes — one value for
+``hold``, up to 2 / 3 for ``taylor1`` / ``taylor2`` (fewer while it has had fewer keyframes) — and ε_key keeps the
+last full steps' outputs likewise when some step reads it. The sizes of the cached parts are measured on the same
+call (per sample, scaled to the run's batch), in the policy's cache dtype or the model's.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import find_blocks, flop_counter
-from .policy import Policy
+from .blocks import find_blocks, first_tensor, flop_counter
+from .policy import ORDERS, Policy
 from .reuse import heavy_module_name
 
 
@@ -27,20 +32,51 @@ def measure_savings(denoiser: nn.Module, granularity: str | None, *args, **kwarg
     """
     blocks = find_blocks(denoiser)
     modules = dict(denoiser.named_modules())
-    with flop_counter(depth=None) as counter:
-        denoiser(*args, **kwargs)
+    grans = ("feature", "block") if granularity is None else (granularity,)
+    parts = {(g, name): heavy_module_name(name, modules[name], kind, "block" if kind == "generic" else g)
+             for g in grans for name, kind in blocks}
+    sizes: dict[str, int] = {}  # numel per sample of each skipped part's (main) output: what its cache holds
+
+    def size_hook(name):
+        def hook(_m, _a, out):
+            t = first_tensor(out)
+            if t is not None and name not in sizes:
+                sizes[name] = t.numel() // max(1, t.shape[0])
+        return hook
+
+    handles = [modules[part].register_forward_hook(size_hook(part)) for part in set(parts.values())]
+    try:
+        with flop_counter(depth=None) as counter:
+            output = first_tensor(denoiser(*args, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
     counts = counter.get_flop_counts()
     root = type(denoiser).__name__
     total = sum(counts.get("Global", {}).values()) or 1
-    out: dict = {"total_flops": int(total)}
-    for gran in ("feature", "block") if granularity is None else (granularity,):
-        shares = {}
-        for name, kind in blocks:
-            g = "block" if kind == "generic" else gran
-            part = heavy_module_name(name, modules[name], kind, g)
-            shares[name] = sum(counts.get(f"{root}.{part}", {}).values()) / total
-        out[gran] = shares
+    out: dict = {"total_flops": int(total), "batch": int(output.shape[0]), "element_bytes": output.element_size(),
+                 "output_numel": output.numel() // output.shape[0], "cached_numel": {}}
+    for gran in grans:
+        out[gran] = {name: sum(counts.get(f"{root}.{parts[gran, name]}", {}).values()) / total for name, _ in blocks}
+        out["cached_numel"][gran] = {name: sizes.get(parts[gran, name], 0) for name, _ in blocks}
     return out
+
+
+def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
+    """Bytes the caches of ``policy`` hold at most during a run of ``batch`` denoiser samples (the CFG batch;
+    default: the batch ``savings`` was measured with). See the module docstring; equals the run's
+    :attr:`frdiff.RunReport.cache_bytes`."""
+    batch = savings["batch"] if batch is None else batch
+    elem = getattr(torch, policy.cache_dtype).itemsize if policy.cache_dtype else savings["element_bytes"]
+    total = 0
+    for i, (name, gran) in enumerate(zip(policy.blocks, policy.granularity, strict=True)):
+        keys = int(policy.keyframes[i].sum())
+        if keys == policy.steps:  # computed at every step: no cache
+            continue
+        total += min(ORDERS[policy.reuse[i]] + 1, keys) * savings["cached_numel"][gran][name]
+    if policy.uses_eps_key():
+        total += min(ORDERS[policy.skip_reuse] + 1, int(policy.full_steps().sum())) * savings["output_numel"]
+    return total * batch * elem
 
 
 def step_costs(policy: Policy, savings: dict) -> list[float]:

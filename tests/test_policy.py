@@ -18,7 +18,7 @@ def test_json_round_trip_keeps_everything(unet_pipe, tmp_path):
     p.provenance["metrics"] = {"psnr": 31.5}
     path = p.save(tmp_path / "p.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "frdiff-policy" and data["version"] == 1
+    assert data["format"] == "frdiff-policy" and data["version"] == 2
     assert data["blocks"][0]["keyframes"] == "1001001001"
     q = Policy.load(path)
     assert q.blocks == p.blocks and torch.equal(q.keyframes, p.keyframes) and q.granularity == p.granularity
@@ -37,7 +37,12 @@ def _doc(**over):
 
 @pytest.mark.parametrize("doc,message", [
     (_doc(format="other"), "not an FRDiff policy"),
-    (_doc(version=2), "unsupported policy version 2"),
+    (_doc(version=3), "unsupported policy version 3; this build reads versions 1, 2"),
+    (_doc(version=2, blocks=[{"name": "a", "reuse": "taylor9", "keyframes": "101"}]),
+     "block a: reuse 'taylor9' is not one of hold, taylor1, taylor2"),
+    (_doc(version=2, skip_reuse="guess"), "skip_reuse 'guess' is not one of"),
+    (_doc(version=2, forecast_axis="sigma"), "forecast_axis 'sigma' is not one of step, timestep"),
+    (_doc(version=2, cache_dtype="int8"), "cache_dtype 'int8' is not one of"),
     (_doc(steps="3"), "\"steps\" must be an integer"),
     (_doc(blocks={"a": 1}), "\"blocks\" must be a list"),
     (_doc(blocks=[{"name": "a", "keyframes": "10"}]), "block a: keyframes has 2 steps, the policy 3"),
