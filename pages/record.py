@@ -54,7 +54,9 @@ st.info(f"Predicted store: **{plan['estimate_bytes'] / 2**20:.1f} MiB** on disk 
         f"{plan['device_bytes'] / 2**20:.1f} MiB of device memory for the statistics.")
 
 if st.button("Record", type="primary", key="record_run"):
-    out = app_runs.run_folder(runs_root(), source, cls or prompt or "run", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    with readable_errors("Making the run folder"):  # a new folder of its own (atomic, unique)
+        out = app_runs.run_folder(runs_root(), source, cls or prompt or "run",
+                                  dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     st.caption("Interacting with the page (or pressing Stop at the top right) cancels the recording; the store "
                "then reads up to its last finished step.")
     bar = st.progress(0.0, text="planning…")
@@ -88,8 +90,10 @@ with b2.popover("Delete…"):
             st.session_state.pop("run_dir")
         st.rerun()
 with readable_errors("Reading the run"):
-    store = FeatureStore.open(picked)
+    store = FeatureStore.open(picked, allow_damaged=True)  # a damaged run is shown with what it lacks
     m = store.manifest
     b3.caption(f"{m['model']['id']} · {m['scheduler']['name']} · {store.steps_done}/{m['steps']} steps · "
                f"{len(store.blocks)} blocks · {m['reduction']['name']} · {store.disk_bytes() / 2**20:.1f} MiB"
                + ("" if store.complete else f" · incomplete ({m.get('error', 'interrupted')})"))
+    if store.damage:
+        st.warning("This run is damaged, and the analysis pages will not read it: " + "; ".join(store.damage))

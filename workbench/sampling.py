@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +27,17 @@ def sample(
     guidance_scale: float | None = None,
     scheduler: str | None = None,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
-    """Sample ``labels[i]`` from ``seeds[i]`` for every i, in batches; each image depends only on its own seed."""
+    """Sample ``labels[i]`` from ``seeds[i]`` for every i, in batches; each image depends only on its own seed.
+    ``progress(done, total)`` is called after each batch."""
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
     with scheduler_swapped(pipe, scheduler):
-        return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size)
+        return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress)
 
 
-def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size) -> SampleResult:
+def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress=None) -> SampleResult:
     device = pipe._execution_device
     out, elapsed = [], 0.0
     for start in range(0, len(labels), batch_size):
@@ -49,6 +52,8 @@ def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size) -> S
             torch.cuda.synchronize(device)
         elapsed += time.perf_counter() - t0
         out.append(images.float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(labels)), len(labels))
     return SampleResult(torch.cat(out), list(labels), list(seeds), elapsed)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec
+from zarr.codecs import BytesCodec, Crc32cCodec
 
 from workbench.record.store import ARRAYS, FeatureStore, StoreError
 
@@ -32,20 +32,31 @@ def half_slice(store: FeatureStore, cond: bool | None) -> slice:
     return slice(0, n) if cond == first else slice(n, None)
 
 
-def _chunk_files(array: zarr.Array, folder: Path, steps: int, half: slice) -> np.ndarray | None:
+def _chunk_files(array: zarr.Array, folder: Path, steps: int, half: slice, what: str = "",
+                 strict: bool = False) -> np.ndarray | None:
     """Read ``array[:steps, half]`` straight from its chunk files when they hold raw bytes, else ``None``.
 
     The recorder writes block maps uncompressed, one chunk per step and CFG half; such a chunk file is, by the zarr
-    v3 spec, the chunk's C-order bytes (the ``bytes`` codec alone), named by the array's chunk key encoding. Reading
-    those files with ``readinto`` straight into the result skips zarr's per-chunk machinery, ~4× faster for 900
-    small chunks. Anything else (compression, other codecs or byte order, chunks that do not tile the request, a
-    chunk file of the wrong size) returns ``None`` and zarr reads it.
+    v3 spec, the chunk's C-order bytes (the ``bytes`` codec), followed by their 4-byte crc32c when the array has
+    the ``crc32c`` codec (stores of format 2), named by the array's chunk key encoding. Reading those files with
+    ``readinto`` straight into the result skips zarr's per-chunk machinery, ~4× faster for 900 small chunks; the
+    checksum is verified as zarr would, and one that fails it is a :class:`StoreError` naming ``what`` and the
+    step. A missing chunk file reads as the fill value, as zarr reads it, unless ``strict`` (a recorded run, whose
+    every chunk of the steps done was written): then it is a :class:`StoreError` too -- never zeros. Anything else
+    (compression, other codecs or byte order, chunks that do not tile the request, a chunk file of the wrong size)
+    returns ``None`` and zarr reads it.
     """
     codecs = array.metadata.codecs
-    raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+    checked = len(codecs) == 2 and isinstance(codecs[1], Crc32cCodec)
+    raw = len(codecs) in (1, 2) and isinstance(codecs[0], BytesCodec) and (len(codecs) == 1 or checked)
     endian = getattr(codecs[0], "endian", None) if raw else None
     if endian is None or endian.value != sys.byteorder:
         return None
+    if checked:
+        try:
+            import google_crc32c  # zarr's own crc32c implementation (a dependency of zarr 3)
+        except ImportError:
+            return None
     shape, chunks = array.shape, array.chunks
     lo, hi, _ = half.indices(shape[1])
     per = chunks[1]
@@ -56,29 +67,51 @@ def _chunk_files(array: zarr.Array, folder: Path, steps: int, half: slice) -> np
         for k in range(lo // per, hi // per):
             target = out[step, k * per - lo:(k + 1) * per - lo]
             path = folder / array.metadata.encode_chunk_key((step, k) + (0,) * (len(shape) - 2))
-            if not path.exists():  # never written: zarr's fill value
-                target[...] = array.metadata.fill_value
-                continue
-            with open(path, "rb") as f:
-                if f.readinto(memoryview(target).cast("B")) != target.nbytes or f.read(1):
+            try:
+                f = open(path, "rb")  # closed by the with below
+            except FileNotFoundError:
+                if not strict:  # never written: zarr's fill value
+                    target[...] = array.metadata.fill_value
+                    continue
+                raise StoreError(f"{what or folder} has no data for step {step} (its chunk file "
+                                 f"{path.name} is missing): the run is damaged") from None
+            with f:
+                if f.readinto(memoryview(target).cast("B")) != target.nbytes:
                     return None
+                stored = f.read(5 if checked else 1)
+            if not checked:
+                if stored:
+                    return None
+                continue
+            if len(stored) != 4:
+                return None
+            if np.uint32(google_crc32c.value(target.reshape(-1).view(np.uint8))).tobytes() != stored:
+                raise StoreError(f"{what or folder} is corrupt at step {step}: its chunk fails its crc32c checksum")
     return out
 
 
 def read_maps(store: FeatureStore, block: str, cond: bool | None = True) -> np.ndarray:
     """``[steps, batch, ...]`` maps of one block and CFG half, equal to ``store.features(block, cond)`` but reading
-    only that half's chunks (straight from the chunk files where they are raw bytes)."""
+    only that half's chunks (straight from the chunk files where they are raw bytes). A damaged or corrupt block
+    raises :class:`StoreError` naming it and the step."""
     if not store.has_maps:
         raise StoreError(f"run {store.directory} stored statistics only (reduction 'stats'), no feature maps")
     if block not in store.blocks:
         raise StoreError(f"block {block!r} was not recorded; recorded: {', '.join(store.blocks)}")
     if store.parts:  # a sharded run (torchrun): each part read the same way, joined in seed order
         return store.join_parts(lambda part, c: read_maps(part, block, c), cond)
-    folder = store.directory / ARRAYS / "features" / str(store.blocks.index(block))
-    array = zarr.open_array(str(folder), mode="r")
+    index = store.blocks.index(block)
+    key = f"features/{index}"
+    store.check_intact(key)
+    folder = store.directory / ARRAYS / "features" / str(index)
+    try:
+        array = zarr.open_array(str(folder), mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise StoreError(f"{store.directory}: block {block} ({key}) is missing ({exc})") from None
     half = half_slice(store, cond)
-    maps = _chunk_files(array, folder, store.steps_done, half)
-    return array[: store.steps_done, half] if maps is None else maps
+    maps = _chunk_files(array, folder, store.steps_done, half, what=f"{store.directory}: block {block} ({key})",
+                        strict=True)
+    return store.read_array(key, half) if maps is None else maps
 
 
 def read_stats(store: FeatureStore, cond: bool | None = True) -> dict[str, np.ndarray]:
@@ -89,8 +122,7 @@ def read_stats(store: FeatureStore, cond: bool | None = True) -> dict[str, np.nd
         return {k: store.join_parts(lambda part, c, k=k: read_stats(part, c)[k], cond, axis=2)
                 for k in ("cosine", "rel_l1")}
     half = half_slice(store, cond)
-    return {k: zarr.open_array(str(store.directory / ARRAYS / "stats" / k), mode="r")[: store.steps_done, :, half]
-            for k in ("cosine", "rel_l1")}
+    return {k: store.read_array(f"stats/{k}", slice(None), half) for k in ("cosine", "rel_l1")}
 
 
 def iter_maps(store: FeatureStore, blocks: Sequence[str] | None = None, cond: bool | None = True,

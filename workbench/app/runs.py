@@ -8,6 +8,7 @@ shared by several browser sessions runs one job at a time and never keeps anothe
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -138,20 +139,41 @@ def record(pipe, model_id: str, out_dir: str | Path, seeds: list[int], steps: in
            blocks: list[str] | None = None, labels: list[int] | None = None, prompts: list[str] | None = None,
            progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
            disk_budget: int | None = None) -> Path:
-    """:func:`workbench.record.recorder.record_run` under the pipeline's lock."""
+    """:func:`workbench.record.recorder.record_run` under the pipeline's lock, into a new or empty ``out_dir``
+    (:func:`run_folder` makes one). When the recording is refused or fails before writing anything, the empty
+    folder is removed: nothing is left behind."""
     from workbench.record.recorder import record_run
 
-    with frdiff.exclusive(pipe):
-        return record_run(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
-                          scheduler=scheduler, reduction=reduction, blocks=blocks or None, disk_budget=disk_budget,
-                          progress=progress, cancel=cancel)
+    out = Path(out_dir)
+    try:
+        with frdiff.exclusive(pipe):
+            return record_run(pipe, model_id, out, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
+                              scheduler=scheduler, reduction=reduction, blocks=blocks or None, disk_budget=disk_budget,
+                              progress=progress, cancel=cancel)
+    except BaseException:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def run_folder(root: str | Path, model_id: str, condition: str, stamp: str) -> Path:
-    """A new, readable run folder name below ``root``."""
+    """Make a new, empty run folder below ``root`` with a readable name (``MODEL-CONDITION-STAMP``) and return it.
+
+    Made atomically with ``os.mkdir``, which fails when the name exists: two sessions recording in the same second
+    get ``…-STAMP`` and ``…-STAMP-2``, never one folder between them."""
     model = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_id).name or model_id).strip("-") or "model"
     cond = re.sub(r"[^A-Za-z0-9._-]+", "-", condition)[:24].strip("-") or "run"
-    return Path(root) / f"{model}-{cond}-{stamp}"
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{model}-{cond}-{stamp}"
+    for i in range(1, 10_000):
+        path = root / (base if i == 1 else f"{base}-{i}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free run folder name {base}-N below {root}")
 
 
 def all_stats(store) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from workbench.autofr import BASELINES, learn_for_pipeline, mask_lines, seed_ranges
-from workbench.cli.common import UserError, load_model, parse_seeds
+from workbench.cli.common import UserError, check_steps, file_out, load_model, parse_seeds
 
 
 class _CancelOnInterrupt:
@@ -49,6 +49,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
 
     if not args.out:
         raise UserError("autofr needs --out P.json")
+    file_out(args.out)  # refused before training, not after
     target = None if str(args.target_compute).lower() == "none" else float(args.target_compute)
     config = AutoFRConfig(gates=args.granularity, reuse=args.reuse, target_compute=target, penalty=args.penalty,
                           iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
@@ -75,6 +76,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
             raise UserError(f"{len(val_seeds)} validation seeds for {ctx.world_size} ranks; "
                             "give each rank one at least")
     pipe = load_model(args)
+    check_steps(pipe, args.steps)
     pipe.set_progress_bar_config(disable=True)
     savings = measure_savings(pipe)
     from tqdm.auto import tqdm

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli.common import UserError, parse_seeds
+from workbench.cli.common import UserError, file_out, folder_out, parse_seeds
 
 # Options each suite reads (recorded with its JSON as the exact command that produced it).
 BENCH_OPTIONS = {
@@ -106,6 +106,10 @@ def _bench_report(args: argparse.Namespace, folder: Path, markdown: Path) -> dic
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
+    if args.suite == "report":  # --out is the markdown file; otherwise the folder of the suites' JSONs
+        file_out(args.out, example="benchmarks.md")
+    else:
+        folder_out(args.out)  # refused before a suite runs for minutes, not after
     if args.suite == "report":
         if not args.source or not args.out:
             raise UserError("bench report needs --from DIR (the suites' JSONs) and --out FILE.md")

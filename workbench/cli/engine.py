@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from workbench.cli.common import UserError, load_model, parse_seeds
+from workbench.cli.common import UserError, check_steps, file_out, folder_out, load_model, parse_seeds, scheduler_arg
 
 
 def _policy_error(exc) -> UserError:
@@ -33,6 +33,15 @@ def _load_policy(path: str):
         raise _policy_error(exc) from None
 
 
+def _check_policy_steps(pipe, policy, path: str) -> None:
+    from workbench.models.schedulers import train_timesteps
+
+    n = train_timesteps(pipe.scheduler)
+    if policy.steps > n:
+        raise UserError(f"the policy {path} has {policy.steps} steps, more than the scheduler's {n} training "
+                        f"timesteps; remap it: python -m workbench policy remap {path} --steps {n} --out P.json")
+
+
 def _kinds_line(policy) -> str:
     """One character per step: K full (keyframe), r FR (some blocks reuse), - skipped (λ = 0, no call)."""
     return "".join({"full": "K", "fr": "r", "skip": "-"}[k] for k in policy.step_kinds())
@@ -44,8 +53,10 @@ def cmd_policy(args: argparse.Namespace) -> dict:
     if args.action == "make":
         if not args.out:
             raise UserError("policy make needs --out P.json")
+        file_out(args.out)  # before anything is made: a folder is refused, not written into
         args.model = args.model or "tiny-unet"
         pipe = load_model(args)
+        check_steps(pipe, args.steps)
         policy = _preset(args, pipe, args.steps)
         policy.save(args.out)
         report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
@@ -66,12 +77,16 @@ def cmd_policy(args: argparse.Namespace) -> dict:
     elif args.action == "remap":
         if not args.out or not args.file:
             raise UserError("policy remap needs a policy file, --steps S and --out P.json")
+        file_out(args.out)
+        if args.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {args.steps}")
         policy = _load_policy(args.file).remap(args.steps)
         policy.save(args.out)
         report = {"out": args.out, "steps": policy.steps, "denoiser_calls": policy.denoiser_calls()}
     elif args.action == "from-run":
         if not args.out or args.threshold is None:
             raise UserError("policy from-run needs --threshold δ and --out P.json")
+        file_out(args.out)
         report = _policy_from_run(args)
     else:
         raise UserError(f"unknown policy action {args.action!r}")
@@ -122,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    folder_out(args.out)
+    if (args.policy is None) == (args.preset is None):
+        raise UserError("give exactly one of --policy P.json or --preset NAME")
     pipe = load_model(args)
     seeds = parse_seeds(args.seeds)
     if args.cls == "all":
@@ -131,11 +149,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
             labels = [pipe.class_to_index(args.cls)] * len(seeds)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    if (args.policy is None) == (args.preset is None):
-        raise UserError("give exactly one of --policy P.json or --preset NAME")
     if args.policy:
         policy = _load_policy(args.policy)
         steps = policy.steps
+        _check_policy_steps(pipe, policy, args.policy)
         den = frdiff.denoiser_of(pipe)
         problems = policy.problems(model_blocks=dict(frdiff.find_blocks(den)),
                                    fingerprint=frdiff.model_fingerprint(den))
@@ -144,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         name = Path(args.policy).stem
     else:
         steps = args.steps
+        check_steps(pipe, steps)
         policy = _preset(args, pipe, steps)
         name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "")
     sharded = distributed.is_distributed()  # under torchrun: this rank's seeds, then every rank's results joined
@@ -195,7 +213,8 @@ def add_commands(sub) -> None:
     p.add_argument("--preset", default="uniform", help="none | uniform | reduced-nfe | deepcache")
     p.add_argument("--interval", type=int, default=2, help="keyframe every M steps (uniform, reduced-nfe, deepcache)")
     p.add_argument("--mix", action="store_true", help="score mixing with the paper's defaults")
-    p.add_argument("--scheduler", default="ddim", help="scheduler the policy is for (ddim, dpmpp, euler, unipc)")
+    p.add_argument("--scheduler", default="ddim", type=scheduler_arg,
+                   help="scheduler the policy is for (ddim, dpmpp, euler, unipc)")
     p.add_argument("--threshold", type=float, default=None, help="from-run: accumulated relative L1 per keyframe")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="where to write the policy JSON")
@@ -211,7 +230,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="steps (presets; a policy file carries its own)")
     p.add_argument("--seeds", default="0-7", help="one image per seed: 0-7, 1,5,9 …")
     p.add_argument("--class", dest="cls", default="all", help="class name, or 'all' (seed mod classes)")
-    p.add_argument("--scheduler", default=None, help="ddim (default), dpmpp, euler, unipc")
+    p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
     p.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per rank under torchrun)")

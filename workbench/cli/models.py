@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli.common import UserError, example_call, load_model
+from workbench.cli.common import UserError, check_steps, example_call, file_out, load_model, scheduler_arg
 from workbench.models.data import CLASSES
+
+MAX_SAMPLES = 10_000  # images of one `sample` run (held in memory for the grid and the judge)
+SAMPLE_BATCH = 64  # images per pipeline call; a progress bar from more than one call on
 
 
 def cmd_models(args: argparse.Namespace) -> dict:
@@ -29,9 +32,14 @@ def cmd_sample(args: argparse.Namespace) -> dict:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    if args.n > MAX_SAMPLES:
+        raise UserError(f"--n {args.n} is more than {MAX_SAMPLES} images in one run; sample in several runs "
+                        f"(--seed S starts each at seed S)")
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
+    file_out(args.out, example="grid.png")
     pipe = load_model(args)
+    check_steps(pipe, args.steps)
     if args.cls == "all":
         labels = [i % pipe.num_classes for i in range(args.n)]
     else:
@@ -40,7 +48,14 @@ def cmd_sample(args: argparse.Namespace) -> dict:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     seeds = list(range(args.seed, args.seed + args.n))
-    result = sample(pipe, labels, seeds, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.n, desc="sample", unit="img", file=sys.stderr, disable=args.n <= SAMPLE_BATCH)
+    try:
+        result = sample(pipe, labels, seeds, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
+                        batch_size=SAMPLE_BATCH, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
     report = dict(model=args.model, cls=args.cls, n=args.n, steps=args.steps, seed=args.seed,
                   scheduler=args.scheduler or "ddim",
                   guidance_scale=args.guidance if args.guidance is not None else pipe.config.default_guidance_scale,
@@ -120,11 +135,12 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
     p.add_argument("--class", dest="cls", default="all",
                    help=f"class name or index ({', '.join(CLASSES)}), or 'all' to cycle through classes")
-    p.add_argument("--n", type=int, default=16, help="number of images (FD-shapes from 64 on)")
+    p.add_argument("--n", type=int, default=16,
+                   help=f"number of images (FD-shapes from 64 on; at most {MAX_SAMPLES})")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's shipped value)")
-    p.add_argument("--scheduler", default=None, help="ddim (default), dpmpp, euler, unipc, ddpm")
+    p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc, ddpm")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", default=None, help="write the image grid to this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")

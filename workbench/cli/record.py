@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workbench.cli.common import UserError, load_model, parse_seeds
+from workbench.cli.common import UserError, check_steps, load_model, parse_seeds, scheduler_arg
 
 
 def cmd_record(args: argparse.Namespace) -> dict:
+    from workbench import distributed
     from workbench.record.plan import BudgetError
     from workbench.record.recorder import record_run
-    from workbench.record.store import FeatureStore
+    from workbench.record.store import FeatureStore, StoreError, check_out_dir
 
-    pipe = load_model(args)
     seeds = parse_seeds(args.seed)
+    if not distributed.launched():  # under torchrun rank 0 checks the folder for the job (record_sharded)
+        check_out_dir(args.out, args.overwrite)  # before loading the model: a refusal (a UserError) costs nothing
+    pipe = load_model(args)
+    check_steps(pipe, args.steps)
     labels = prompts = None
     if args.prompt is not None:
         prompts = [args.prompt] * len(seeds)
@@ -26,18 +30,25 @@ def cmd_record(args: argparse.Namespace) -> dict:
             raise UserError(msg) from None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.steps, desc="record", unit="step", file=sys.stderr, disable=args.json)
+    bars: list = []  # made at the first step: a refusal before sampling prints its one line and nothing else
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="record", unit="step", file=sys.stderr, disable=args.json))
+        bars[0].update(done - bars[0].n)
+
     try:
         out = record_run(pipe, args.model, args.out, labels=labels, prompts=prompts, seeds=seeds, steps=args.steps,
                          scheduler=args.scheduler, reduction=args.reduce,
                          blocks=args.blocks.split(",") if args.blocks else None, guidance_scale=args.guidance,
                          disk_budget=int(args.budget_mb * 2**20) if args.budget_mb else None,
                          memory_budget=int(args.memory_budget_mb * 2**20) if args.memory_budget_mb else None,
-                         progress=lambda done, total: bar.update(done - bar.n))
-    except (BudgetError, ValueError) as exc:
+                         progress=progress, overwrite=args.overwrite)
+    except (BudgetError, StoreError, ValueError) as exc:
         raise UserError(str(exc)) from None
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     store = FeatureStore.open(out)
     report = dict(out=str(out), complete=store.complete, steps=store.steps_done, blocks=len(store.blocks),
                   reduction=args.reduce, timing=store.manifest["timing"],
@@ -49,15 +60,22 @@ def cmd_record(args: argparse.Namespace) -> dict:
 
 
 def cmd_runs(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
     from workbench.record.store import list_runs
 
+    if Path(args.dir).exists() and not Path(args.dir).is_dir():
+        raise UserError(f"{args.dir} is a file; give the folder that holds the runs")
     rows = list_runs(args.dir)
     if not args.json:
         if not rows:
-            print(f"no recorded runs under {args.dir}")
+            print(f"no recorded runs under {args.dir}" + ("" if Path(args.dir).exists() else " (it does not exist)"))
         for r in rows:
-            print(f"{r['status']:<11} {r.get('model', ''):<12} {r.get('scheduler', ''):<6} "
-                  f"{r.get('steps_done', '')}/{r.get('steps', '')} steps  {r.get('reduction', ''):<7} {r['path']}")
+            if r["status"] in ("broken", "damaged"):  # what is wrong, on the line of its run
+                print(f"{r['status']:<11} {r['path']}: {r['reason']}")
+                continue
+            print(f"{r['status']:<11} {r['model'] or '':<12} {r['scheduler'] or '':<6} "
+                  f"{r['steps_done']}/{r['steps']} steps  {r['reduction'] or '':<7} {r['path']}")
     return {"runs": rows}
 
 
@@ -111,7 +129,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prompt", default=None, help="prompt (text-to-image pipelines)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", default="0-3", help="seeds, one image each: 0-3, 1,5,9 …")
-    p.add_argument("--scheduler", default="ddim", help="ddim | dpmpp | euler | unipc")
+    p.add_argument("--scheduler", default="ddim", type=scheduler_arg, help="ddim | dpmpp | euler | unipc | ddpm")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--reduce", default="pool16", choices=["full", "pool16", "stats"],
                    help="full maps, maps pooled to ≤16×16 in float16, or streaming statistics only")
@@ -120,7 +138,9 @@ def add_commands(sub) -> None:
     p.add_argument("--memory-budget-mb", type=float, default=None,
                    help="refuse runs whose recorder would hold more device memory than this")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--out", required=True, help="run folder: new or empty (created)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (only its manifest.json, arrays.zarr and part-* folders)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_record)
 

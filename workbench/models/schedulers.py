@@ -6,6 +6,7 @@ with (betas, timestep spacing) carries over, as diffusers recommends for swappin
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,11 +29,31 @@ SCHEDULERS = {
 
 def make_scheduler(name: str, base_config):
     """A scheduler of kind ``name`` (``ddim|dpmpp|euler|unipc|ddpm``) sharing ``base_config``'s noise schedule."""
-    key = name.strip().lower()
+    cls, overrides = SCHEDULERS[scheduler_key(name)]
+    return cls.from_config(base_config, **overrides)
+
+
+def scheduler_key(name: str) -> str:
+    """``name`` as a key of :data:`SCHEDULERS` (case and spaces ignored), or a ValueError listing the choices."""
+    key = str(name).strip().lower()
     if key not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, overrides = SCHEDULERS[key]
-    return cls.from_config(base_config, **overrides)
+    return key
+
+
+def train_timesteps(scheduler) -> int:
+    """How many timesteps the model was trained with (the most steps a sampling run can take)."""
+    return int(dict(scheduler.config).get("num_train_timesteps", 1000))
+
+
+def check_steps(scheduler, steps: int, what: str = "steps") -> None:
+    """Refuse a step count the scheduler cannot sample with: below 1, or above its training timesteps (diffusers
+    would raise half-way into the pipeline call)."""
+    n = train_timesteps(scheduler)
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{what} must be a whole number of at least 1, got {steps!r}")
+    if steps > n:
+        raise ValueError(f"{what} {steps} is more than the scheduler's {n} training timesteps; use at most {n}")
 
 
 def scheduler_name(scheduler) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from frdiff.blocks import denoiser_of, first_tensor
 from workbench.record.plan import (
@@ -31,7 +32,19 @@ from workbench.record.plan import (
     reduce_map,
     reduced_shape,
 )
-from workbench.record.store import ARRAYS, write_manifest
+from workbench.record.store import (
+    ARRAYS,
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    OutDirError,
+    check_out_dir,
+    free_disk,
+    remove_run_files,
+    run_bytes,
+    write_manifest,
+    written_record,
+)
 
 # Pipelines whose CFG batch puts the conditional half first; every other known one is [uncond, cond].
 _COND_FIRST = {"DiTPipeline"}
@@ -78,28 +91,43 @@ class Recorder:
 
     def _create_arrays(self) -> None:
         p = self.plan
-        root = zarr.open_group(str(self.out / ARRAYS), mode="w")
+        folder = self.out / ARRAYS
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:  # claims the folder: mkdir fails when it exists, so two recorders never share (or wipe) one store
+            folder.mkdir()
+        except FileExistsError:
+            raise OutDirError(f"{folder} already exists: another recording is writing into {self.out}, or an "
+                              "earlier one left its arrays there; record into a new folder") from None
+        root = zarr.open_group(str(folder), mode="w-")
         nblocks = len(p.blocks)
+        # Every chunk carries a crc32c checksum (a corrupted chunk raises when read) and is written even when it
+        # holds only the fill value, so a missing chunk file always means damage; unwritten steps read as NaN.
+        checked = {"config": {"write_empty_chunks": True}, "fill_value": np.nan}
+        compressed = [ZstdCodec(level=0), Crc32cCodec()]
         # Small per-step arrays are chunked 10 steps at a time: one file per step would cost more than the data.
         k_steps = min(10, p.steps)
+        arrays = self._arrays = {}  # written through these handles: the write_empty_chunks setting is not stored
         for k in ("cosine", "rel_l1"):
-            root.create_array(f"stats/{k}", shape=(p.steps, nblocks, p.batch), chunks=(k_steps, nblocks, p.batch),
-                              dtype="float32", fill_value=np.nan)
+            arrays[f"stats/{k}"] = root.create_array(
+                f"stats/{k}", shape=(p.steps, nblocks, p.batch), chunks=(k_steps, nblocks, p.batch),
+                dtype="float32", compressors=compressed, **checked)
         if p.reduction.maps:
             for i, b in enumerate(p.blocks):
                 shape = reduced_shape(tuple(b["output_shape"]), p.reduction)
-                # One chunk per step and CFG half (a reader of one half reads only it); uncompressed, since float
-                # features barely compress and skipping it halves write and read time.
+                # One chunk per step and CFG half (a reader of one half reads only it); not compressed, since float
+                # features barely compress and skipping it halves write and read time (the checksum stays).
                 chunk = (1, p.images, *shape[1:])
-                root.create_array(f"features/{i}", shape=(p.steps, *shape), chunks=chunk, compressors=None,
-                                  dtype="float16" if p.reduction.float16 else "float32")
+                arrays[f"features/{i}"] = root.create_array(
+                    f"features/{i}", shape=(p.steps, *shape), chunks=chunk, compressors=[Crc32cCodec()],
+                    dtype="float16" if p.reduction.float16 else "float32", **checked)
         for key, n in (("denoiser_output", p.batch), ("latents", p.images)):
-            root.create_array(key, shape=(p.steps, n, *p.io_shape), chunks=(k_steps, n, *p.io_shape),
-                              dtype="float32")
+            arrays[key] = root.create_array(key, shape=(p.steps, n, *p.io_shape), chunks=(k_steps, n, *p.io_shape),
+                                            dtype="float32", compressors=compressed, **checked)
         self.root = root
 
     def __enter__(self) -> Recorder:
         self._create_arrays()
+        self.manifest["written"] = written_record(self._arrays, 0)
         write_manifest(self.out, self.manifest)
         self._last_flush = time.perf_counter()
         modules = dict(self.denoiser.named_modules())
@@ -159,14 +187,17 @@ class Recorder:
             self.progress(self.step, p.steps)
 
     def flush(self) -> None:
-        """Write the buffered steps (one device→host transfer per array), then the manifest that covers them."""
+        """Write the buffered steps (one device→host transfer per array), then the manifest that covers them and
+        records what was written (steps, chunks per array), so a reader can tell a missing chunk from an unwritten
+        one."""
         if self.step > self._flushed:
             s0, s1 = self._flushed, self.step
             for key, values in self._buffer.items():
-                self.root[key][s0:s1] = torch.stack(values).cpu().numpy()
+                self._arrays[key][s0:s1] = torch.stack(values).cpu().numpy()
             self._buffer.clear()
             self._flushed = s1
             self.manifest["steps_done"] = s1
+            self.manifest["written"] = written_record(self._arrays, s1)
             write_manifest(self.out, self.manifest)
         self._last_flush = time.perf_counter()
 
@@ -198,8 +229,8 @@ def base_manifest(pipe, model_id: str, plan: RecordPlan, scheduler_name: str, st
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(steps)
     return {
-        "format": "frdiff-workbench-run",
-        "version": 1,
+        "format": FORMAT,
+        "version": VERSION,
         "model": {"id": model_id, "architecture": type(denoiser).__name__, "pipeline": type(pipe).__name__},
         "scheduler": {"name": scheduler_name, "class": type(pipe.scheduler).__name__,
                       "config": dict(pipe.scheduler.config)},
@@ -233,17 +264,19 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
                scheduler: str = "ddim", reduction: str | Reduction = "pool16", blocks: list[str] | None = None,
                guidance_scale: float | None = None, disk_budget: int | None = None, memory_budget: int | None = None,
                progress: Callable[[int, int], None] | None = None,
-               cancel: Callable[[], bool] | None = None, part: dict | None = None) -> Path:
+               cancel: Callable[[], bool] | None = None, part: dict | None = None, overwrite: bool = False) -> Path:
     """Record one sampling run of ``pipe`` (classes for our pipelines, prompts for text-to-image ones) into
     ``out_dir``. The budget is checked before sampling starts; the store is written step by step.
+
+    ``out_dir`` must be new or empty (:func:`~workbench.record.store.check_out_dir`); one holding an earlier run is
+    refused unless ``overwrite``, which replaces only that run's own files. A refusal (folder, budget, steps)
+    creates nothing.
 
     Under ``torchrun`` (:mod:`workbench.distributed`) each rank records its share of the seeds into
     ``out_dir/part-<rank>`` and rank 0 writes the manifest that joins the parts into one run (see
     :func:`record_sharded`); ``part`` is that bookkeeping, stored in a part's manifest."""
-    import shutil
-
     from workbench import distributed
-    from workbench.models.schedulers import scheduler_swapped
+    from workbench.models.schedulers import check_steps, scheduler_swapped
 
     red = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
     conditions = labels if labels is not None else prompts
@@ -255,8 +288,12 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     if part is None and distributed.is_distributed():
         return record_sharded(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
                               scheduler=scheduler, reduction=red, blocks=blocks, guidance_scale=guidance_scale,
-                              disk_budget=disk_budget, memory_budget=memory_budget, progress=progress, cancel=cancel)
+                              disk_budget=disk_budget, memory_budget=memory_budget, progress=progress, cancel=cancel,
+                              overwrite=overwrite)
+    out = Path(out_dir)
+    earlier = check_out_dir(out, overwrite)  # before the model runs: a refusal costs nothing
     with scheduler_swapped(pipe, scheduler):
+        check_steps(pipe.scheduler, steps)
         if guidance_scale is None:
             guidance_scale = float(getattr(pipe.config, "default_guidance_scale", 7.5))
 
@@ -270,19 +307,26 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
 
         t0 = time.perf_counter()
         plan = plan_recording(pipe, lambda: call(steps), steps, len(conditions), red, blocks)
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        check_budget(plan, disk_budget, memory_budget, shutil.disk_usage(out).free)
+        # the free disk where the run will be (nothing is created to measure it), plus what overwriting frees
+        check_budget(plan, disk_budget, memory_budget, free_disk(out) + (run_bytes(out) if earlier else 0))
         manifest = base_manifest(pipe, model_id, plan, scheduler, steps, seeds, list(conditions), guidance_scale,
                                  cfg_layout(pipe, guidance_scale))
         if part is not None:
             manifest["part"] = part
         manifest["timing"] = {"plan_s": time.perf_counter() - t0}
+        if earlier:
+            remove_run_files(out)
+        made = not out.exists()
         recorder = Recorder(pipe, plan, out, manifest, progress=progress, cancel=cancel)
-        with recorder:
-            t1 = time.perf_counter()
-            call(steps)
-            manifest["timing"]["sampling_s"] = time.perf_counter() - t1
+        try:
+            with recorder:
+                t1 = time.perf_counter()
+                call(steps)
+                manifest["timing"]["sampling_s"] = time.perf_counter() - t1
+        except BaseException:
+            if made and out.is_dir() and not any(out.iterdir()):  # refused before writing: leave nothing
+                out.rmdir()
+            raise
         return out
 
 
@@ -291,11 +335,17 @@ def part_name(rank: int) -> str:
 
 
 def record_sharded(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,
-                   prompts: list[str] | None = None, seeds: list[int] | None = None, **kwargs) -> Path:
+                   prompts: list[str] | None = None, seeds: list[int] | None = None, overwrite: bool = False,
+                   **kwargs) -> Path:
     """:func:`record_run` as one rank of a torchrun job: this rank's contiguous share of the seeds goes to
     ``out_dir/part-<rank>`` (a complete store of its own); rank 0 writes ``out_dir/manifest.json`` listing every
     part and its seeds, before sampling (``complete: false``) and again once every rank has reported (complete, or
-    which ranks failed and why). :class:`~workbench.record.store.FeatureStore` reads the folder as one run."""
+    which ranks failed and why). :class:`~workbench.record.store.FeatureStore` reads the folder as one run.
+
+    Rank 0 first checks ``out_dir`` (every rank waits for its verdict, so a refusal stops the job before anything
+    is written; each rank checks its own part folder); with ``overwrite`` it removes the earlier run's manifest and
+    the parts no rank of this job will replace. When every rank fails before writing its part, rank 0 removes the
+    manifest it wrote: nothing is left behind."""
     from workbench import distributed
 
     ctx = distributed.context()
@@ -307,12 +357,19 @@ def record_sharded(pipe, model_id: str, out_dir: str | Path, labels: list[int] |
         a, b = distributed.shard_bounds(len(seeds), r, ctx.world_size)
         if b > a:  # more ranks than seeds: the last ranks have nothing to record
             parts.append({"path": part_name(r), "rank": r, "seeds": seeds[a:b]})
-    top = {"format": "frdiff-workbench-run", "version": 1, "sharded": True, "world_size": ctx.world_size,
+    top = {"format": FORMAT, "version": VERSION, "sharded": True, "world_size": ctx.world_size,
            "model": {"id": model_id}, "seeds": seeds, "conditions": conditions, "parts": parts,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "complete": False,
            "failed": []}
-    if ctx.rank == 0:
-        write_manifest(out, top)
+    made = not out.exists()
+
+    def start() -> None:  # rank 0 only: check the folder, clear an earlier run (overwrite), write the manifest
+        if ctx.rank == 0:
+            if check_out_dir(out, overwrite, sharded=True):
+                remove_run_files(out, keep_parts={p["path"] for p in parts})
+            write_manifest(out, top)
+
+    distributed.together(start)
     a, b = distributed.shard_bounds(len(seeds), ctx.rank, ctx.world_size)
     mine = {"labels": labels[a:b] if labels is not None else None,
             "prompts": prompts[a:b] if prompts is not None else None}
@@ -320,12 +377,18 @@ def record_sharded(pipe, model_id: str, out_dir: str | Path, labels: list[int] |
 
     def record_part() -> None:
         if b > a:
-            record_run(pipe, model_id, out / part_name(ctx.rank), seeds=seeds[a:b], part=part, **mine, **kwargs)
+            record_run(pipe, model_id, out / part_name(ctx.rank), seeds=seeds[a:b], part=part, overwrite=overwrite,
+                       **mine, **kwargs)
 
     try:
         distributed.together(record_part, note=f"what the other ranks recorded is in {out}, marked incomplete")
     except distributed.RankFailed as exc:
         if ctx.rank == 0:
+            if not any((out / p["path"] / MANIFEST).is_file() for p in parts):  # no rank wrote anything
+                (out / MANIFEST).unlink(missing_ok=True)
+                if made and not any(out.iterdir()):
+                    out.rmdir()
+                raise distributed.RankFailed(exc.failures, exc.world_size, "nothing was written") from None
             top["failed"] = [{"rank": r, "error": msg} for r, msg in exc.failures]
             write_manifest(out, top)
         raise
