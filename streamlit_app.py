@@ -15,23 +15,23 @@ import streamlit as st
 # thread and 12-30 s on two under load). Set before torch is imported by any page.
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("FRDIFF_THREADS", "1"))
 
-st.set_page_config(page_title="FRDiff workbench", page_icon="⏱️", layout="wide")
+st.set_page_config(page_title="FRDiff workbench", page_icon=":material/timer:", layout="wide")
 
 pages = {
     "Learn": [
-        st.Page("pages/tour.py", title="Tour", icon="🎓", default=True),
-        st.Page("pages/models.py", title="Models", icon="🧪"),
+        st.Page("pages/tour.py", title="Tour", icon=":material/school:", default=True),
+        st.Page("pages/models.py", title="Models", icon=":material/science:"),
     ],
     "See": [
-        st.Page("pages/record.py", title="Record", icon="⏺️"),
-        st.Page("pages/similarity.py", title="Similarity", icon="🔁"),
-        st.Page("pages/frequency.py", title="Frequency", icon="〰️"),
+        st.Page("pages/record.py", title="Record", icon=":material/fiber_manual_record:"),
+        st.Page("pages/similarity.py", title="Similarity", icon=":material/repeat:"),
+        st.Page("pages/frequency.py", title="Frequency", icon=":material/graphic_eq:"),
     ],
     "Use": [
-        st.Page("pages/policy_builder.py", title="Policy builder", icon="🧩"),
-        st.Page("pages/compare.py", title="Run & compare", icon="⚖️"),
-        st.Page("pages/autofr.py", title="Auto-FR", icon="🤖"),
-        st.Page("pages/library.py", title="Policy library", icon="📚"),
+        st.Page("pages/policy_builder.py", title="Policy builder", icon=":material/grid_on:"),
+        st.Page("pages/compare.py", title="Run & compare", icon=":material/compare:"),
+        st.Page("pages/autofr.py", title="Auto-FR", icon=":material/model_training:"),
+        st.Page("pages/library.py", title="Policy library", icon=":material/library_books:"),
     ],
 }
 st.navigation(pages).run()

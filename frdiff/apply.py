@@ -252,8 +252,8 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         step_hook = _StepHook(policy, state, pipe, threading.get_ident(), run._report)
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
-        always = policy.keyframes.all(1).tolist() if policy.blocks else []  # computed at every step: no hook
-        attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=always)
+        idle = [not r for r in policy.reusing_blocks()]  # never reused at a called step: no hook, no cache
+        attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
         yield run
     finally:
         detach_all(attached)

@@ -53,7 +53,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .apply import apply, exclusive
 from .blocks import capture_denoiser_call, find_blocks
-from .policy import GRANULARITIES, Mixing, Policy, model_ref
+from .policy import GRANULARITIES, ORDERS, REUSE_MODES, Mixing, Policy, model_ref
 from .reuse import ReuseState, attach_reuse_hooks, detach_all
 from .speedup import measure_savings, predicted_speedup
 
@@ -67,7 +67,7 @@ class AutoFRConfig:
 
     gates: ``"step"`` = one gate per step shared by all blocks (the paper); ``"block"`` = one per block × step
         (more freedom, 18× more gates on tiny-unet, so noisier gradients per gate).
-    reuse: what a reusing block skips: ``"feature"`` (the paper's timestep-independent part) or ``"block"`` (the
+    granularity: what a reusing block skips: ``"feature"`` (the paper's timestep-independent part) or ``"block"`` (the
         whole block, DeepCache / Learning-to-Cache style: saves more FLOPs per gate, costs more quality).
     target_compute: compute fraction (1 = full cost) to steer to with the Lagrange multiplier; ``None`` uses the
         paper's fixed penalty ``penalty``·Σ ReLU(2σ(g) − 1) instead.
@@ -88,7 +88,8 @@ class AutoFRConfig:
     """
 
     gates: str = "step"
-    reuse: str = "feature"
+    granularity: str = "feature"
+    reuse: str = "hold"  # what a reusing block uses: its last keyframe value, or a forecast (taylor1 / taylor2)
     target_compute: float | None = 0.6
     penalty: float = 1e-3
     iterations: int = 30
@@ -106,8 +107,10 @@ class AutoFRConfig:
         out = []
         if self.gates not in GATE_MODES:
             out.append(f"gates must be one of {', '.join(GATE_MODES)}, got {self.gates!r}")
-        if self.reuse not in GRANULARITIES:
-            out.append(f"reuse must be one of {', '.join(GRANULARITIES)}, got {self.reuse!r}")
+        if self.granularity not in GRANULARITIES:
+            out.append(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.reuse not in REUSE_MODES:
+            out.append(f"reuse must be one of {', '.join(REUSE_MODES)}, got {self.reuse!r}")
         if self.target_compute is not None and not 0.0 < self.target_compute <= 1.0:
             out.append(f"target_compute must lie in (0, 1], got {self.target_compute}")
         if self.iterations < 0:
@@ -245,13 +248,14 @@ def project_to_budget(logits: torch.Tensor, shares: torch.Tensor, target: float,
 
 # ---- hooks and sampling ----------------------------------------------------------------------------------------------
 @contextmanager
-def gated_reuse(denoiser: nn.Module, blocks: list[str], granularity: list[str]):
+def gated_reuse(denoiser: nn.Module, blocks: list[str], granularity: list[str], order: int = 0):
     """Attach the engine's reuse hooks to ``blocks`` for a gate-driven run; yields the shared :class:`ReuseState`.
 
-    Set ``state.gates`` (``[blocks, steps]``) and ``state.step`` before each denoiser call; the hooks blend
-    g·computed + (1 − g)·cached. Holds the denoiser's lock (:func:`frdiff.exclusive`); hooks are always removed.
+    Set ``state.gates`` (``[blocks, steps]``), with forecasts (``order`` > 0) ``state.hard`` (the same gates as
+    host booleans), and ``state.step`` before each denoiser call; the hooks blend g·computed + (1 − g)·reused.
+    Holds the denoiser's lock (:func:`frdiff.exclusive`); hooks are always removed.
     """
-    state = ReuseState(torch.ones(len(blocks), 1, dtype=torch.bool))
+    state = ReuseState(torch.ones(len(blocks), 1, dtype=torch.bool), orders=[order] * len(blocks))
     attached: list[tuple[nn.Module, str]] = []
     with exclusive(denoiser):
         try:
@@ -408,7 +412,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     blocks_kinds = find_blocks(denoiser)
     blocks = [b for b, _ in blocks_kinds]
     kinds = [k for _, k in blocks_kinds]
-    granularity = ["block" if k == "generic" else config.reuse for k in kinds]
+    granularity = ["block" if k == "generic" else config.granularity for k in kinds]
+    forecast_order = ORDERS[config.reuse]
     nb = len(blocks)
     if nb == 0:
         raise ValueError(f"{type(denoiser).__name__} has no blocks FRDiff can reuse")
@@ -421,7 +426,7 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     min_compute = 1.0 - total_share * (steps - 1) / steps
     notes = []
     if target is not None and target < min_compute - config.tolerance:
-        notes.append(f"target compute {target:.3f} is below what {config.reuse} reuse can reach on this model "
+        notes.append(f"target compute {target:.3f} is below what {config.granularity} reuse can reach on this model "
                      f"({min_compute:.3f}: reusing every block at every step after step 0); steering to it anyway "
                      f"ends with (nearly) every gate at reuse")
 
@@ -461,12 +466,14 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                 references.update({i: r for i, r in zip(missing, ref, strict=True)})
 
             opt.zero_grad(set_to_none=True)
-            with gated_reuse(denoiser, blocks, granularity) as state:  # backward inside: checkpoints rerun hooks
+            # the backward pass runs inside: checkpointed steps rerun the hooks
+            with gated_reuse(denoiser, blocks, granularity, forecast_order) as state:
                 gates = gate_matrix(logits, nb)
                 if config.estimator == "budget":  # forward: the projected mask; backward: σ' as before
                     gates = project_to_budget(logits, shares, target, config.tolerance).float() + (
                         gates - gates.detach())
                 state.gates = gates
+                state.hard = (gates.detach() > 0.5).tolist()  # read once per iteration: forecasts keep their history
                 if dp is None:
                     part = train.take(idx)
                     ref = torch.stack([references[i] for i in idx])
@@ -522,7 +529,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
             mask = gate_matrix(logits.detach(), nb) > 0.5
     exported_compute = float(compute_fraction(mask.float(), shares))
     policy = Policy(blocks=blocks, keyframes=mask, steps=steps, scheduler=scheduler_name,
-                    granularity=granularity, kinds=kinds, mixing=Mixing(), model=model_ref(denoiser))
+                    granularity=granularity, kinds=kinds, mixing=Mixing(), model=model_ref(denoiser),
+                    reuse=[config.reuse] * nb)
     policy.check(model_blocks=dict(blocks_kinds))
     validation: dict = {}
     if val is not None and len(val):

@@ -187,6 +187,23 @@ class Policy:
         lams = self.step_lambdas()
         return ["full" if full[s] else "skip" if lams[s] == 0.0 else "fr" for s in range(self.steps)]
 
+    def reuse_summary(self) -> str:
+        """The reuse modes in a few words, e.g. ``taylor2 (18 blocks); ε_key: taylor2`` (blocks that never reuse
+        at a called step are not counted; ε_key only where some step reads it)."""
+        counts: dict[str, int] = {}
+        for mode, reusing in zip(self.reuse, self.reusing_blocks(), strict=True):
+            if reusing:
+                counts[mode] = counts.get(mode, 0) + 1
+        text = ", ".join(f"{m} ({n} block{'s' if n > 1 else ''})" for m, n in sorted(counts.items(),
+                                                                                     key=lambda kv: -kv[1]))
+        return (text or "no block reuses") + (f"; ε_key: {self.skip_reuse}" if self.uses_eps_key() else "")
+
+    def reusing_blocks(self) -> list[bool]:
+        """Per block: whether it ever reuses at a step where the denoiser is called (an FR step). Others need no
+        cache: a block computed at every step, or one whose reuse steps are all skipped (reduced NFE)."""
+        fr = torch.tensor([k == "fr" for k in self.step_kinds()], dtype=torch.bool)
+        return ((~self.keyframes) & fr).any(1).tolist() if self.blocks else []
+
     def uses_eps_key(self) -> bool:
         """Whether some step reads ε_key: a skipped step, or an FR step whose output is mixed (λ < 1)."""
         kinds, lams = self.step_kinds(), self.step_lambdas()

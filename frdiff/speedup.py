@@ -7,7 +7,8 @@ speedup = steps / Σ step costs: the speedup of the denoising loop when time fol
 outside the denoiser (scheduler, VAE decode) and the memory-bound layers FLOPs do not see, which is why runs report
 it next to the measured one.
 
-Cache memory (:func:`cache_bytes`): a block that reuses keeps its cached part at its last keyframes — one value for
+Cache memory (:func:`cache_bytes`): a block that reuses at some step where the denoiser is called keeps its cached
+part at its last keyframes — one value for
 ``hold``, up to 2 / 3 for ``taylor1`` / ``taylor2`` (fewer while it has had fewer keyframes) — and ε_key keeps the
 last full steps' outputs likewise when some step reads it. The sizes of the cached parts are measured on the same
 call (per sample, scaled to the run's batch), in the policy's cache dtype or the model's.
@@ -69,11 +70,11 @@ def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
     batch = savings["batch"] if batch is None else batch
     elem = getattr(torch, policy.cache_dtype).itemsize if policy.cache_dtype else savings["element_bytes"]
     total = 0
-    for i, (name, gran) in enumerate(zip(policy.blocks, policy.granularity, strict=True)):
-        keys = int(policy.keyframes[i].sum())
-        if keys == policy.steps:  # computed at every step: no cache
-            continue
-        total += min(ORDERS[policy.reuse[i]] + 1, keys) * savings["cached_numel"][gran][name]
+    for i, (name, gran, reusing) in enumerate(zip(policy.blocks, policy.granularity, policy.reusing_blocks(),
+                                                  strict=True)):
+        if reusing:  # else no hook keeps a cache (frdiff.apply)
+            keys = int(policy.keyframes[i].sum())
+            total += min(ORDERS[policy.reuse[i]] + 1, keys) * savings["cached_numel"][gran][name]
     if policy.uses_eps_key():
         total += min(ORDERS[policy.skip_reuse] + 1, int(policy.full_steps().sum())) * savings["output_numel"]
     return total * batch * elem

@@ -18,11 +18,14 @@ model = c1.selectbox("Model", list(EMBEDDED), key="autofr_model")
 steps = int(c2.number_input("Steps", 2, 200, 10, key="autofr_steps"))
 target = c3.slider("Compute target", 0.2, 1.0, 0.6, 0.05, key="autofr_target")
 iterations = int(c4.number_input("Iterations", 1, 500, 10, key="autofr_iterations"))
-c5, c6, c7, c8 = st.columns(4)
+c5, c6, c7, c8, c9 = st.columns(5)
 gates = c5.selectbox("Gates", ["step", "block"], key="autofr_gates", help="step: the paper's, shared by all blocks")
-reuse = c6.selectbox("Reuse", ["feature", "block"], key="autofr_reuse")
-train_images = int(c7.number_input("Training images", 1, 64, 4, key="autofr_train"))
-batch = int(c8.number_input("Images per iteration", 1, 16, 2, key="autofr_batch"))
+granularity = c6.selectbox("A reusing block skips", ["feature", "block"], key="autofr_granularity",
+                           help="feature: the paper's cached part; block: the whole block")
+reuse = c7.selectbox("Reuse", ["hold", "taylor1", "taylor2"], key="autofr_reuse",
+                     help="hold: the last keyframe's value (FRDiff); taylor1/2: forecast from the last 2/3 keyframes")
+train_images = int(c8.number_input("Training images", 1, 64, 4, key="autofr_train"))
+batch = int(c9.number_input("Images per iteration", 1, 16, 2, key="autofr_batch"))
 pipe = load_model(model)
 
 if st.button("Learn", type="primary", key="autofr_run"):
@@ -47,7 +50,7 @@ if st.button("Learn", type="primary", key="autofr_run"):
         chart.plotly_chart(fig)
 
     with readable_errors("Auto-FR"):
-        result = app_autofr.learn(pipe, steps, target, gates, reuse, iterations, train_images, batch,
+        result = app_autofr.learn(pipe, steps, target, gates, granularity, reuse, iterations, train_images, batch,
                                   savings=cached_savings(model), progress=show, best=best, model_name=model)
     bar.empty()
     st.session_state["autofr_result"] = result.policy
@@ -56,7 +59,7 @@ policy = st.session_state.get("autofr_result")
 best = st.session_state.get("autofr_best")
 if policy is None and best:
     with readable_errors("Rebuilding the best mask"):
-        policy = app_autofr.policy_from_mask(pipe, best["mask"], best["steps"], best["reuse"],
+        policy = app_autofr.policy_from_mask(pipe, best["mask"], best["steps"], best["granularity"], best["reuse"],
                                              {"stopped": True, "selected_iteration": best["iteration"]})
     st.info(f"Stopped: the best mask so far is from iteration {best['iteration']} "
             f"(compute {best['compute_fraction']:.3f}).")

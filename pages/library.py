@@ -31,7 +31,7 @@ st.caption(f"Folder: {root} · policies saved from the builder (or any `frdiff-p
 rows = app_policy.list_policies(root) if root.exists() else []
 if not rows:
     st.info("The library is empty: save a policy from the Policy builder.")
-    st.page_link("pages/policy_builder.py", label="Go to the Policy builder", icon="🧩")
+    st.page_link("pages/policy_builder.py", label="Go to the Policy builder", icon=":material/grid_on:")
     st.stop()
 
 good_rows = [r for r in rows if not r["problems"]]

@@ -99,6 +99,32 @@ if s3.button("Reuse at these steps", key="builder_cols_off") and cols:
     set_base(app_policy.with_mask(policy, app_policy.set_steps(policy.keyframes, cols, False)))
     st.rerun()
 
+st.subheader("Reuse")
+st.caption("What a block skips at a reuse step (the paper's cached part, or the whole block) and what it uses "
+           "instead: **hold** keeps its last keyframe's value (FRDiff); **taylor1** / **taylor2** forecast it from "
+           "its last 2 / 3 keyframes (a line / a parabola through them). A block with fewer keyframes behind it "
+           "uses what they allow: hold with one.")
+e1, e2 = st.columns([3, 2])
+reuse_edit = e1.data_editor(
+    app_policy.reuse_frame(base), key=f"builder_reuse_{rev}", disabled=["kind"],
+    column_config={"skips": st.column_config.SelectboxColumn("skips", options=["feature", "block"], required=True),
+                   "reuse": st.column_config.SelectboxColumn("reuse", options=list(frdiff.REUSE_MODES),
+                                                             required=True)},
+    height=min(36 * (len(base.blocks) + 1) + 4, 420))
+all_modes = ["(per block)", *frdiff.REUSE_MODES]
+set_all = e2.selectbox("Set every block to", all_modes, key=f"builder_reuse_all_{rev}")
+skip_reuse = e2.selectbox("ε at skipped steps and in mixing", list(frdiff.REUSE_MODES),
+                          index=list(frdiff.REUSE_MODES).index(base.skip_reuse), key=f"builder_skip_reuse_{rev}",
+                          help="hold: the last full step's output; taylor1/2: forecast from the last full steps")
+axis = e2.selectbox("Forecast axis", ["step", "timestep"], index=["step", "timestep"].index(base.forecast_axis),
+                    key=f"builder_axis_{rev}")
+dtypes = ["model's", "float32", "float16", "bfloat16"]
+cache_dtype = e2.selectbox("Cache dtype", dtypes, index=dtypes.index(base.cache_dtype or "model's"),
+                           key=f"builder_cache_dtype_{rev}")
+if set_all != "(per block)":
+    reuse_edit = reuse_edit.assign(reuse=set_all)
+policy = app_policy.with_reuse(policy, reuse_edit, skip_reuse, axis, None if cache_dtype == "model's" else cache_dtype)
+
 st.subheader("Score mixing")
 m = base.mixing
 m1, m2, m3, m4, m5 = st.columns(5)
@@ -120,11 +146,14 @@ st.session_state["policy"] = policy
 st.subheader("Check")
 problems = app_policy.problems_for(policy, den)
 summary = app_policy.summary(policy, savings)
-k1, k2, k3, k4 = st.columns(4)
+k1, k2, k3, k4, k5 = st.columns(5)
 k1.metric("Predicted speedup", f"{summary['predicted_speedup']:.2f}×" if "predicted_speedup" in summary else "–")
-k2.metric("Denoiser calls", f"{summary['denoiser_calls']} / {policy.steps}")
-k3.metric("Keyframe share", f"{summary['keyframe_share']:.0%}")
-k4.metric("Steps full / FR / skipped", f"{summary['full_steps']} / {summary['fr_steps']} / {summary['skipped_steps']}")
+k2.metric("Cache memory (1 image)", f"{summary['cache_bytes'] / 2**20:.2f} MiB" if "cache_bytes" in summary else "–")
+k3.metric("Denoiser calls", f"{summary['denoiser_calls']} / {policy.steps}")
+k4.metric("Keyframe share", f"{summary['keyframe_share']:.0%}")
+k5.metric("Steps full / FR / skipped", f"{summary['full_steps']} / {summary['fr_steps']} / {summary['skipped_steps']}")
+st.caption(f"Reuse: {summary['reuse']}. The prediction counts FLOPs (a reuse step saves what it skips, a skipped "
+           "step everything) and the bytes the caches hold at most; measured times and bytes are on Run & compare.")
 if problems:
     for p in problems:
         st.warning(p)

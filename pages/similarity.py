@@ -8,7 +8,13 @@ from workbench.analysis.similarity import similarity_matrix
 from workbench.app import runs as app_runs
 from workbench.app.state import readable_errors
 from workbench.app.widgets import pick_run
-from workbench.figures import blocks_steps_heatmap, similarity_curves, steps_matrix
+from workbench.figures import (
+    blocks_steps_heatmap,
+    predictability_curves,
+    predictability_heatmap,
+    similarity_curves,
+    steps_matrix,
+)
 
 st.title("Similarity across steps")
 store = pick_run("sim_run")
@@ -74,3 +80,25 @@ if store.has_maps:
             diff = np.abs(frames[s] - frames[s - 1]).mean(-1)
             cols[2].image(app_runs.enlarge(np.clip(diff / max(float(diff.max()), 1e-6), 0, 1), 256),
                           caption="|difference| (normalised)")
+
+if store.has_maps and store.steps_done > 1:
+    st.subheader("Predictability")
+    st.caption("How well each step's feature is predicted from the steps computed M, 2M, 3M steps before it: by "
+               "**hold** (the value M steps back, what FRDiff reuses), **taylor1** (a line through two) or "
+               "**taylor2** (a parabola through three). Relative L1 error of the prediction; 0 = exact.")
+
+    @st.cache_data(show_spinner="Predicting every block's steps…", max_entries=4)
+    def _predictability(path_and_steps):
+        from workbench.record.store import FeatureStore
+
+        return app_runs.predictability(FeatureStore.open(path_and_steps[0]))
+
+    with readable_errors("The predictability view"):
+        pred = _predictability(key)
+    p1, p2 = st.columns(2)
+    mode = p1.radio("Mode", pred["modes"], horizontal=True, index=len(pred["modes"]) - 1, key="sim_pred_mode")
+    interval = p2.select_slider("Interval M", pred["intervals"], value=pred["intervals"][1], key="sim_pred_interval")
+    a, b = pred["modes"].index(mode), pred["intervals"].index(interval)
+    st.plotly_chart(predictability_heatmap(pred["error"][:, a, b], pred["blocks"], timesteps, mode, interval))
+    st.plotly_chart(predictability_curves({m: pred["error"][pred["blocks"].index(block), i, b]
+                                           for i, m in enumerate(pred["modes"])}, timesteps, block, interval))

@@ -82,6 +82,13 @@ def test_record_then_browse_similarity_frequency_and_delete(folders):
     at.slider(key="sim_step").set_value(2).run()
     ok(at)
     assert len(at.image) == 3  # PCA at step 2, step 1 and their difference
+    at.radio(key="sim_pred_mode").set_value("hold").run()  # the predictability view: heatmap + curves per mode
+    ok(at)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["title"]["text"] for c in charts]
+    assert any(t.startswith("Predictability: hold from every 2. step") for t in titles)
+    curves = next(c for c in charts if "error of predicting a step" in c["layout"]["title"]["text"])
+    assert [d["name"] for d in curves["data"]] == ["hold", "taylor1", "taylor2"]
 
     at.switch_page("pages/frequency.py").run()
     ok(at)
@@ -120,11 +127,23 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     at.run()
     assert at.session_state["policy"].keyframes[1, 1]
 
+    # reuse modes: every block forecasts, ε too; the check shows the caches' memory and the modes
+    rev = at.session_state["builder_rev"]
+    at.selectbox(key=f"builder_reuse_all_{rev}").select("taylor2")
+    at.selectbox(key=f"builder_skip_reuse_{rev}").select("taylor1").run()
+    ok(at)
+    forecasting = at.session_state["policy"]
+    assert set(forecasting.reuse) == {"taylor2"} and forecasting.skip_reuse == "taylor1"
+    memory = next(m for m in at.metric if m.label == "Cache memory (1 image)")
+    assert float(memory.value.split()[0]) > 0
+    assert any("Reuse: taylor2 (" in c.value for c in at.caption)
+
     at.text_input(key="builder_name").set_value("mine")
     at.button(key="builder_save").click().run()
     ok(at)
     saved = folders / "policies" / "mine.json"
     assert json.loads(saved.read_text())["steps"] == 6
+    assert {b["reuse"] for b in json.loads(saved.read_text())["blocks"]} == {"taylor2"}
 
     download = at.get("download_button")[0]
     assert download.proto.label == "Download JSON"

@@ -82,22 +82,25 @@ def test_budget_projection_takes_gates_by_logit_while_they_fit():
 
 
 # ---- gated hooks -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fixture,gran", [("unet_pipe", "feature"), ("dit_pipe", "feature"), ("dit_pipe", "block")])
-def test_hard_gates_reproduce_the_policy_run(fixture, gran, request):
-    """The training forward with hard gates is the engine's run of the same mask (up to float rounding: the gated
-    resnet path computes heavy and light parts separately)."""
+@pytest.mark.parametrize("fixture,gran,reuse", [("unet_pipe", "feature", "hold"), ("dit_pipe", "feature", "hold"),
+                                                ("dit_pipe", "block", "hold"), ("unet_pipe", "feature", "taylor2"),
+                                                ("dit_pipe", "block", "taylor1")])
+def test_hard_gates_reproduce_the_policy_run(fixture, gran, reuse, request):
+    """The training forward with hard gates is the engine's run of the same mask and reuse mode (up to float
+    rounding: the gated resnet path computes heavy and light parts separately)."""
     pipe = request.getfixturevalue(fixture)
     den = pipe.denoiser
     steps = 6
-    policy = make_preset("uniform", den, steps, interval=2)
+    policy = make_preset("uniform", den, steps, interval=2, reuse=reuse)
     policy.granularity = [gran] * len(policy.blocks)
     policy.keyframes[1::2, 3] = True  # make it per block: odd blocks also computed at step 3
     task, samples = shapes_task(pipe), shapes_samples(pipe, [4])
     with torch.no_grad():
         with frdiff.apply(den, policy, check_model=False):
             engine = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps)
-        with gated_reuse(den, policy.blocks, policy.granularity) as state:
+        with gated_reuse(den, policy.blocks, policy.granularity, frdiff.policy.ORDERS[reuse]) as state:
             state.gates = policy.keyframes.float()
+            state.hard = policy.keyframes.tolist()
             gated = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps, state)
         full = sample(task, _scheduler(pipe), samples.noise, samples.cond, steps)
     torch.testing.assert_close(gated, engine, atol=2e-5, rtol=1e-4)
@@ -226,7 +229,7 @@ def test_bad_settings_are_reported_together():
 # ---- CLI -------------------------------------------------------------------------------------------------------------
 def test_cli_reports_validation_psnr_and_speedups(capsys, tmp_path):
     out = tmp_path / "p.json"
-    assert main(["autofr", "--model", "tiny-dit", "--steps", "6", "--granularity", "step", "--target-compute",
+    assert main(["autofr", "--model", "tiny-dit", "--steps", "6", "--gates", "step", "--target-compute",
                  "0.9", "--iterations", "2", "--batch-size", "1", "--train-seeds", "0-1", "--val-seeds", "100-102",
                  "--quiet", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

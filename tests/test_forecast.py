@@ -182,16 +182,17 @@ def test_version_one_files_load_as_hold_and_run_bit_identically(unet_pipe, tmp_p
 
 
 # ---- memory -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reuse, cache_dtype, mix", [("hold", None, False), ("taylor1", None, True),
-                                                       ("taylor2", None, True), ("taylor2", "float16", False)])
-def test_predicted_cache_bytes_equal_the_bytes_held(random_unet_pipe, reuse, cache_dtype, mix):
+@pytest.mark.parametrize("preset, reuse, cache_dtype, mix", [
+    ("uniform", "hold", None, False), ("uniform", "taylor1", None, True), ("uniform", "taylor2", None, True),
+    ("uniform", "taylor2", "float16", False), ("reduced-nfe", "taylor2", None, False)])
+def test_predicted_cache_bytes_equal_the_bytes_held(random_unet_pipe, preset, reuse, cache_dtype, mix):
     pipe = random_unet_pipe
     den = pipe.unet
     x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([900, 900]), torch.tensor([0, 6])
     tokens = pipe.class_encoder(labels)
     savings = frdiff.measure_savings(den, None, x, t, encoder_hidden_states=tokens)
     steps = 8
-    policy = make_preset("uniform", den, steps, interval=2, mix=mix, reuse=reuse, cache_dtype=cache_dtype)
+    policy = make_preset(preset, den, steps, interval=2, mix=mix, reuse=reuse, cache_dtype=cache_dtype)
     policy.keyframes[0] = True  # a block computed at every step keeps no cache
     policy.granularity[3] = "block"
     with frdiff.apply(den, policy, check_model=False) as run:
@@ -200,3 +201,5 @@ def test_predicted_cache_bytes_equal_the_bytes_held(random_unet_pipe, reuse, cac
     measured = run.report().cache_bytes
     assert measured > 0 and frdiff.cache_bytes(policy, savings) == measured
     assert frdiff.cache_bytes(policy, savings, batch=8) == 4 * measured
+    if preset == "reduced-nfe":  # every reuse step is skipped: only ε_key is kept (3 full-step outputs)
+        assert not any(policy.reusing_blocks()) and measured == 3 * savings["output_numel"] * 2 * 4

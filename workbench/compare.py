@@ -97,15 +97,20 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
         res, report = results[i]
         latency = statistics.median(latencies[i])
         v_steps = v.steps or (v.policy.steps if v.policy else steps)
+        cache = {}
         if v.policy is not None:
             predicted = steps / sum(frdiff.step_costs(v.policy, savings))
             calls = report.denoiser_calls
+            per_image = 1 if guidance_scale is not None and guidance_scale <= 1 else savings["batch"]  # CFG: 2
+            per_call = min(batch_size, len(seeds)) * per_image  # the denoiser batch of the largest call
+            cache = {"cache_bytes": report.cache_bytes,
+                     "predicted_cache_bytes": frdiff.cache_bytes(v.policy, savings, batch=per_call)}
         else:
             predicted, calls = steps / v_steps, v_steps
         entry = {"name": v.name, "steps": v_steps, "scheduler": v.scheduler or scheduler or "ddim",
                  "latency_s": latency, "reference_latency_s": ref_latency, "speedup": ref_latency / latency,
                  "predicted_speedup": predicted, "denoiser_calls": calls,
-                 "block_reuses": report.block_reuses if report else 0,
+                 "block_reuses": report.block_reuses if report else 0, **cache,
                  **compare_images(ref_res.images, res.images), **judge(res)}
         entry.pop("psnr_per_image")
         if keep_images:

@@ -34,6 +34,39 @@ def blocks_steps_heatmap(values: np.ndarray, blocks: Sequence[str], timesteps: S
     return fig
 
 
+def predictability_heatmap(error: np.ndarray, blocks: Sequence[str], timesteps: Sequence[int], mode: str,
+                           interval: int) -> go.Figure:
+    """Blocks × steps heatmap of the relative error of predicting each step from the steps ``interval``, 2·``interval``
+    … before it by ``mode`` (``error``: [blocks, steps]; NaN where nothing is that far back). A magnitude: the scale
+    starts at zero."""
+    z = np.asarray(error, dtype=float)
+    top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(len(timesteps))), y=list(blocks), colorscale="Viridis", zmin=0.0, zmax=max(top, 1e-9),
+        colorbar=dict(title="relative error"), customdata=np.broadcast_to(np.asarray(timesteps), z.shape),
+        hovertemplate="block %{y}<br>step %{x} (t=%{customdata})<br>error %{z:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=f"Predictability: {mode} from every {interval}. step before (relative L1 error)",
+                      font=_FONT, xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
+                      yaxis=dict(autorange="reversed"), height=max(400, 24 * len(blocks)))
+    return fig
+
+
+def predictability_curves(errors: dict[str, np.ndarray], timesteps: Sequence[int], block: str,
+                          interval: int) -> go.Figure:
+    """One line per reuse mode: the relative error of predicting each step of ``block`` (``errors``: mode →
+    [steps]), log scale, so that hold and the forecasts can be told apart where they differ by orders."""
+    fig = go.Figure()
+    for mode, values in errors.items():
+        fig.add_trace(go.Scatter(x=np.arange(len(timesteps)), y=np.asarray(values, dtype=float), name=mode,
+                                 mode="lines+markers", customdata=np.asarray(timesteps),
+                                 hovertemplate="step %{x} (t=%{customdata})<br>" + mode + " %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=f"{block}: error of predicting a step from every {interval}. step before", font=_FONT,
+                      xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
+                      yaxis_title="relative L1 error", yaxis_type="log")
+    return fig
+
+
 def steps_matrix(matrix: np.ndarray, timesteps: Sequence[int], block: str, metric: str = "cosine") -> go.Figure:
     """Steps × steps similarity matrix of one block (``matrix``: [steps, steps])."""
     fig = go.Figure(go.Heatmap(z=matrix, colorscale="Viridis", colorbar=dict(title=metric),

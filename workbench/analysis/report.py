@@ -172,6 +172,11 @@ def analyze_store(store, threshold: float = 0.1, cond: bool | None = True,
             frequency = frequency_report(store)
         except (ValueError, KeyError, AttributeError, IndexError) as exc:  # e.g. a scheduler diffusers lacks
             notes.append(f"no predicted-x0 or final-image spectra: {exc}")
+    predictability = None
+    if store.has_maps and store.steps_done > 1:
+        from workbench.analysis.predictability import store_predictability, summary
+
+        predictability = summary(store_predictability(store))
     report = {
         "run": str(store.directory), "model": store.manifest["model"]["id"], "reduction": name,
         "steps": store.steps_done, "timesteps": store.timesteps, "complete": store.complete,
@@ -183,9 +188,12 @@ def analyze_store(store, threshold: float = 0.1, cond: bool | None = True,
             "feature_spectra": feature_source,
             "predicted_x0": "stored denoiser inputs and outputs" if frequency else None,
             "final": "scheduler replayed on the stored inputs" if frequency and frequency["final"] else None,
+            "predictability": "stored maps: each step predicted from the steps M, 2M, 3M before it by hold, taylor1 "
+                              "and taylor2" if predictability else None,
         },
         "blocks": blocks,
         "frequency": frequency,
+        "predictability": predictability,
         "notes": notes,
     }
     return jsonable(report)

@@ -16,7 +16,8 @@ from frdiff import Mixing, Policy
 from frdiff.policy import model_ref
 
 
-def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: str = "feature", iterations: int = 10,
+def learn(pipe, steps: int, target: float | None, gates: str = "step", granularity: str = "feature",
+          reuse: str = "hold", iterations: int = 10,
           train_images: int = 4, batch_size: int = 2, savings: dict | None = None,
           progress: Callable[[dict], None] | None = None, cancel: Callable[[], bool] | None = None,
           best: dict | None = None, model_name: str | None = None):
@@ -25,7 +26,8 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: st
     from frdiff.autofr import AutoFRConfig
     from workbench.autofr import learn_for_pipeline
 
-    config = AutoFRConfig(gates=gates, reuse=reuse, target_compute=target, iterations=iterations,
+    config = AutoFRConfig(gates=gates, granularity=granularity, reuse=reuse, target_compute=target,
+                          iterations=iterations,
                           batch_size=batch_size)
     problems = config.problems() + ([f"Auto-FR needs at least 2 steps, got {steps}"] if steps < 2 else [])
     if problems:
@@ -35,7 +37,8 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: st
         met = info["target"] is None or info["compute_fraction"] <= info["target"] + config.tolerance
         if best is not None and met:
             best.update(mask=info["mask"].clone(), iteration=info["iteration"],
-                        compute_fraction=info["compute_fraction"], steps=steps, reuse=reuse)
+                        compute_fraction=info["compute_fraction"], steps=steps, granularity=granularity,
+                        reuse=reuse)
         if progress is not None:
             progress(info)
 
@@ -43,13 +46,15 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", reuse: st
                               cancel, model_name=model_name)
 
 
-def policy_from_mask(pipe, mask: torch.Tensor, steps: int, reuse: str = "feature", provenance: dict | None = None,
+def policy_from_mask(pipe, mask: torch.Tensor, steps: int, granularity: str = "feature", reuse: str = "hold",
+                     provenance: dict | None = None,
                      scheduler: str = "ddim") -> Policy:
     """A policy (mixing off) from a learned ``[blocks, steps]`` mask, e.g. the best one of a stopped run."""
     den = frdiff.denoiser_of(pipe)
     blocks = frdiff.find_blocks(den)
     kinds = [k for _, k in blocks]
     policy = Policy(blocks=[b for b, _ in blocks], keyframes=mask, steps=steps, scheduler=scheduler,
-                    granularity=["block" if k == "generic" else reuse for k in kinds], kinds=kinds, mixing=Mixing(),
+                    granularity=["block" if k == "generic" else granularity for k in kinds], kinds=kinds,
+                    reuse=[reuse] * len(blocks), mixing=Mixing(),
                     model=model_ref(den), provenance={"made_by": "autofr", **(provenance or {})})
     return policy.check(model_blocks=dict(blocks))

@@ -70,6 +70,39 @@ def set_steps(mask: torch.Tensor, steps: list[int], keyframe: bool) -> torch.Ten
     return out
 
 
+REUSE_COLUMNS = ["kind", "skips", "reuse"]
+
+
+def reuse_frame(policy: Policy) -> pd.DataFrame:
+    """Per block: its kind, what a reuse step skips (``feature`` / ``block``) and what it uses (``hold`` or a
+    forecast), one row per block in the policy's order."""
+    return pd.DataFrame({"kind": policy.kinds or [""] * len(policy.blocks), "skips": list(policy.granularity),
+                         "reuse": list(policy.reuse)}, index=list(policy.blocks))
+
+
+def with_reuse(policy: Policy, frame: pd.DataFrame | None = None, skip_reuse: str | None = None,
+               forecast_axis: str | None = None, cache_dtype: str | None = "keep") -> Policy:
+    """A copy of ``policy`` with the edited per-block reuse table (:func:`reuse_frame`) and policy-wide reuse
+    settings; ``cache_dtype="keep"`` leaves it as it is (``None`` is the model's dtype)."""
+    changes: dict = {}
+    if frame is not None:
+        gran = [str(g) if g in frdiff.policy.GRANULARITIES else old
+                for g, old in zip(frame["skips"].tolist(), policy.granularity, strict=True)]
+        modes = [str(m) if m in frdiff.REUSE_MODES else old
+                 for m, old in zip(frame["reuse"].tolist(), policy.reuse, strict=True)]
+        changes.update(granularity=gran, reuse=modes)
+    if skip_reuse is not None:
+        changes["skip_reuse"] = skip_reuse
+    if forecast_axis is not None:
+        changes["forecast_axis"] = forecast_axis
+    if cache_dtype != "keep":
+        changes["cache_dtype"] = cache_dtype
+    out = policy.replaced(**changes)
+    if any(getattr(out, k) != getattr(policy, k) for k in changes) and out.provenance.get("made_by") != "builder":
+        out.provenance = {"made_by": "builder", "source": policy.provenance}
+    return out
+
+
 def with_mixing(policy: Policy, mixing: Mixing) -> Policy:
     out = copy.deepcopy(policy)
     out.mixing = mixing
@@ -89,8 +122,11 @@ def summary(policy: Policy, savings: dict | None = None) -> dict:
            "keyframe_share": float(policy.keyframes.float().mean()) if policy.blocks else 1.0,
            "denoiser_calls": policy.denoiser_calls(), "full_steps": kinds.count("full"),
            "fr_steps": kinds.count("fr"), "skipped_steps": kinds.count("skip")}
+    out["reuse"] = policy.reuse_summary()
     if savings is not None:
         out["predicted_speedup"] = frdiff.predicted_speedup(policy, savings)
+        if "cached_numel" in savings:  # the caches of one image's run (its CFG batch)
+            out["cache_bytes"] = frdiff.cache_bytes(policy, savings)
     return out
 
 

@@ -176,6 +176,14 @@ def run_folder(root: str | Path, model_id: str, condition: str, stamp: str) -> P
     raise FileExistsError(f"no free run folder name {base}-N below {root}")
 
 
+def predictability(store) -> dict:
+    """:func:`workbench.analysis.predictability.store_predictability` of a run (every block, hold and both
+    forecasts, intervals 1–4), for the Similarity page."""
+    from workbench.analysis.predictability import store_predictability
+
+    return store_predictability(store)
+
+
 def all_stats(store) -> dict[str, np.ndarray]:
     """Streaming statistics of every block, ``{"cosine", "rel_l1"}: [steps, blocks, images]`` (conditional half)."""
     per = [store.stats(b) for b in store.blocks]

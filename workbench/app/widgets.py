@@ -14,7 +14,7 @@ def pick_run(key: str, need_maps: bool = False):
     runs = [r for r in (list_runs(runs_root()) if runs_root().exists() else []) if r.get("status") != "unreadable"]
     if not runs:
         st.info("No recorded run yet: record one on the Record page (the defaults take a few seconds).")
-        st.page_link("pages/record.py", label="Go to Record", icon="⏺️")
+        st.page_link("pages/record.py", label="Go to Record", icon=":material/fiber_manual_record:")
         return None
     paths = [r["path"] for r in runs]
     current = st.session_state.get("run_dir")

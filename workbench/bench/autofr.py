@@ -30,8 +30,10 @@ import torch
 
 TARGETS = {"tiny-unet": 0.6, "tiny-dit": 0.75}  # feature reuse: between uniform M=3 and M=4 on each model
 BLOCK_TARGET = 0.5  # whole-block reuse: reduced-NFE M=2's cost
-AUTOFR_RUNS = [("step", "feature", None), ("block", "feature", None), ("step", "block", BLOCK_TARGET),
-               ("block", "block", BLOCK_TARGET)]
+# (gates, granularity, target compute (None: the model's feature-reuse target), reuse mode)
+AUTOFR_RUNS = [("step", "feature", None, "hold"), ("block", "feature", None, "hold"),
+               ("step", "block", BLOCK_TARGET, "hold"), ("block", "block", BLOCK_TARGET, "hold"),
+               ("step", "block", BLOCK_TARGET, "taylor2"), ("block", "block", BLOCK_TARGET, "taylor2")]
 MARK_START, MARK_END = "<!-- bench-autofr:start -->", "<!-- bench-autofr:end -->"
 
 
@@ -76,7 +78,7 @@ def verdict(row: dict, front: list[dict], tol: float = 1e-9) -> dict:
 
 def bench_autofr(repeats: int = 1, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"), steps: int = 50,
                  train_seeds: list[int] | None = None, val_seeds: list[int] | None = None, iterations: int = 30,
-                 runs: list[tuple[str, str, float | None]] | None = None, targets: dict | None = None,
+                 runs: list[tuple[str, str, float | None, str]] | None = None, targets: dict | None = None,
                  device: str | None = None, progress=None) -> dict:
     """Hand-made front and Auto-FR policies on held-out seeds (see the module docstring)."""
     import frdiff
@@ -105,13 +107,16 @@ def bench_autofr(repeats: int = 1, models: tuple[str, ...] = ("tiny-unet", "tiny
         for preset, m, mix in BASELINES:
             label = f"{preset} M={m}" + (" + mixing" if mix else "")
             variants.append(Variant(label, frdiff.make_preset(preset, den, steps, interval=m, mix=mix)))
-        for gates, reuse, target in runs:
+        for gates, granularity, target, reuse in runs:
             target = targets.get(name, 0.6) if target is None else target
-            label = f"autofr {gates} gates, {reuse} reuse, target {target:g}"
-            cfg = AutoFRConfig(gates=gates, reuse=reuse, target_compute=target, iterations=iterations)
+            label = f"autofr {gates} gates, {granularity} reuse, target {target:g}" + (
+                f", {reuse}" if reuse != "hold" else "")
+            cfg = AutoFRConfig(gates=gates, granularity=granularity, reuse=reuse, target_compute=target,
+                               iterations=iterations)
             res = learn_for_pipeline(pipe, cfg, steps, train_seeds, None, None, savings, model_name=name)
             variants.append(Variant(label, res.policy))
-            trained[label] = {"gates": gates, "reuse": reuse, "target": target, "train_seconds": res.seconds,
+            trained[label] = {"gates": gates, "granularity": granularity, "reuse": reuse, "target": target,
+                              "train_seconds": res.seconds,
                               "iterations_run": len(res.history), "final_mse": res.history[-1]["mse"]
                               if res.history else None, **mask_lines(res.policy),
                               "policy": res.policy.to_dict()}

@@ -142,6 +142,63 @@ def frdiff_methods(den, steps: int) -> list[Method]:
     return out
 
 
+FORECAST_INTERVALS = (2, 3, 4, 5)
+FORECASTS = ("taylor1", "taylor2")
+PLAN_TARGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def forecast_methods(den, steps: int) -> list[Method]:
+    """Forecast reuse (policy version 2) at M = 2…5: feature and whole-block reuse with ``taylor1`` / ``taylor2``,
+    ``taylor2`` with score mixing, and reduced NFE with ε forecast from the last full steps."""
+    out = []
+    for mode in FORECASTS:
+        for m in FORECAST_INTERVALS:
+            feature = make_preset("uniform", den, steps, interval=m, reuse=mode)
+            block = feature.replaced(granularity=["block"] * len(feature.blocks))
+            out.append(Method(f"FR M={m} {mode}", f"FRDiff {mode} (feature)", True, steps, policy=feature,
+                              params={"interval": m, "reuse": mode}))
+            out.append(Method(f"FR M={m} {mode}, whole blocks", f"FRDiff {mode} (block)", True, steps, policy=block,
+                              params={"interval": m, "reuse": mode, "granularity": "block"}))
+            out.append(Method(f"reduced NFE M={m}, ε {mode}", f"reduced NFE + ε forecast ({mode})", True, steps,
+                              policy=make_preset("reduced-nfe", den, steps, interval=m, reuse=mode),
+                              params={"interval": m, "skip_reuse": mode}))
+    for m in FORECAST_INTERVALS:
+        out.append(Method(f"FR M={m} taylor2 + mixing", "FRDiff taylor2 + mixing (feature)", True, steps,
+                          policy=make_preset("uniform", den, steps, interval=m, mix=True, reuse="taylor2"),
+                          params={"interval": m, "reuse": "taylor2", "mixing": True}))
+    return out
+
+
+def plan_methods(pipe, model: str, steps: int, targets=PLAN_TARGETS, record_seeds: int = 4) -> list[Method]:
+    """``policy from-run --target-compute`` at each target: keyframes and reuse mode per block planned from a
+    ``pool16`` recording of ``record_seeds`` training seeds, the best of 3 candidates measured on those seeds."""
+    from workbench.compare import measure_savings
+    from workbench.plan import plan_from_run
+    from workbench.record.recorder import record_run
+    from workbench.record.store import FeatureStore
+
+    seeds = list(range(TRAIN_SEEDS, TRAIN_SEEDS + record_seeds))
+    savings = measure_savings(pipe)
+    out, errors = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        run = record_run(pipe, model, Path(tmp) / "run", labels=[s % pipe.num_classes for s in seeds], seeds=seeds,
+                         steps=steps, reduction="pool16")
+        store = FeatureStore.open(run)
+        for target in targets:
+            try:
+                policy, info = plan_from_run(pipe, store, target, savings=savings, errors=errors)
+            except ValueError:
+                continue  # below what the patterns reach
+            errors = info["errors"]
+            prov = policy.provenance
+            out.append(Method(f"planned from run, target {target:g}", "FRDiff planned from a run (per block)", True,
+                              steps, policy=policy, params={"target_compute": target, "pattern": prov["pattern"],
+                                                            "computed_blocks": prov["computed_blocks"],
+                                                            "record_seeds": f"{seeds[0]}-{seeds[-1]}",
+                                                            "candidates": info["candidates"]}))
+    return out
+
+
 def threshold_methods(pipe, model: str, steps: int, thresholds=THRESHOLDS, record_seeds: int = 4) -> list[Method]:
     """Per-block threshold policies from a ``stats`` recording of ``record_seeds`` training seeds."""
     from workbench.record.recorder import record_run
@@ -159,12 +216,16 @@ def threshold_methods(pipe, model: str, steps: int, thresholds=THRESHOLDS, recor
             for d in thresholds]
 
 
+FORECAST_AUTOFR = (("step", "block", "taylor2", 0.4),)  # (gates, granularity, reuse, target) with forecasts
+
+
 def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | None = None, iterations: int = 30,
-                   train_seeds: int = 32, gates=("step", "block"), progress=None) -> list[Method]:
-    """Auto-FR policies (feature reuse) learned on ``train_seeds`` seeds from :data:`TRAIN_SEEDS` (disjoint from
-    evaluation). ``targets``: compute fractions; default the model's target of ``bench autofr``
-    (:data:`workbench.bench.autofr.TARGETS`: between uniform M=3 and M=4, reachable with feature reuse; 0.6 for other
-    models)."""
+                   train_seeds: int = 32, gates=("step", "block"), forecast_runs=FORECAST_AUTOFR,
+                   progress=None) -> list[Method]:
+    """Auto-FR policies learned on ``train_seeds`` seeds from :data:`TRAIN_SEEDS` (disjoint from evaluation):
+    feature reuse (hold) per step and per block at ``targets`` (default the model's target of ``bench autofr``,
+    :data:`workbench.bench.autofr.TARGETS`: between uniform M=3 and M=4, reachable with feature reuse; 0.6 for
+    other models), and ``forecast_runs`` learned with forecasts in place."""
     from frdiff.autofr import AutoFRConfig
     from workbench.autofr import learn_for_pipeline
     from workbench.bench.autofr import TARGETS
@@ -173,16 +234,19 @@ def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | No
     savings = measure_savings(pipe)
     train = list(range(TRAIN_SEEDS, TRAIN_SEEDS + train_seeds))
     targets = targets or (TARGETS.get(model, 0.6),)
+    runs = [(g, "feature", "hold", t) for g in gates for t in targets] + list(forecast_runs)
     out = []
-    for g in gates:
-        for target in targets:
-            config = AutoFRConfig(gates=g, target_compute=target, iterations=iterations)
-            result = learn_for_pipeline(pipe, config, steps, train, savings=savings, model_name=model,
-                                        progress=progress)
-            out.append(Method(f"Auto-FR per {g}, target {target:g}", f"Auto-FR (per {g})", True, steps,
-                              policy=result.policy, params={"gates": g, "target_compute": target,
-                                                            "iterations": iterations, "train_seeds":
-                                                            f"{train[0]}-{train[-1]}", "train_s": result.seconds}))
+    for g, granularity, reuse, target in runs:
+        config = AutoFRConfig(gates=g, granularity=granularity, reuse=reuse, target_compute=target,
+                              iterations=iterations)
+        result = learn_for_pipeline(pipe, config, steps, train, savings=savings, model_name=model, progress=progress)
+        hold = reuse == "hold" and granularity == "feature"
+        name = f"Auto-FR per {g}, target {target:g}" + ("" if hold else f", {granularity} {reuse}")
+        family = f"Auto-FR (per {g})" + ("" if hold else f" {granularity} {reuse}")
+        out.append(Method(name, family, True, steps, policy=result.policy,
+                          params={"gates": g, "granularity": granularity, "reuse": reuse, "target_compute": target,
+                                  "iterations": iterations, "train_seeds": f"{train[0]}-{train[-1]}",
+                                  "train_s": result.seconds}))
     return out
 
 
@@ -202,7 +266,8 @@ def _env(device: str) -> dict:
 def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"),
                           steps: int = REFERENCE_STEPS, device: str | None = None, autofr: bool = True,
                           autofr_iterations: int = 30, autofr_train_seeds: int = 32, autofr_targets=None,
-                          thresholds=THRESHOLDS, peers: bool = True, flop_seeds: int = 4, batch_size: int = 64,
+                          thresholds=THRESHOLDS, peers: bool = True, plans: bool = True, flop_seeds: int = 4,
+                          batch_size: int = 64,
                           small: bool = False, progress=None) -> dict:
     """The ``quality-vs-latency`` suite (module docstring). ``small`` keeps the first setting of each method family
     (two of fewer DDIM steps and reduced NFE): the CI smoke size."""
@@ -219,9 +284,11 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
         pipe = load_pipeline(model, device=device)
         pipe.set_progress_bar_config(disable=True)
         den = pipe.denoiser
-        methods = stock_methods(steps) + frdiff_methods(den, steps)
+        methods = stock_methods(steps) + frdiff_methods(den, steps) + forecast_methods(den, steps)
         if thresholds:
             methods += threshold_methods(pipe, model, steps, thresholds)
+        if plans:
+            methods += plan_methods(pipe, model, steps, (0.5,) if small else PLAN_TARGETS)
         if autofr:
             methods += autofr_methods(pipe, model, steps, autofr_targets, autofr_iterations, autofr_train_seeds)
         skipped: list[dict] = []
@@ -239,8 +306,16 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
     return report
 
 
-SCHEDULER_VARIANTS = [("reduced NFE M=2", "reduced-nfe", 2, False), ("FR M=2", "uniform", 2, False),
-                      ("FR M=2 + mixing", "uniform", 2, True), ("FR M=3", "uniform", 3, False)]
+# (label, preset, interval, mixing, reuse, granularity): the paper's question (FR ± mixing and reduced NFE under
+# multistep solvers) and the forecast answer to it (ε forecast at skipped steps, whole-block forecasts)
+SCHEDULER_VARIANTS = [("reduced NFE M=2", "reduced-nfe", 2, False, "hold", None),
+                      ("reduced NFE M=2, ε taylor1", "reduced-nfe", 2, False, "taylor1", None),
+                      ("reduced NFE M=2, ε taylor2", "reduced-nfe", 2, False, "taylor2", None),
+                      ("FR M=2", "uniform", 2, False, "hold", None),
+                      ("FR M=2 + mixing", "uniform", 2, True, "hold", None),
+                      ("FR M=3", "uniform", 3, False, "hold", None),
+                      ("FR M=3 + mixing", "uniform", 3, True, "hold", None),
+                      ("FR M=2 taylor2, whole blocks", "uniform", 2, False, "taylor2", "block")]
 
 
 def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"),
@@ -263,8 +338,12 @@ def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] 
         for n_steps in steps:
             for sched in schedulers:
                 variants = [Variant(f"{sched} {n_steps // 2} steps", None, steps=n_steps // 2)]
-                variants += [Variant(label, make_preset(preset, pipe.denoiser, n_steps, scheduler=sched, interval=m,
-                                                        mix=mix)) for label, preset, m, mix in SCHEDULER_VARIANTS]
+                for label, preset, m, mix, reuse, gran in SCHEDULER_VARIANTS:
+                    policy = make_preset(preset, pipe.denoiser, n_steps, scheduler=sched, interval=m, mix=mix,
+                                         reuse=reuse)
+                    if gran:
+                        policy = policy.replaced(granularity=[gran] * len(policy.blocks))
+                    variants.append(Variant(label, policy))
                 res = compare(pipe, variants, labels, list(range(seeds)), steps=n_steps, scheduler=sched,
                               repeats=repeats, progress=progress)
                 res.pop("savings")

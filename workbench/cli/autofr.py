@@ -51,7 +51,8 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
         raise UserError("autofr needs --out P.json")
     file_out(args.out)  # refused before training, not after
     target = None if str(args.target_compute).lower() == "none" else float(args.target_compute)
-    config = AutoFRConfig(gates=args.granularity, reuse=args.reuse, target_compute=target, penalty=args.penalty,
+    config = AutoFRConfig(gates=args.gates, granularity=args.granularity, reuse=args.reuse, target_compute=target,
+                          penalty=args.penalty,
                           iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
                           estimator=args.estimator, checkpoint=args.checkpoint, seed=args.seed)
     problems = config.problems()
@@ -96,7 +97,8 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
             bar.close()
     policy = result.policy
     prov = policy.provenance
-    report = {"model": args.model, "steps": args.steps, "granularity": args.granularity, "reuse": args.reuse,
+    report = {"model": args.model, "steps": args.steps, "gates": args.gates, "granularity": args.granularity,
+              "reuse": args.reuse,
               "estimator": args.estimator,
               "target_compute": target, "compute_fraction": prov["compute_fraction"],
               "predicted_speedup": prov["predicted_speedup"], "iterations_run": len(result.history),
@@ -142,7 +144,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
         report["ranks"] = ctx.world_size
     report["loss_curve"] = prov["loss_curve"]
     if not args.json:
-        for k in ("model", "granularity", "reuse", "target_compute", "compute_fraction", "predicted_speedup",
+        for k in ("model", "gates", "granularity", "reuse", "target_compute", "compute_fraction", "predicted_speedup",
                   "measured_speedup", "val_psnr", "val_ssim", "iterations_run", "train_seconds", "step_mask", "out"):
             if k in report:
                 val = report[k]
@@ -159,10 +161,13 @@ def add_commands(sub) -> None:
     p = sub.add_parser("autofr", help="learn a keyframe policy by gradient descent through the sampler (Auto-FR)")
     p.add_argument("--model", default="tiny-unet", help="embedded name or local diffusers folder")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--granularity", choices=["step", "block"], default="step",
+    p.add_argument("--gates", choices=["step", "block"], default="step",
                    help="gates per step (the paper's, shared by all blocks) or per block × step")
-    p.add_argument("--reuse", choices=["feature", "block"], default="feature",
+    p.add_argument("--granularity", choices=["feature", "block"], default="feature",
                    help="what a reusing block skips: its timestep-independent part (paper) or the whole block")
+    p.add_argument("--reuse", choices=["hold", "taylor1", "taylor2"], default="hold",
+                   help="what a reusing block uses: its last keyframe value (hold) or a forecast from the last "
+                        "2 / 3 keyframes (taylor1 / taylor2), learned with that mode in place")
     p.add_argument("--target-compute", default="0.6",
                    help="compute fraction to steer to (1 = full), or 'none' for the paper's fixed penalty")
     p.add_argument("--penalty", type=float, default=1e-3, help="the paper's penalty weight (--target-compute none)")

@@ -12,13 +12,14 @@ from workbench.cli.common import UserError, file_out, folder_out, parse_seeds
 # Options each suite reads (recorded with its JSON as the exact command that produced it).
 BENCH_OPTIONS = {
     "quality-vs-latency": ["models", "seeds", "steps", "repeats", "device", "no_autofr", "autofr_iterations",
-                           "autofr_train_seeds", "no_peers", "flop_seeds", "small"],
+                           "autofr_train_seeds", "no_peers", "no_plans", "flop_seeds", "small"],
     "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["repeats", "small", "compile"],
     "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
+    "memory": ["device"],
 }
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
 
@@ -41,13 +42,14 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     from workbench.bench.autofr import bench_autofr
     from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
     from workbench.bench.foundation import bench_analysis, bench_foundation, bench_record_overhead
+    from workbench.bench.memory import bench_memory
     from workbench.bench.quality import bench_overhead, bench_quality_latency, bench_schedulers
     from workbench.bench.throughput import bench_run_throughput
 
     suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
               "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup,
               "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead,
-              "run-throughput": bench_run_throughput, "autofr": bench_autofr}
+              "run-throughput": bench_run_throughput, "autofr": bench_autofr, "memory": bench_memory}
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
@@ -62,6 +64,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
                  "models": models, "device": args.device, "autofr": not args.no_autofr,
                  "autofr_iterations": args.autofr_iterations or (2 if small else 30),
                  "autofr_train_seeds": args.autofr_train_seeds or (2 if small else 32), "peers": not args.no_peers,
+                 "plans": not args.no_plans,
                  "flop_seeds": args.flop_seeds or (2 if small else 4), "small": small}
     elif suite == "schedulers":
         steps = args.scheduler_steps or ("4" if small else "20,50")
@@ -75,6 +78,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
         extra = {"small": small, "app": not args.no_app}
     elif suite == "run-throughput":  # under torchrun: the whole job's throughput (docs/distributed.md)
         extra = {"small": True if small else None, "seeds": args.seeds, "steps": args.steps}
+    elif suite == "memory":  # cache bytes predicted, held and (CUDA) allocated; cache dtype cost
+        extra = {"device": args.device}
     elif suite == "autofr":  # Auto-FR against the hand-made front on held-out seeds (docs/autofr.md)
         extra = {"models": models, "device": args.device, "steps": args.steps or 50,
                  "iterations": args.autofr_iterations or 30,
@@ -139,7 +144,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/), all of them, or the report")
     p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
                                  "run-throughput | foundation | record-overhead | analysis | engine-quality | "
-                                 "app-startup")
+                                 "app-startup | memory")
     p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
@@ -159,6 +164,8 @@ def add_commands(sub) -> None:
     p.add_argument("--train-seeds", default=None, help="autofr: Auto-FR training seeds (default 0-31)")
     p.add_argument("--val-seeds", default=None, help="autofr: held-out evaluation seeds (default 100-163)")
     p.add_argument("--no-peers", action="store_true", help="quality-vs-latency: skip DeepCache and diffusers caches")
+    p.add_argument("--no-plans", action="store_true",
+                   help="quality-vs-latency: skip the policies planned from a recorded run (policy from-run)")
     p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")
     p.add_argument("--no-app", action="store_true", help="overhead: skip the app start-up part")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")

@@ -18,10 +18,27 @@ def _preset(args, pipe, steps: int):
     import frdiff
 
     try:
-        return frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=args.scheduler or "ddim",
-                                  interval=args.interval, mix=args.mix)
+        policy = frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=args.scheduler or "ddim",
+                                    interval=args.interval, mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
+                                    forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype)
+        if args.granularity and args.preset != "deepcache":  # DeepCache-style policies skip whole blocks by design
+            policy = policy.replaced(granularity=[args.granularity if k != "generic" else "block"
+                                                  for k in policy.kinds]).check()
+        return policy
     except (ValueError, frdiff.PolicyError) as exc:
         raise _policy_error(exc) from None
+
+
+def _prediction(pipe, policy, images: int = 1) -> dict:
+    """Predicted speedup and cache bytes of ``policy`` on ``pipe`` for ``images`` images per pipeline call."""
+    import frdiff
+    from workbench.compare import measure_savings
+
+    savings = measure_savings(pipe)
+    per_image = savings["batch"]  # the denoiser batch of the one-image call measured (2 with CFG)
+    return {"predicted_speedup": frdiff.predicted_speedup(policy, savings),
+            "cache_bytes": frdiff.cache_bytes(policy, savings, batch=per_image * images),
+            "reuse": policy.reuse_summary()}
 
 
 def _load_policy(path: str):
@@ -60,7 +77,8 @@ def cmd_policy(args: argparse.Namespace) -> dict:
         policy = _preset(args, pipe, args.steps)
         policy.save(args.out)
         report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
-                  "denoiser_calls": policy.denoiser_calls(), "step_kinds": _kinds_line(policy)}
+                  "denoiser_calls": policy.denoiser_calls(), "step_kinds": _kinds_line(policy),
+                  **_prediction(pipe, policy)}
     elif args.action == "validate":
         if not args.file:
             raise UserError("policy validate needs a policy JSON file")
@@ -73,7 +91,11 @@ def cmd_policy(args: argparse.Namespace) -> dict:
             if problems:
                 raise UserError("invalid policy for " + args.model + ": " + "; ".join(problems))
         report = {"valid": True, "file": args.file, "blocks": len(policy.blocks), "steps": policy.steps,
-                  "denoiser_calls": policy.denoiser_calls()}
+                  "denoiser_calls": policy.denoiser_calls(),
+                  "reuse": policy.reuse_summary(), "forecast_axis": policy.forecast_axis,
+                  "cache_dtype": policy.cache_dtype, "notes": policy.load_notes}
+        if args.model:
+            report.update(_prediction(pipe, policy))
     elif args.action == "remap":
         if not args.out or not args.file:
             raise UserError("policy remap needs a policy file, --steps S and --out P.json")
@@ -82,10 +104,13 @@ def cmd_policy(args: argparse.Namespace) -> dict:
             raise UserError(f"--steps must be at least 1, got {args.steps}")
         policy = _load_policy(args.file).remap(args.steps)
         policy.save(args.out)
-        report = {"out": args.out, "steps": policy.steps, "denoiser_calls": policy.denoiser_calls()}
+        report = {"out": args.out, "steps": policy.steps, "denoiser_calls": policy.denoiser_calls(),
+                  "reuse": policy.reuse_summary()}
     elif args.action == "from-run":
-        if not args.out or args.threshold is None:
-            raise UserError("policy from-run needs --threshold δ and --out P.json")
+        if not args.out or (args.threshold is None) == (args.target_compute is None):
+            raise UserError("policy from-run needs --out P.json and one of --threshold δ (keyframes where the "
+                            "accumulated change exceeds δ) or --target-compute C (keyframes and reuse mode per block "
+                            "from the run's forecast errors, at compute ≤ C)")
         file_out(args.out)
         report = _policy_from_run(args)
     else:
@@ -114,6 +139,8 @@ def _policy_from_run(args) -> dict:
         raise UserError(f"the run in {args.file} is incomplete ({store.steps_done} of {manifest['steps']} steps)")
     pipe = load_pipeline(args.model or manifest["model"]["id"])
     steps = len(store.timesteps)
+    if args.target_compute is not None:
+        return _planned_from_run(args, pipe, store)
     rel = {}
     for block in store.blocks:
         stats = store.stats(block)
@@ -127,6 +154,26 @@ def _policy_from_run(args) -> dict:
     policy.save(args.out)
     return {"out": args.out, "blocks": len(policy.blocks), "steps": steps, "threshold": args.threshold,
             "keyframes_per_block": policy.keyframes.sum(1).tolist(), "denoiser_calls": policy.denoiser_calls()}
+
+
+def _planned_from_run(args, pipe, store) -> dict:
+    """``policy from-run --target-compute C`` (:func:`workbench.plan.plan_from_run`)."""
+    import frdiff
+    from workbench.plan import plan_from_run
+
+    if not 0 < args.target_compute <= 1:
+        raise UserError(f"--target-compute must lie in (0, 1], got {args.target_compute}")
+    try:
+        policy, info = plan_from_run(pipe, store, args.target_compute, granularity=args.granularity or "block",
+                                     candidates=args.candidates)
+    except (ValueError, frdiff.PolicyError) as exc:
+        raise _policy_error(exc) from None
+    policy.save(args.out)
+    prov = policy.provenance
+    return {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps, "target_compute": args.target_compute,
+            "compute_fraction": prov["compute_fraction"], "pattern": prov["pattern"],
+            "computed_blocks": prov["computed_blocks"], "reuse": policy.reuse_summary(),
+            "denoiser_calls": policy.denoiser_calls(), "candidates": info["candidates"]}
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
@@ -163,7 +210,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         steps = args.steps
         check_steps(pipe, steps)
         policy = _preset(args, pipe, steps)
-        name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "")
+        name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "") \
+            + (f"-{args.reuse}" if args.reuse != "hold" else "") + (f"-{args.granularity}" if args.granularity else "")
     sharded = distributed.is_distributed()  # under torchrun: this rank's seeds, then every rank's results joined
     if sharded and len(seeds) < distributed.context().world_size:
         raise UserError(f"{len(seeds)} seeds for {distributed.context().world_size} ranks; give each rank one at least")
@@ -183,7 +231,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
         report["fd_shapes"] = v["fd_shapes"]
         report["reference_fd_shapes"] = ref["fd_shapes"]
     report.update(model=args.model, policy=name, steps=steps, scheduler=args.scheduler or "ddim", n=len(seeds),
-                  reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"])
+                  reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"],
+                  reuse=policy.reuse_summary(), cache_bytes=v["cache_bytes"],
+                  predicted_cache_bytes=v["predicted_cache_bytes"])
     if sharded:
         report.update(ranks=result["ranks"], latency_per_rank_s=v["latency_per_rank_s"],
                       reference_latency_per_rank_s=ref["latency_per_rank_s"])
@@ -203,6 +253,23 @@ def cmd_run(args: argparse.Namespace) -> dict:
     return report
 
 
+def _reuse_arguments(p) -> None:
+    """The reuse settings of a preset (``policy make``, ``run --preset``; docs/policy-format.md)."""
+    p.add_argument("--reuse", default="hold", choices=["hold", "taylor1", "taylor2"],
+                   help="what a reusing block uses: its last keyframe value (hold, FRDiff) or a forecast from its "
+                        "last 2 / 3 keyframes (taylor1 / taylor2)")
+    p.add_argument("--skip-reuse", default=None, choices=["hold", "taylor1", "taylor2"],
+                   help="ε at skipped steps and in score mixing: held or forecast from the last full steps "
+                        "(default: --reuse)")
+    p.add_argument("--forecast-axis", default="step", choices=["step", "timestep"],
+                   help="what forecasts extrapolate in (the same on evenly spaced timesteps)")
+    p.add_argument("--cache-dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="keep caches in this dtype (default: the model's)")
+    p.add_argument("--granularity", default=None, choices=["feature", "block"],
+                   help="what a reusing block skips: the paper's cached part (feature, the default of the presets) "
+                        "or the whole block")
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("policy", help="make, validate, remap or derive (from a recorded run) an FRDiff policy")
     p.add_argument("action", choices=["make", "validate", "remap", "from-run"])
@@ -216,6 +283,11 @@ def add_commands(sub) -> None:
     p.add_argument("--scheduler", default="ddim", type=scheduler_arg,
                    help="scheduler the policy is for (ddim, dpmpp, euler, unipc)")
     p.add_argument("--threshold", type=float, default=None, help="from-run: accumulated relative L1 per keyframe")
+    p.add_argument("--target-compute", type=float, default=None,
+                   help="from-run: plan keyframes and reuse mode per block at compute ≤ this fraction of the full run")
+    p.add_argument("--candidates", type=int, default=3,
+                   help="from-run --target-compute: planned candidates run on the recorded seeds to pick from")
+    _reuse_arguments(p)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="where to write the policy JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -228,6 +300,7 @@ def add_commands(sub) -> None:
     p.add_argument("--interval", type=int, default=2)
     p.add_argument("--mix", action="store_true")
     p.add_argument("--steps", type=int, default=50, help="steps (presets; a policy file carries its own)")
+    _reuse_arguments(p)
     p.add_argument("--seeds", default="0-7", help="one image per seed: 0-7, 1,5,9 …")
     p.add_argument("--class", dest="cls", default="all", help="class name, or 'all' (seed mod classes)")
     p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc")

@@ -86,13 +86,14 @@ EMBEDDED: dict[str, ModelSpec] = {s.name: s for s in (TINY_UNET, TINY_DIT)}
 
 
 def default_scheduler() -> DDIMScheduler:
-    """DDPM-style linear β schedule (1e-4 → 0.02, 1000 steps), DDIM sampling with trailing timestep spacing."""
+    """DDPM-style linear β schedule (1e-4 → 0.02, 1000 steps), DDIM sampling with trailing timestep spacing and no
+    clipping of the predicted x0."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",
         beta_start=1e-4,
         beta_end=0.02,
-        clip_sample=True,
+        clip_sample=False,  # every solver integrates the model's predictions unclipped; so does DDIM (issue 17)
         set_alpha_to_one=False,
         timestep_spacing="trailing",
         prediction_type="epsilon",
