@@ -15,7 +15,8 @@ st.write(
 )
 rows = st.cache_data(list_models)()
 st.dataframe(
-    [{"model": r["name"], "architecture": r["architecture"], "parameters (M)": round(r["parameters"] / 1e6, 2),
+    [{"model": r["name"], "architecture": r["architecture"],
+      "parameters (M)": round(r["parameters"] / 1e6, 2) if r["parameters"] else "–",
       "weights": "present" if r["weights"] else "missing", "description": r["description"]} for r in rows],
     hide_index=True,
 )

@@ -235,6 +235,21 @@ def test_bad_library_files_and_uploads_never_break_a_page(folders, unet_pipe):
     ok(at)
 
 
+def test_broken_runs_are_named_and_not_offered(folders, random_dit_pipe):
+    from workbench.record.recorder import record_run
+
+    record_run(random_dit_pipe, "tiny-dit", folders / "runs" / "good", labels=[1], seeds=[0], steps=3,
+               reduction="pool16")
+    (folders / "runs" / "bad").mkdir()
+    (folders / "runs" / "bad" / "manifest.json").write_text("[1, 2]")
+    for page in ("similarity", "frequency"):
+        at = open_page(page)
+        ok(at)
+        assert any("bad" in w.value and "broken" in w.value for w in at.warning), page
+        options = at.selectbox(key="sim_run" if page == "similarity" else "freq_run").options
+        assert len(options) == 1 and "/runs/good" in options[0], options
+
+
 def test_autofr_learns_and_sends_the_policy_to_the_builder():
     at = open_page("autofr")
     at.number_input(key="autofr_steps").set_value(4)

@@ -28,7 +28,11 @@ def test_every_page_in_chromium(tmp_path):
         with bench_app.streamlit_server(tmp_path, threads=1) as server, bench_app.chromium() as page:
             run_dir = recording.result()
             report = bench_app.walk_pages(page, server["url"], shots=shots)
+            bench_app.wait_idle(page)
+            idle = bench_app.idle_cpu_share(server["process"].pid, seconds=10)  # a tab open, a recording present
     assert (run_dir / "manifest.json").exists()
+    print(f"idle server: {idle:.1%} of a core")
+    assert idle < 0.05, f"an idle app used {idle:.1%} of a core"
 
     assert report["visited"] == expected
     assert report["problems"] == {}

@@ -3,12 +3,16 @@ import time
 
 import pytest
 
-from workbench.models.zoo import EMBEDDED, ModelLoadError, count_parameters, embedded_path, load_pipeline
+from workbench.models.catalog import count_parameters
+from workbench.models.zoo import EMBEDDED, ModelLoadError, build_pipeline, embedded_path, load_pipeline
 
 
 def test_embedded_models_are_small_enough():
     for name in EMBEDDED:
         assert count_parameters(name) <= 8_000_000
+        pipe = build_pipeline(name)  # the count read from the weights' headers is the architecture's
+        built = sum(p.numel() for m in (pipe.denoiser, pipe.class_encoder) if m is not None for p in m.parameters())
+        assert count_parameters(name) == built
         weights = list(embedded_path(name).rglob("*.safetensors"))
         assert weights, f"{name} ships no safetensors"
         assert sum(w.stat().st_size for w in weights) <= 8 * 1024 * 1024

@@ -7,26 +7,17 @@ that), so two sessions take turns and neither sees the other's hooks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import streamlit as st
 
 from workbench.models.zoo import load_pipeline
+from workbench.paths import data_home, policy_library, runs_root
+
+__all__ = ["data_home", "policy_library", "runs_root"]  # and the helpers below
 
 DEFAULT_MODEL = "tiny-unet"
-
-
-def runs_root() -> Path:
-    """Where recordings go (``$FRDIFF_RUNS`` or ``runs/``)."""
-    return Path(os.environ.get("FRDIFF_RUNS", "runs"))
-
-
-def policy_library() -> Path:
-    """The policy library folder (``$FRDIFF_POLICIES`` or ``<runs>/policies``)."""
-    return Path(os.environ.get("FRDIFF_POLICIES", runs_root() / "policies"))
 
 
 @st.cache_resource(show_spinner="Loading model…")

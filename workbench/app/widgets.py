@@ -11,7 +11,12 @@ from workbench.record.store import FeatureStore, list_runs
 def pick_run(key: str, need_maps: bool = False):
     """A selectbox over the stored runs (the one opened on the Record page first); returns an open
     :class:`FeatureStore`, or ``None`` after showing a hint when there is none to show."""
-    runs = [r for r in (list_runs(runs_root()) if runs_root().exists() else []) if r.get("status") != "unreadable"]
+    listed = list_runs(runs_root()) if runs_root().exists() else []
+    runs = [r for r in listed if r.get("status") in ("complete", "incomplete")]
+    skipped = [r for r in listed if r not in runs]
+    if skipped:
+        st.warning("Not shown (they cannot be analysed): " + "; ".join(
+            f"{r['path']} ({r.get('status')}: {r.get('reason') or 'unreadable'})" for r in skipped))
     if not runs:
         st.info("No recorded run yet: record one on the Record page (the defaults take a few seconds).")
         st.page_link("pages/record.py", label="Go to Record", icon=":material/fiber_manual_record:")

@@ -81,8 +81,8 @@ def streamlit_server(folder: Path, threads: int | None = None, port: int | None 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--client.toolbarMode", "minimal"]
+    # the file watcher and usage statistics: as the checkout's .streamlit/config.toml ships them (off)
     url = f"http://127.0.0.1:{port}"
     with open(folder / "streamlit.log", "wb") as log:
         started = time.perf_counter()
@@ -97,6 +97,19 @@ def streamlit_server(folder: Path, threads: int | None = None, port: int | None 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu_share(pid: int, seconds: float = 10.0) -> float:
+    """The share of one core the process used over ``seconds`` of wall time (call it while nothing runs)."""
+    before, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / (time.monotonic() - t0)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from workbench.cli import autofr, bench, engine, models, record
 from workbench.cli.common import UserError, parse_seeds
 
 __all__ = ["UserError", "build_parser", "main", "parse_seeds"]
+
+LIGHT = ("models", "runs")  # commands that import neither torch nor diffusers
 
 # Packages beyond torch + diffusers, and the extra of pyproject.toml that installs each.
 OPTIONAL = {"numpy": "cli", "scipy": "cli", "skimage": "cli", "PIL": "cli", "tqdm": "cli", "zarr": "cli",
@@ -55,7 +58,7 @@ def _strict_json(obj):
 def error_line(exc: BaseException, command: str | None = None) -> str:
     """The one line an exception is reported as (without the ``error:`` prefix)."""
     from frdiff import PolicyError
-    from workbench.models.zoo import ModelLoadError
+    from workbench.models.catalog import ModelLoadError
     from workbench.record.plan import BudgetError
     from workbench.record.store import StoreError
 
@@ -81,13 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for i, a in enumerate(argv) if not (i < cut and a == "--debug")]
     args = build_parser().parse_args(argv)
     args.debug = debug
-    from workbench.distributed import launched, run_command
-
     try:
-        from diffusers.utils import logging as diffusers_logging
+        if args.command not in LIGHT:  # a listing needs neither torch nor diffusers: it answers at once
+            from diffusers.utils import logging as diffusers_logging
 
-        diffusers_logging.disable_progress_bar()  # the CLI reports progress itself; keep stderr readable
-        report = run_command(args) if launched() else args.func(args)  # under torchrun: one rank of the job
+            diffusers_logging.disable_progress_bar()  # the CLI reports progress itself; keep stderr readable
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one rank of the job
+            from workbench.distributed import run_command
+
+            report = run_command(args)
+        else:
+            report = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

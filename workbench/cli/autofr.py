@@ -8,7 +8,6 @@ import argparse
 import signal
 import sys
 
-from workbench.autofr import BASELINES, learn_for_pipeline, mask_lines, seed_ranges
 from workbench.cli.common import UserError, check_steps, file_out, load_model, parse_seeds
 
 
@@ -45,6 +44,7 @@ class _CancelOnInterrupt:
 def cmd_autofr(args: argparse.Namespace) -> dict:
     import frdiff
     from frdiff.autofr import AutoFRConfig
+    from workbench.autofr import BASELINES, learn_for_pipeline, mask_lines, seed_ranges
     from workbench.compare import Variant, compare, measure_savings
 
     if not args.out:

@@ -8,20 +8,21 @@ import sys
 from pathlib import Path
 
 from workbench.cli.common import UserError, check_steps, example_call, file_out, load_model, scheduler_arg
-from workbench.models.data import CLASSES
+from workbench.models.catalog import CLASSES
 
 MAX_SAMPLES = 10_000  # images of one `sample` run (held in memory for the grid and the judge)
 SAMPLE_BATCH = 64  # images per pipeline call; a progress bar from more than one call on
 
 
 def cmd_models(args: argparse.Namespace) -> dict:
-    from workbench.models.zoo import list_models
+    from workbench.models.catalog import list_models
 
     rows = list_models()
     if not args.json:
         for r in rows:
-            status = "weights present" if r["weights"] else "NO WEIGHTS"
-            print(f"{r['name']:<10} {r['architecture']:<5} {r['parameters'] / 1e6:6.2f} M params  {status}")
+            size = f"{r['parameters'] / 1e6:6.2f} M params" if r["parameters"] else "     ? params"
+            status = "weights present" if r["weights"] else "NO WEIGHTS (train it: python -m workbench train ...)"
+            print(f"{r['name']:<10} {r['architecture']:<5} {size}  {status}")
             print(f"           {r['description']}")
     return {"models": rows}
 

@@ -62,8 +62,10 @@ def cmd_record(args: argparse.Namespace) -> dict:
 def cmd_runs(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
+    from workbench.paths import runs_root
     from workbench.record.store import list_runs
 
+    args.dir = str(args.dir or runs_root())
     if Path(args.dir).exists() and not Path(args.dir).is_dir():
         raise UserError(f"{args.dir} is a file; give the folder that holds the runs")
     rows = list_runs(args.dir)
@@ -145,7 +147,9 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("runs", help="list recorded runs with their status")
-    p.add_argument("dir", nargs="?", default="runs")
+    p.add_argument("dir", nargs="?", default=None,
+                   help="folder to list (default: the app's recordings: $FRDIFF_RUNS, else "
+                        "~/.local/share/frdiff-workbench/runs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_runs)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "star")
-IMAGE_SIZE = 32
+from workbench.models.catalog import CLASSES, IMAGE_SIZE  # the data's classes and size (re-exported)
+
 TEXTURES: tuple[str, ...] = ("none", "stripes", "checks", "noise")
 
 

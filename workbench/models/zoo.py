@@ -1,4 +1,4 @@
-"""The shipped models and how any pipeline is loaded.
+"""Building the shipped architectures and loading any pipeline.
 
 ``load_pipeline(name_or_path)`` accepts an embedded name (``tiny-unet``, ``tiny-dit``), a local diffusers folder
 or a hub id. Safetensors only (``use_safetensors=True``), never ``trust_remote_code``; a hub that cannot be reached
@@ -12,78 +12,32 @@ import os
 import re
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DConditionModel
 
 from workbench.models import pipeline as _pipeline_module
-from workbench.models.data import CLASSES, IMAGE_SIZE
+from workbench.models.catalog import (
+    CLASSES,
+    CLASSIFIER_NAME,
+    EMBEDDED,
+    MODELS_DIR,
+    ModelLoadError,
+    ModelSpec,
+    embedded_path,
+    list_models,
+)
 from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
 # Folders saved before the package was split into rooms name the class encoder's module ``workbench.pipeline`` in
 # model_index.json; diffusers resolves it from sys.modules, so that name keeps pointing at the module.
 sys.modules.setdefault("workbench.pipeline", _pipeline_module)
 
-MODELS_DIR = Path(__file__).resolve().parent  # the weights folders sit beside this module (package data)
-CLASSIFIER_NAME = "shape-classifier"
+# the catalogue's names, importable from here as before the catalogue moved out (it needs neither torch nor diffusers)
+__all__ = ["CLASSIFIER_NAME", "EMBEDDED", "HUB_TIMEOUT_S", "MODELS_DIR", "ModelLoadError", "ModelSpec",
+           "build_pipeline", "default_scheduler", "embedded_path", "list_models", "load_pipeline"]
 HUB_TIMEOUT_S = 20.0
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says what was tried and why it failed."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """An embedded model: its name, architecture and the denoiser config it is built from."""
-
-    name: str
-    architecture: str  # "unet" or "dit"
-    description: str
-    denoiser_config: dict
-    class_tokens: int = 4  # UNet only: tokens per class for cross-attention
-    default_guidance_scale: float = 3.0
-
-
-# Sized for the CPU budget: a 50-step DDIM sample of 4 images with CFG (denoiser batch 8) in ≤ 5 s on 2 cores.
-TINY_UNET = ModelSpec(
-    name="tiny-unet",
-    architecture="unet",
-    description="UNet2DConditionModel with SD's block types (ResnetBlock2D, Transformer2DModel with cross-attention); "
-    "the class is a 4-token learned sequence.",
-    denoiser_config=dict(
-        sample_size=IMAGE_SIZE,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 48, 96),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=16,
-        norm_num_groups=16,
-    ),
-)
-TINY_DIT = ModelSpec(
-    name="tiny-dit",
-    architecture="dit",
-    description="DiTTransformer2DModel (adaLN-Zero blocks), a miniature DiT-XL/2: patch 2, 6 blocks of width 128.",
-    default_guidance_scale=2.0,
-    denoiser_config=dict(
-        sample_size=IMAGE_SIZE,
-        in_channels=3,
-        out_channels=3,
-        patch_size=2,
-        num_layers=6,
-        num_attention_heads=4,
-        attention_head_dim=32,
-        num_embeds_ada_norm=len(CLASSES),
-    ),
-)
-EMBEDDED: dict[str, ModelSpec] = {s.name: s for s in (TINY_UNET, TINY_DIT)}
-
 
 def default_scheduler() -> DDIMScheduler:
     """DDPM-style linear β schedule (1e-4 → 0.02, 1000 steps), DDIM sampling with trailing timestep spacing and no
@@ -125,32 +79,6 @@ def _spec(name: str) -> ModelSpec:
     if name not in EMBEDDED:
         raise ModelLoadError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED)}")
     return EMBEDDED[name]
-
-
-def embedded_path(name: str) -> Path:
-    return MODELS_DIR / name
-
-
-def list_models() -> list[dict]:
-    """The embedded models with architecture, parameter count and whether their weights are present."""
-    rows = []
-    for spec in EMBEDDED.values():
-        path = embedded_path(spec.name)
-        rows.append(
-            dict(
-                name=spec.name,
-                architecture=spec.architecture,
-                description=spec.description,
-                parameters=count_parameters(spec.name),
-                weights=str(path) if (path / "model_index.json").exists() else None,
-            )
-        )
-    return rows
-
-
-def count_parameters(name: str) -> int:
-    pipe = build_pipeline(name)
-    return sum(p.numel() for m in (pipe.denoiser, pipe.class_encoder) if m is not None for p in m.parameters())
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
