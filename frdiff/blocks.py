@@ -82,8 +82,27 @@ def _kind(module: nn.Module, parent: nn.Module | None) -> str | None:
     return None
 
 
+# A UNet registers its (empty) down and up block lists before its mid block, and a level's attentions before its
+# resnets, so ``named_modules()`` lists down → up → mid and attentions first; it runs down → mid → up, and in each
+# level resnet i before attention i. Blocks are listed in the order they run (the same as discover_blocks finds).
+_RUN_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+_SUB_ORDER = {"resnets": 0, "attentions": 1}
+
+
+def _run_key(name: str) -> tuple:
+    parts = name.split(".")
+    if parts[0] not in _RUN_ORDER:
+        return ()  # not a UNet block: kept where named_modules() put it (the sort is stable)
+    level = int(parts[1]) if parts[0] != "mid_block" and len(parts) > 1 and parts[1].isdigit() else 0
+    rest = parts[1:] if parts[0] == "mid_block" else parts[2:]
+    if len(rest) >= 2 and rest[0] in _SUB_ORDER and rest[1].isdigit():
+        return (_RUN_ORDER[parts[0]], level, int(rest[1]), _SUB_ORDER[rest[0]])
+    return (_RUN_ORDER[parts[0]], level)
+
+
 def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
-    """``(name, kind)`` of every block, outermost first in ``named_modules()`` order."""
+    """``(name, kind)`` of every block, outermost first, in the order a forward runs them (``named_modules()``
+    order, with a UNet's mid block between its down and up blocks)."""
     parents: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         for child_name, _ in module.named_children():
@@ -96,7 +115,7 @@ def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
         if kind is not None:
             found.append((name, kind))
     if found:
-        return found
+        return sorted(found, key=lambda nk: _run_key(nk[0]))
     # Fallback for unknown architectures: elements of ModuleLists that hold no ModuleList themselves.
     for name, module in model.named_modules():
         if isinstance(parents.get(name), nn.ModuleList) and not any(

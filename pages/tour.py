@@ -73,11 +73,12 @@ elif step == STEPS[1]:
 
 else:
     st.markdown(
-        "So why recompute? Three ways to do about half the work, each compared with the full run **from the "
+        "So why recompute? Four ways to do about half the work, each compared with the full run **from the "
         "same noise**: *fewer steps* (skip half the steps), *feature reuse* (FRDiff: every 2nd step, blocks reuse "
-        "their features from the step before and recompute only the cheap, timestep-dependent part) and *reuse + "
-        "score mixing* (early steps borrow the whole output; late steps use reuse). The error spectrum shows "
-        "which frequencies each one gets wrong: fewer steps lose fine detail (high frequencies), reuse keeps it."
+        "their features from the step before and recompute only the cheap, timestep-dependent part), *reuse + "
+        "score mixing* (early steps borrow the whole output; late steps use reuse) and *forecast* (every 2nd step "
+        "each block's output is extrapolated from its last three computed values instead of held). The error "
+        "spectrum shows which frequencies each one gets wrong; the sentences under it are what this run measured."
     )
     if st.button("Run the comparison", type="primary", key="tour_compare"):
         bar = st.progress(0.0, text="running…")
@@ -97,6 +98,9 @@ else:
         st.plotly_chart(fig)
         cols = st.columns(len(res["variants"]))
         for col, v in zip(cols, res["variants"], strict=True):
-            col.metric(v["name"], f"{v['psnr']:.1f} dB", f"{v['speedup']:.2f}× faster", delta_color="off")
+            col.metric(v["name"], f"{v['psnr']:.1f} dB", f"{v['speedup']:.2f}× measured, {v['predicted_speedup']:.2f}× "
+                       "from FLOPs", delta_color="off")
         st.plotly_chart(error_spectra_figure(res["error_spectra"]))
+        for line in app_runs.tour_reading(res):
+            st.markdown(line)
 

@@ -124,3 +124,25 @@ def test_plan_matches_recording_and_heatmap(random_unet_pipe, tmp_path):
     assert heat["cosine"].shape == (18, 3) and len(heat["timesteps"]) == 3
     np.testing.assert_allclose(heat["cosine"], values, rtol=1e-5)
     assert app_runs.run_folder(tmp_path, "/x/my model", "a star!", "1").name == "my-model-a-star-1"
+
+
+def test_tour_reading_states_what_was_measured():
+    """The Tour's sentences come from its numbers: the paper's frequency claim is said to hold only when it does."""
+    from workbench.app import runs
+
+    def result(fr_high, few_high):
+        spectra = {runs.TOUR_FEWER: [4.0, 2.0, few_high], runs.TOUR_FR: [1.0, 1.0, fr_high],
+                   runs.TOUR_FORECAST: [0.1] * 3}  # three bins: low = the first, high = the last
+        variants = [{"name": runs.TOUR_FEWER, "psnr": 22.4, "steps": 15, "predicted_speedup": 2.0},
+                    {"name": runs.TOUR_FR, "psnr": 22.6, "predicted_speedup": 1.6},
+                    {"name": runs.TOUR_FORECAST, "psnr": 30.1, "predicted_speedup": 2.0}]
+        return runs.tour_reading({"variants": variants, "error_spectra": spectra})
+
+    holds = result(fr_high=0.5, few_high=1.25)
+    assert holds[0].startswith("Closest to the full run: **forecast** 30.1 dB, **feature reuse** 22.6 dB")
+    assert any("as the paper finds" in line and "errs 2.5× less than 15 steps" in line for line in holds)
+    fails = result(fr_high=3.0, few_high=1.5)
+    assert any("here it does not hold" in line and "2.0× as much as 15 steps" in line for line in fails)
+    assert any("15 steps err most at low frequencies" in line for line in fails)
+    assert any("+7.5 dB over plain feature reuse (better), at 0.50 of the full run's FLOPs against 0.62" in line
+               for line in holds)

@@ -58,6 +58,8 @@ def test_tour_runs_its_three_live_steps():
     at.radio(key="tour_step").set_value("3 · Reuse instead of recompute").run()
     at.button(key="tour_compare").click().run()
     ok(at)
+    texts = " ".join(m.value for m in at.markdown)
+    assert "Closest to the full run:" in texts and ("as the paper finds" in texts or "does not hold" in texts)
     res = at.session_state["tour_compare_result"]
     assert [v["name"] for v in res["variants"]] == ["2 steps", "FR (keyframe every 2nd step)", "FR + score mixing"]
     assert len(at.metric) == 3 and at.metric[0].value.endswith("dB")

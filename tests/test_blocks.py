@@ -1,3 +1,4 @@
+import pytest
 import torch
 from diffusers import PixArtTransformer2DModel, UNet2DModel
 from torch import nn
@@ -90,3 +91,17 @@ def test_flop_counter_counts_attention_on_the_cpu():
     with FlopCounterMode(display=False) as plain:  # what the fix is for (if torch learns it, the fix steps aside)
         torch.nn.functional.scaled_dot_product_attention(q, k, k)
     assert plain.get_total_flops() in (0, counter.get_total_flops())
+
+
+@pytest.mark.parametrize("name", ["tiny-unet", "tiny-dit", "sd15-unet"])
+def test_blocks_are_listed_in_the_order_they_run(name, random_unet_pipe, random_dit_pipe):
+    """Every grid, heatmap and table shows blocks in one order: the order a forward runs them (a UNet's mid block
+    between its down and up blocks, resnet i before attention i), as discover_blocks sees them run."""
+    from frdiff.blocks import capture_denoiser_call
+    from workbench.bench.engine import build
+
+    pipe = {"tiny-unet": random_unet_pipe, "tiny-dit": random_dit_pipe}.get(name) or build(name, "cpu",
+                                                                                          torch.float32, small=True)
+    args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=1, output_type="pt"))
+    ran = [b.name for b in discover_blocks(pipe.denoiser, *args, **kwargs)]
+    assert [b for b, _ in find_blocks(pipe.denoiser)] == ran

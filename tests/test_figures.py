@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from workbench import figures
 
@@ -30,3 +31,21 @@ def test_figures_carry_the_data_and_labels():
     grid = figures.image_grid({"full": img, "M=2": img + 0.5}, reference="full")
     heat = [d for d in grid.data if d.type == "heatmap"]
     assert len(heat) == 2 and np.allclose(heat[1].z, 0.5)
+
+
+def test_difference_maps_share_a_scale_from_zero_and_titles_fit():
+    """A zero difference map is the scale's zero colour (not a tile stretched to its own maximum), every map uses
+    one scale, and titles are wrapped to their column so six variants' titles do not overlap."""
+    img = np.zeros((8, 8, 3))
+    names = {"reference": img, **{f"a rather long variant name {i}": img + 0.1 * i for i in range(5)}}
+    grid = figures.image_grid(names, reference="reference")
+    heat = [d for d in grid.data if d.type == "heatmap"]
+    assert len({(d.zmin, d.zmax) for d in heat}) == 1  # one shared scale …
+    assert heat[0].zmin == 0 and heat[0].zmax == pytest.approx(0.4)  # … from 0 to the largest difference
+    assert np.all(np.asarray(heat[0].z) == heat[0].zmin)  # |reference − reference| sits at the scale's zero
+    width = 72 // 6
+    for ann in grid.layout.annotations:
+        assert all(len(line) <= width for line in ann.text.split("<br>")), ann.text
+    spec = figures.spectra_over_time_figure(np.array([[1.0, 10.0, 0.0], [1.0, 100.0, 0.0]]), [999, 499], "x")
+    z = np.asarray(spec.data[0].z, dtype=float)
+    assert np.isnan(z[2]).all() and z[1].tolist() == [1.0, 2.0]  # empty bins blank, not log10(1e-12)

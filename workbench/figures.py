@@ -95,9 +95,12 @@ def similarity_curves(curves: dict[str, np.ndarray], timesteps: Sequence[int], m
 
 
 def spectra_over_time_figure(spectra: np.ndarray, timesteps: Sequence[int], title: str) -> go.Figure:
-    """Radial power spectrum per step (``spectra``: [steps, bins]), log colour scale."""
-    fig = go.Figure(go.Heatmap(z=np.log10(np.asarray(spectra).T + 1e-12), colorscale="Magma",
-                               colorbar=dict(title="log10 power")))
+    """Radial power spectrum per step (``spectra``: [steps, bins]), log colour scale. Bins without power (above
+    the Nyquist frequency of pooled maps) are left blank instead of stretching the scale to log10(0)."""
+    power = np.asarray(spectra, dtype=float).T
+    z = np.where(power > 0, np.log10(np.where(power > 0, power, 1.0)), np.nan)
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Magma", colorbar=dict(title="log10 power"),
+                               hovertemplate="step %{x}<br>frequency %{y}<br>log10 power %{z:.2f}<extra></extra>"))
     fig.update_layout(title=title, font=_FONT, xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
                       yaxis_title="radial frequency (cycles / image)")
     return fig
@@ -126,22 +129,41 @@ def error_spectra_figure(spectra: dict[str, np.ndarray]) -> go.Figure:
     return fig
 
 
+def wrap_title(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (at spaces where it can), joined by ``<br>``."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width, break_long_words=True) or [""])
+
+
 def image_grid(images: dict[str, np.ndarray], reference: str | None = None) -> go.Figure:
-    """Images side by side (``[H, W, 3]`` floats in [0, 1]); with ``reference``, a row of |diff| maps below."""
+    """Images side by side (``[H, W, 3]`` floats in [0, 1]); with ``reference``, a row of |diff| maps below.
+
+    The difference maps share one sequential scale that starts at zero (a zero map is the scale's zero colour, and
+    equal colours mean equal errors across variants), with a colour bar. Titles are wrapped to their column's
+    width so that they never run into each other."""
     names = list(images)
     rows = 2 if reference else 1
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=rows, cols=len(names), subplot_titles=names + ([f"|{n} − {reference}|" for n in names]
-                                                                              if reference else []))
+    width = max(8, 72 // max(1, len(names)))  # characters per title line at the default figure width
+    titles = [wrap_title(n, width) for n in names] + (
+        [wrap_title(f"|{n} − {reference}|", width) for n in names] if reference else [])
+    fig = make_subplots(rows=rows, cols=len(names), subplot_titles=titles, vertical_spacing=0.12)
+    diffs = {}
+    if reference:
+        ref = np.clip(np.asarray(images[reference]), 0, 1)
+        diffs = {n: np.abs(np.clip(np.asarray(images[n]), 0, 1) - ref).mean(-1) for n in names}
+    top = max([float(d.max()) for d in diffs.values()] + [1e-6])
     for j, name in enumerate(names, start=1):
         img = np.clip(np.asarray(images[name]), 0, 1)
         fig.add_trace(go.Image(z=(img * 255).astype(np.uint8)), row=1, col=j)
         if reference:
-            diff = np.abs(img - np.asarray(images[reference])).mean(-1)
-            fig.add_trace(go.Heatmap(z=diff, colorscale="Inferno", zmin=0, zmax=max(float(diff.max()), 1e-6),
-                                     showscale=j == len(names)), row=2, col=j)
+            fig.add_trace(go.Heatmap(z=diffs[name], colorscale="Inferno", zmin=0, zmax=top, showscale=j == len(names),
+                                     colorbar=dict(title="|difference|<br>(0–1)", len=0.45, y=0.22)),
+                          row=2, col=j)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
-    fig.update_layout(font=_FONT, height=300 * rows)
+    fig.update_annotations(font_size=13)
+    fig.update_layout(font=_FONT, height=320 * rows)
     return fig

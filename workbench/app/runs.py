@@ -222,14 +222,62 @@ def fewer_steps(n: int) -> Variant:
     return Variant(f"{n} steps", None, steps=int(n))
 
 
+TOUR_FEWER, TOUR_FR, TOUR_MIX, TOUR_FORECAST = "fewer steps", "feature reuse", "reuse + score mixing", "forecast"
+
+
 def tour_variants(pipe, steps: int) -> list[Variant]:
-    """The Tour's three ways to halve the work: fewer steps, feature reuse every 2nd step, and reuse + mixing."""
+    """The Tour's ways to do about half the work: fewer steps, feature reuse every 2nd step (the paper's FRDiff),
+    reuse + score mixing, and whole blocks forecast from their last three keyframes (TaylorSeer's idea)."""
     den = frdiff.denoiser_of(pipe)
+    forecast = frdiff.make_preset("uniform", den, steps, interval=2, reuse="taylor2")
     return [
-        fewer_steps(max(1, steps // 2)),
-        Variant("FR (keyframe every 2nd step)", frdiff.make_preset("uniform", den, steps, interval=2)),
-        Variant("FR + score mixing", frdiff.make_preset("uniform", den, steps, interval=2, mix=True)),
+        Variant(TOUR_FEWER, None, steps=max(1, steps // 2)),
+        Variant(TOUR_FR, frdiff.make_preset("uniform", den, steps, interval=2)),
+        Variant(TOUR_MIX, frdiff.make_preset("uniform", den, steps, interval=2, mix=True)),
+        Variant(TOUR_FORECAST, forecast.replaced(granularity=["block"] * len(forecast.blocks))),
     ]
+
+
+def band_errors(spectrum: np.ndarray) -> dict[str, float]:
+    """Mean error power in the low (first third of the radial bins, structure) and high (last third, fine detail)
+    frequencies of an error spectrum."""
+    s = np.asarray(spectrum, dtype=float)
+    k = max(1, len(s) // 3)
+    return {"low": float(s[:k].mean()), "high": float(s[-k:].mean())}
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if b > 0 else "∞×"
+
+
+def tour_reading(result: dict) -> list[str]:
+    """What the Tour's comparison measured, in sentences made from its numbers — so the text beside the figures
+    cannot contradict them. The paper's claim (fewer steps lose fine detail, feature reuse keeps it) is stated as
+    holding or not holding here."""
+    v = {x["name"]: x for x in result["variants"]}
+    spectra = result["error_spectra"]
+    ranked = sorted(result["variants"], key=lambda x: -x["psnr"])
+    lines = ["Closest to the full run: " + ", ".join(f"**{x['name']}** {x['psnr']:.1f} dB" for x in ranked) + "."]
+    if TOUR_FEWER in spectra and TOUR_FR in spectra:
+        few, fr = band_errors(spectra[TOUR_FEWER]), band_errors(spectra[TOUR_FR])
+        if fr["high"] < few["high"]:
+            lines.append(f"At high frequencies (fine detail) feature reuse errs {_ratio(few['high'], fr['high'])} less "
+                         f"than {v[TOUR_FEWER]['steps']} steps, as the paper finds: reuse keeps detail.")
+        else:
+            lines.append(f"The paper finds that fewer steps lose fine detail and reuse keeps it; here it does not "
+                         f"hold: at high frequencies feature reuse errs {_ratio(fr['high'], few['high'])} as much as "
+                         f"{v[TOUR_FEWER]['steps']} steps.")
+        where = "low" if few["low"] > few["high"] else "high"
+        lines.append(f"{v[TOUR_FEWER]['steps']} steps err most at {where} frequencies "
+                     f"({'structure' if where == 'low' else 'fine detail'}): {few['low']:.2g} (low) vs "
+                     f"{few['high']:.2g} (high).")
+    if TOUR_FORECAST in v and TOUR_FR in v:
+        gain = v[TOUR_FORECAST]["psnr"] - v[TOUR_FR]["psnr"]
+        lines.append(f"Forecasting instead of holding: {gain:+.1f} dB over plain feature reuse "
+                     f"({'better' if gain > 0 else 'worse'}), at "
+                     f"{1 / v[TOUR_FORECAST]['predicted_speedup']:.2f} of the full run's FLOPs against "
+                     f"{1 / v[TOUR_FR]['predicted_speedup']:.2f}.")
+    return lines
 
 
 def run_comparison(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int,
