@@ -1,6 +1,5 @@
 """Auto-FR: learn which steps (or blocks × steps) recompute by gradient descent through the sampler."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from workbench.app import autofr as app_autofr
@@ -15,7 +14,8 @@ st.write("The model stays frozen; one gate per step (or per block and step) deci
 
 c1, c2, c3, c4 = st.columns(4)
 model = c1.selectbox("Model", list(EMBEDDED), key="autofr_model")
-steps = int(c2.number_input("Steps", 2, 200, 10, key="autofr_steps"))
+steps = int(c2.number_input("Steps", 2, 200, 20, key="autofr_steps",
+                            help="the step count the policy is for: Run & compare runs it at this count too"))
 target = c3.slider("Compute target", 0.2, 1.0, 0.6, 0.05, key="autofr_target")
 iterations = int(c4.number_input("Iterations", 1, 500, 10, key="autofr_iterations"))
 c5, c6, c7, c8, c9 = st.columns(5)
@@ -41,13 +41,7 @@ if st.button("Learn", type="primary", key="autofr_run"):
         history.append(info)
         bar.progress((info["iteration"] + 1) / info["iterations"],
                      text=f"iteration {info['iteration'] + 1} of {info['iterations']}")
-        its = [h["iteration"] for h in history]
-        fig = go.Figure([go.Scatter(x=its, y=[h["mse"] for h in history], name="MSE vs full run", yaxis="y"),
-                         go.Scatter(x=its, y=[h["compute_fraction"] for h in history], name="compute fraction",
-                                    yaxis="y2")])
-        fig.update_layout(xaxis_title="iteration", yaxis=dict(title="MSE", type="log"),
-                          yaxis2=dict(title="compute", overlaying="y", side="right", range=[0, 1.05]), height=360)
-        chart.plotly_chart(fig)
+        chart.plotly_chart(app_autofr.progress_figure(history, target))
 
     with readable_errors("Auto-FR"):
         result = app_autofr.learn(pipe, steps, target, gates, granularity, reuse, iterations, train_images, batch,
@@ -65,11 +59,14 @@ if policy is None and best:
             f"(compute {best['compute_fraction']:.3f}).")
 if policy is not None:
     s = app_policy.summary(policy, cached_savings(model))
-    k1, k2, k3 = st.columns(3)
+    compute = 1 / s["predicted_speedup"]
+    k1, k2, k3, k4 = st.columns(4)
     k1.metric("Predicted speedup", f"{s['predicted_speedup']:.2f}×")
-    k2.metric("Keyframe share", f"{s['keyframe_share']:.0%}")
-    k3.metric("Denoiser calls", f"{s['denoiser_calls']} / {policy.steps}")
-    st.dataframe(app_policy.mask_frame(policy), height=min(36 * (len(policy.blocks) + 1) + 4, 560))
+    k2.metric("Compute (target)", f"{compute:.3f} ({target:.2f})",
+              "target met" if compute <= target + 1e-6 else "above target", delta_color="off")
+    k3.metric("Keyframe share", f"{s['keyframe_share']:.0%}")
+    k4.metric("Denoiser calls", f"{s['denoiser_calls']} / {policy.steps}")
+    st.dataframe(app_policy.mask_frame(policy), height=36 * (len(policy.blocks) + 1) + 4)  # every block shows
     if st.button("Send to the builder", key="autofr_send"):
         st.session_state["builder_base"] = policy
         st.session_state["builder_for"] = None

@@ -31,7 +31,7 @@ c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1])
 classes = c1.multiselect("Classes (cycled over the images)", names, default=[names[-1]], key="compare_classes")
 images = int(c2.number_input("Images", 1, 64, 4, key="compare_images"))
 first_seed = int(c3.number_input("First seed", 0, 2**31 - 1, 0, key="compare_seed"))
-steps = int(c4.number_input("Steps", 2, 1000, 20, key="compare_steps"))
+steps = int(c4.number_input("Steps", 1, 1000, 20, key="compare_steps"))
 scheduler = c5.selectbox("Scheduler", [s for s in SCHEDULERS if s != "ddpm"], key="compare_scheduler")
 
 st.subheader("Variants")
@@ -50,6 +50,18 @@ use_current = v1.checkbox("The builder's current policy", value=current is not N
                           key="compare_current")
 fewer = v2.text_input("Reduced-step baselines (steps, comma-separated)", str(max(1, steps // 2)),
                       key="compare_fewer")
+
+# what the results below depend on: when it changes, they are marked as stale instead of passing for new ones
+selection = {"model": source, "classes": list(classes), "images": images, "seed": first_seed, "steps": steps,
+             "scheduler": scheduler, "library": list(chosen_lib), "presets": list(chosen_presets),
+             "current": bool(use_current), "fewer": fewer}
+if use_current and current is not None and current.steps != steps:
+    remapped, _ = app_runs.fit_steps(current, steps)
+    st.warning(f"The builder's policy is for {current.steps} steps; here it will be remapped to {steps} "
+               f"(keyframe fraction kept: {remapped.denoiser_calls()} denoiser calls instead of "
+               f"{current.denoiser_calls()} of {current.steps}). Set Steps to {current.steps} to run it as built.")
+    st.button(f"Use {current.steps} steps", key="compare_use_policy_steps",
+              on_click=lambda n=current.steps: st.session_state.__setitem__("compare_steps", n))
 
 if st.button("Run", type="primary", key="compare_run"):
     with readable_errors("Setting up the variants"):
@@ -81,7 +93,8 @@ if st.button("Run", type="primary", key="compare_run"):
     bar.empty()
     result["policies"] = {v.name: v.policy for v in variants if v.policy is not None}
     result["library_paths"] = {r["name"]: r["path"] for r in library if r["name"] in chosen_lib}
-    result["setup"] = {"model": source, "steps": steps, "scheduler": scheduler, "labels": labels, "seeds": seeds}
+    result["setup"] = {"model": source, "steps": steps, "scheduler": scheduler, "labels": labels, "seeds": seeds,
+                       "selection": selection}
     st.session_state["comparison"] = result
     st.session_state.pop("attribution", None)
 
@@ -90,10 +103,17 @@ if result is None or "setup" not in result:
     st.stop()
 
 st.subheader("Results")
+if result["setup"].get("selection") != selection:
+    st.warning("These results are for an earlier selection (the settings above have changed since): press Run for "
+               "results of the current one.")
 st.dataframe(pd.DataFrame(app_runs.metrics_rows(result)), hide_index=True)
 st.caption(f"{result['n']} images, {result['setup']['steps']} steps; PSNR/SSIM against the reference images; "
            "FD-shapes needs ≥ 64 images.")
 st.plotly_chart(app_runs.speedup_figure(result))
+for v in result["variants"]:
+    note = app_runs.speedup_note(v)
+    if note:
+        st.caption(note)
 n_images = len(result["arrays"]["reference"])
 k = st.slider("Image", 0, n_images - 1, 0, key="compare_image") if n_images > 1 else 0
 grid = image_grid({name: a[k] for name, a in result["arrays"].items()}, reference="reference")
@@ -127,14 +147,19 @@ if st.button("Attribute", key="compare_attribute"):
             setup["steps"], setup["scheduler"],
             progress=lambda info: bar.progress(info["done"] / info["total"], text=f"{info['variant']} done"))
     bar.empty()
-    st.session_state["attribution"] = {"policy": target, "rows": app_runs.attribution_rows(attr, target)}
+    st.session_state["attribution"] = {"policy": target, "rows": app_runs.attribution_rows(attr, target),
+                                       "coverage": app_runs.attribution_coverage(attr, policies[target], target)}
 attribution = st.session_state.get("attribution")
 if attribution:
     rows = attribution["rows"]
     if not rows:
         st.info(f"{attribution['policy']} reuses nothing: nothing to attribute.")
     else:
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.write(attribution["coverage"])
+        st.dataframe(pd.DataFrame(rows).rename(columns={
+            "group": "group", "psnr": "PSNR (dB)", "psnr_gain_db": "PSNR won back (dB)", "ssim_gain": "SSIM won back",
+            "predicted_speedup": "FLOP-predicted speedup", "speedup_given_up": "speedup given up"}).round(3),
+            hide_index=True)
         fig = go.Figure(go.Bar(x=[r["group"] for r in rows], y=[r["psnr_gain_db"] for r in rows]))
         fig.update_layout(title=f"PSNR won back by recomputing each group ({attribution['policy']})",
                           yaxis_title="dB", font=dict(size=16))

@@ -82,8 +82,9 @@ cols = s1.multiselect("Steps", list(range(base.steps)), key=f"builder_cols_{rev}
 
 frame = app_policy.mask_frame(base)
 config = {c: st.column_config.CheckboxColumn(c, width="small") for c in frame.columns}
-edited = st.data_editor(frame, key=f"builder_grid_{rev}", column_config=config,
-                        height=min(36 * (len(frame) + 1) + 4, 720))
+edited = st.data_editor(frame, key=f"builder_grid_{rev}", column_config=config, use_container_width=True,
+                        height=36 * (len(frame) + 1) + 4)  # every block in view; steps scroll sideways
+st.caption(f"{len(frame)} blocks (in the order they run) × {base.steps} steps; scroll sideways for later steps.")
 policy = app_policy.with_mask(base, app_policy.frame_mask(edited))
 
 if r4.button("Apply to blocks", key="builder_rows_apply") and rows:
@@ -162,8 +163,8 @@ else:
 
 st.subheader("Save and share")
 v1, v2, v3 = st.columns([2, 1, 1])
-name = v1.text_input("Name", f"{policy.provenance.get('preset') or policy.provenance.get('made_by', 'policy')}-"
-                     f"{policy.steps}", key="builder_name")
+name = v1.text_input("Name", f"{base.provenance.get('preset') or base.provenance.get('made_by', 'policy')}-"
+                     f"{base.steps}", key=f"builder_name_{rev}")  # a new starting policy gets a name of its own
 overwrite = v2.checkbox("Overwrite", key="builder_overwrite")
 if v3.button("Save to library", type="primary", key="builder_save", disabled=bool(problems)):
     with readable_errors("Saving"):

@@ -49,7 +49,7 @@ st.plotly_chart(blocks_steps_heatmap(values, store.blocks, timesteps, metric))
 block = st.selectbox("Block", store.blocks, key="sim_block")
 c1, c2 = st.columns(2)
 with c1:
-    chosen = st.multiselect("Curves for", store.blocks, default=[block], key="sim_curves")
+    chosen = st.multiselect("Curves for", store.blocks, default=[block], key=f"sim_curves_{block}")  # follows Block
     curves = {b: stats[metric][:, store.blocks.index(b)] for b in chosen}  # step 0 has no previous step: NaN
     if curves:
         st.plotly_chart(similarity_curves(curves, timesteps, metric))

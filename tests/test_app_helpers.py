@@ -146,3 +146,33 @@ def test_tour_reading_states_what_was_measured():
     assert any("15 steps err most at low frequencies" in line for line in fails)
     assert any("+7.5 dB over plain feature reuse (better), at 0.50 of the full run's FLOPs against 0.62" in line
                for line in holds)
+
+
+def test_autofr_chart_has_two_colours_a_target_line_and_fixed_compute_ticks():
+    from workbench.app.autofr import progress_figure
+
+    history = [{"iteration": i, "mse": 10.0 ** -i, "compute_fraction": 0.9 - 0.1 * i} for i in range(4)]
+    fig = progress_figure(history, 0.6)
+    colours = {d.line.color for d in fig.data}
+    assert len(colours) == 2
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.exponentformat == "power"
+    assert tuple(fig.layout.yaxis2.range) == (0, 1.05) and fig.layout.yaxis2.dtick == 0.2
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == 1 and lines[0].y0 == 0.6 == lines[0].y1
+
+
+def test_tables_have_readable_headers_units_and_no_none():
+    from workbench.app import runs
+
+    result = {"reference": {"steps": 20, "denoiser_calls": 20, "class_accuracy": 1.0, "latency_s": 2.0},
+              "variants": [{"name": "M=2", "steps": 20, "denoiser_calls": 10, "psnr": 31.234, "ssim": 0.98765,
+                            "max_abs_diff": 0.1234, "class_accuracy": 1.0, "latency_s": 1.0, "speedup": 2.0,
+                            "speedup_runs": [1.9, 2.0, 2.3], "predicted_speedup": 1.6}]}
+    rows = runs.metrics_rows(result)
+    assert list(rows[0]) == list(runs.TABLE_COLUMNS.values()) and "PSNR (dB)" in rows[0] and "latency (s)" in rows[0]
+    assert rows[0]["PSNR (dB)"] == "–" and rows[0]["FD-shapes"] == "–"  # not None
+    assert rows[1]["PSNR (dB)"] == 31.2 and rows[1]["SSIM"] == 0.988
+    assert rows[1]["measured speedup"] == "2.00× (1.90–2.30 over 3 rounds)"
+    note = runs.speedup_note(result["variants"][0])
+    assert note.startswith("M=2: measured 2.00× is above the 1.60× FLOPs predict")
+    assert runs.speedup_note({**result["variants"][0], "speedup": 1.65}) is None

@@ -140,7 +140,9 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     assert float(memory.value.split()[0]) > 0
     assert any("Reuse: taylor2 (" in c.value for c in at.caption)
 
-    at.text_input(key="builder_name").set_value("mine")
+    rev = at.session_state["builder_rev"]
+    assert at.text_input(key=f"builder_name_{rev}").value == "uniform-6"  # named after the preset just applied
+    at.text_input(key=f"builder_name_{rev}").set_value("mine")
     at.button(key="builder_save").click().run()
     ok(at)
     saved = folders / "policies" / "mine.json"

@@ -109,6 +109,7 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
             predicted, calls = steps / v_steps, v_steps
         entry = {"name": v.name, "steps": v_steps, "scheduler": v.scheduler or scheduler or "ddim",
                  "latency_s": latency, "reference_latency_s": ref_latency, "speedup": ref_latency / latency,
+                 "speedup_runs": [r / v for r, v in zip(latencies[0], latencies[i], strict=True)],  # round by round
                  "predicted_speedup": predicted, "denoiser_calls": calls,
                  "block_reuses": report.block_reuses if report else 0, **cache,
                  **compare_images(ref_res.images, res.images), **judge(res)}

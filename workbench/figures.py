@@ -14,10 +14,12 @@ _FONT = dict(size=16)
 
 
 def _step_ticks(timesteps: Sequence[int], every: int | None = None) -> dict:
+    """At most 8 labelled ticks, each the step on one line and its timestep under it, horizontal (more, or
+    rotated ones, ran into each other)."""
     n = len(timesteps)
-    every = every or max(1, n // 10)
+    every = every or max(1, -(-n // 8))
     idx = list(range(0, n, every))
-    return dict(tickmode="array", tickvals=idx, ticktext=[f"{i}<br>t={timesteps[i]}" for i in idx])
+    return dict(tickmode="array", tickvals=idx, ticktext=[f"{i}<br>t={timesteps[i]}" for i in idx], tickangle=0)
 
 
 def blocks_steps_heatmap(values: np.ndarray, blocks: Sequence[str], timesteps: Sequence[int],

@@ -58,3 +58,24 @@ def policy_from_mask(pipe, mask: torch.Tensor, steps: int, granularity: str = "f
                     reuse=[reuse] * len(blocks), mixing=Mixing(),
                     model=model_ref(den), provenance={"made_by": "autofr", **(provenance or {})})
     return policy.check(model_blocks=dict(blocks))
+
+
+def progress_figure(history: list[dict], target: float | None):
+    """Auto-FR's training curves: the MSE against the full run (log scale, left) and the compute fraction of the
+    mask each iteration ran (right, 0–1, with the target as a dashed line); two distinct colours."""
+    import plotly.graph_objects as go
+
+    its = [h["iteration"] for h in history]
+    fig = go.Figure([
+        go.Scatter(x=its, y=[h["mse"] for h in history], name="MSE vs the full run", yaxis="y",
+                   line=dict(color="#1f77b4")),
+        go.Scatter(x=its, y=[h["compute_fraction"] for h in history], name="compute fraction", yaxis="y2",
+                   line=dict(color="#d62728")),
+    ])
+    if target is not None:
+        fig.add_hline(y=target, yref="y2", line=dict(color="#d62728", dash="dash"), annotation_text="target",
+                      annotation_position="top left")
+    fig.update_layout(xaxis_title="iteration", height=380, font=dict(size=15), legend=dict(orientation="h", y=1.15),
+                      yaxis=dict(title="MSE (log)", type="log", exponentformat="power", showexponent="all"),
+                      yaxis2=dict(title="compute fraction", overlaying="y", side="right", range=[0, 1.05], dtick=0.2))
+    return fig

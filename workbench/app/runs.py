@@ -280,15 +280,19 @@ def tour_reading(result: dict) -> list[str]:
     return lines
 
 
+SPEED_REPEATS = 3  # interleaved timing rounds of a comparison: the speedup shown is their median, with the spread
+
+
 def run_comparison(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int,
                    scheduler: str | None = "ddim", progress: Callable[[dict], None] | None = None,
-                   cancel: Callable[[], bool] | None = None) -> dict:
-    """:func:`workbench.compare.compare` with images kept, plus each variant's error spectrum against the reference
-    and its images as ``[N, H, W, 3]`` arrays (``result["arrays"][name]``)."""
+                   cancel: Callable[[], bool] | None = None, repeats: int = SPEED_REPEATS) -> dict:
+    """:func:`workbench.compare.compare` (``repeats`` interleaved timing rounds) with images kept, plus each
+    variant's error spectrum against the reference and its images as ``[N, H, W, 3]`` arrays
+    (``result["arrays"][name]``)."""
     from workbench.analysis.frequency import error_spectrum
 
     result = compare(pipe, variants, labels, seeds, steps=steps, scheduler=scheduler, progress=progress,
-                     cancel=cancel, keep_images=True)
+                     cancel=cancel, keep_images=True, repeats=repeats)
     ref = result["reference"]["images"]
     result["arrays"] = {"reference": to_hwc(ref)}
     result["error_spectra"] = {}
@@ -298,17 +302,57 @@ def run_comparison(pipe, variants: list[Variant], labels: list[int], seeds: list
     return result
 
 
+def speedup_text(v: dict) -> str:
+    """``2.10× (1.95–2.31 over 3 rounds)``: the median measured speedup with its spread."""
+    runs = v.get("speedup_runs") or [v["speedup"]]
+    spread = f" ({min(runs):.2f}–{max(runs):.2f} over {len(runs)} rounds)" if len(runs) > 1 else ""
+    return f"{v['speedup']:.2f}×{spread}"
+
+
+def speedup_note(v: dict) -> str | None:
+    """One line explaining a measured speedup far from the FLOP prediction (> 15 % apart), else ``None``."""
+    measured, predicted = v["speedup"], v["predicted_speedup"]
+    if abs(measured / predicted - 1) <= 0.15:
+        return None
+    if measured > predicted:
+        return (f"{v['name']}: measured {measured:.2f}× is above the {predicted:.2f}× FLOPs predict — a reuse step "
+                "also skips work FLOPs do not count (normalisations, activations, memory traffic, Python overhead), "
+                "which on these tiny models is a large part of a step.")
+    return (f"{v['name']}: measured {measured:.2f}× is below the {predicted:.2f}× FLOPs predict — the skipped parts "
+            "are cheaper in time than in FLOPs here (the remaining layers and the per-step overhead dominate).")
+
+
+TABLE_COLUMNS = {"variant": "variant", "steps": "steps", "denoiser_calls": "denoiser calls", "psnr": "PSNR (dB)",
+                 "ssim": "SSIM", "max_abs_diff": "max |difference|", "class_accuracy": "class accuracy",
+                 "fd_shapes": "FD-shapes", "latency_s": "latency (s)", "speedup": "measured speedup",
+                 "predicted_speedup": "FLOP-predicted speedup"}
+_DIGITS = {"psnr": 1, "ssim": 3, "max_abs_diff": 3, "class_accuracy": 2, "fd_shapes": 2, "latency_s": 2,
+           "predicted_speedup": 2}
+
+
 def metrics_rows(result: dict) -> list[dict]:
-    """One table row per variant (the reference first)."""
-    keys = ("steps", "denoiser_calls", "psnr", "ssim", "max_abs_diff", "class_accuracy", "fd_shapes", "latency_s",
-            "speedup", "predicted_speedup")
+    """One table row per variant (the reference first), with readable headers and units, numbers rounded to what
+    the measurement supports, speedups with their spread, and "–" where a metric does not apply."""
     ref = result["reference"]
     rows = [{"variant": "reference", "steps": ref["steps"], "denoiser_calls": ref["denoiser_calls"],
              "class_accuracy": ref.get("class_accuracy"), "fd_shapes": ref.get("fd_shapes"),
-             "latency_s": ref["latency_s"], "speedup": 1.0, "predicted_speedup": 1.0}]
+             "latency_s": ref["latency_s"], "speedup": "1.00×", "predicted_speedup": 1.0}]
     for v in result["variants"]:
-        rows.append({"variant": v["name"], **{k: v.get(k) for k in keys}})
-    return rows
+        rows.append({"variant": v["name"], **{k: v.get(k) for k in TABLE_COLUMNS if k not in ("variant", "speedup")},
+                     "speedup": speedup_text(v)})
+    out = []
+    for row in rows:
+        cells = {}
+        for key, header in TABLE_COLUMNS.items():
+            value = row.get(key)
+            if value is None:
+                cells[header] = "–"
+            elif key in _DIGITS and isinstance(value, float):
+                cells[header] = round(value, _DIGITS[key])
+            else:
+                cells[header] = value
+        out.append(cells)
+    return out
 
 
 def fit_steps(policy: Policy, steps: int) -> tuple[Policy, str | None]:
@@ -368,6 +412,20 @@ def attribution_rows(result: dict, name: str = "policy") -> list[dict]:
     return sorted(rows, key=lambda r: r["psnr_gain_db"], reverse=True)
 
 
+def attribution_coverage(result: dict, policy: Policy, name: str = "policy") -> str:
+    """What the attribution explains: the policy's loss against the full run, the part its groups win back one at
+    a time, and that skipped steps (λ = 0) are outside it (no block runs there to recompute)."""
+    base = next(v for v in result["variants"] if v["name"] == name)
+    gains = [v["psnr"] - base["psnr"] for v in result["variants"] if v["name"] != name]
+    skipped = policy.step_kinds().count("skip")
+    text = (f"{name} is {base['psnr']:.1f} dB from the full run; recomputing its groups one at a time wins back "
+            f"{sum(g for g in gains if g > 0):.2f} dB in all (groups interact, so the parts need not add up).")
+    if skipped:
+        text += (f" Its {skipped} skipped steps (λ = 0: no denoiser call) are not attributed: no block runs there, so "
+                 "none can be recomputed; their cost shows only against a policy without skips.")
+    return text
+
+
 def enlarge(image: np.ndarray, size: int = 256) -> np.ndarray:
     """Nearest-neighbour upscaling of an ``[H, W, C]`` image to about ``size`` pixels (crisp pixels on a projector)."""
     factor = max(1, size // max(image.shape[:2]))
@@ -412,11 +470,17 @@ def parse_steps_list(text: str) -> list[int]:
 
 
 def speedup_figure(result: dict):
-    """Measured vs predicted speedup per variant (grouped bars)."""
+    """Measured (median of the interleaved rounds, with their spread as error bars) vs FLOP-predicted speedup per
+    variant, grouped bars."""
     import plotly.graph_objects as go
 
-    names = [v["name"] for v in result["variants"]]
-    fig = go.Figure([go.Bar(name="measured", x=names, y=[v["speedup"] for v in result["variants"]]),
-                     go.Bar(name="predicted (FLOPs)", x=names, y=[v["predicted_speedup"] for v in result["variants"]])])
-    fig.update_layout(barmode="group", title="Speedup over the reference run", yaxis_title="×", font=dict(size=16))
+    vs = result["variants"]
+    names = [v["name"] for v in vs]
+    lo = [v["speedup"] - min(v.get("speedup_runs") or [v["speedup"]]) for v in vs]
+    hi = [max(v.get("speedup_runs") or [v["speedup"]]) - v["speedup"] for v in vs]
+    fig = go.Figure([go.Bar(name="measured (median, spread of the rounds)", x=names, y=[v["speedup"] for v in vs],
+                            error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo)),
+                     go.Bar(name="predicted from FLOPs", x=names, y=[v["predicted_speedup"] for v in vs])])
+    fig.update_layout(barmode="group", title="Speedup over the reference run", yaxis_title="speedup (×)",
+                      font=dict(size=16))
     return fig
