@@ -20,6 +20,7 @@ BENCH_OPTIONS = {
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
     "memory": ["device"],
+    "cli-startup": ["repeats"],
 }
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
 
@@ -44,12 +45,14 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     from workbench.bench.foundation import bench_analysis, bench_foundation, bench_record_overhead
     from workbench.bench.memory import bench_memory
     from workbench.bench.quality import bench_overhead, bench_quality_latency, bench_schedulers
+    from workbench.bench.startup import bench_cli_startup
     from workbench.bench.throughput import bench_run_throughput
 
     suites = {"foundation": bench_foundation, "record-overhead": bench_record_overhead, "analysis": bench_analysis,
               "gpu-speed": bench_gpu_speed, "engine-quality": bench_engine_quality, "app-startup": bench_app_startup,
               "quality-vs-latency": bench_quality_latency, "schedulers": bench_schedulers, "overhead": bench_overhead,
-              "run-throughput": bench_run_throughput, "autofr": bench_autofr, "memory": bench_memory}
+              "run-throughput": bench_run_throughput, "autofr": bench_autofr, "memory": bench_memory,
+              "cli-startup": bench_cli_startup}
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
@@ -144,7 +147,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite (numbers for docs/), all of them, or the report")
     p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
                                  "run-throughput | foundation | record-overhead | analysis | engine-quality | "
-                                 "app-startup | memory")
+                                 "app-startup | memory | cli-startup")
     p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
