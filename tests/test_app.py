@@ -32,3 +32,15 @@ def test_models_page_samples_and_judges():
     assert not at.exception
     assert at.metric[0].label == "Class accuracy"
     assert at.metric[0].value.endswith("%")
+
+
+def test_icons_are_material_icons_not_emoji():
+    """Emoji render as empty boxes where no emoji font is installed (Debian's chromium): every page and link icon is
+    one of Streamlit's Material icons."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [root / "streamlit_app.py", *sorted((root / "pages").glob("*.py")),
+               *sorted((root / "workbench" / "app").glob("*.py"))]
+    icons = [m.group(2) for f in sources for m in re.finditer(r"(page_)?icon=\"([^\"]*)\"", f.read_text())]
+    assert icons and all(i.startswith(":material/") and i.endswith(":") for i in icons), icons
