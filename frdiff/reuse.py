@@ -17,10 +17,16 @@ skips that part and recomputes only the light remainder from the current inputs:
   is where adaLN-single's timestep modulation acts.
 - :class:`WholeBlockHook` (``block`` granularity, any block): caches the whole output and skips the forward.
 
+What a reuse step uses for the cached part is the block's reuse mode (policy version 2): ``hold`` keeps the value of
+its last keyframe (FRDiff); ``taylor1`` / ``taylor2`` forecast it with the line / parabola through its last 2 / 3
+keyframe values, evaluated at the current step (:func:`forecast`; TaylorSeer, arXiv 2503.06923). A cache is a
+:data:`History` of those values, newest first.
+
 A hook asks the shared :class:`ReuseState` whether its block is computed at the current step. The answer is a bool
 (policy runs) or, for Auto-FR, a 0-d gate tensor g (1 = compute): then both paths run and the result is
-g·computed + (1 − g)·cached, which is exact in the forward pass for hard gates and lets gradients reach g.
-Cached tensors stay on the model's device and are dropped by :meth:`ReuseState.clear` when the run ends.
+g·computed + (1 − g)·reused, which is exact in the forward pass for hard gates and lets gradients reach g.
+Cached tensors stay on the model's device (in the policy's cache dtype, if it sets one) and are dropped by
+:meth:`ReuseState.clear` when the run ends; the state counts the bytes they hold.
 """
 
 from __future__ import annotations
