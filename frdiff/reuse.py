@@ -79,19 +79,33 @@ class ReuseState:
         self.peak = max(self.peak, self.held)
 
 
-# A cache: the last keyframe values of a cached tensor and where on the forecast axis each was computed, newest
-# first — ((value, x), ...), at most order + 1 of them. Immutable, so a snapshot (Auto-FR's checkpointing) stays valid.
-History = tuple[tuple[torch.Tensor, float], ...]
+# A cache: the last keyframe values of what a block caches and where on the forecast axis each was computed, newest
+# first — ((value, x), ...), at most order + 1 of them. A value is a tensor or, for a module that returns several
+# (SD3's and Flux's joint blocks and attentions: image and text streams), a tuple of tensors and ``None``s. Immutable,
+# so a snapshot (Auto-FR's checkpointing) stays valid.
+Value = torch.Tensor | tuple
+History = tuple[tuple[Value, float], ...]
+
+
+def _map(fn, *values):
+    """``fn`` applied to the tensors of one or several values of the same structure (``None`` stays ``None``)."""
+    if isinstance(values[0], tuple):
+        return tuple(None if parts[0] is None else _map(fn, *parts) for parts in zip(*values, strict=True))
+    return fn(*values)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in (value if isinstance(value, tuple) else (value,)) if t is not None]
 
 
 def history_bytes(history: History | None) -> int:
-    return sum(v.numel() * v.element_size() for v, _ in history or ())
+    return sum(t.numel() * t.element_size() for v, _ in history or () for t in _tensors(v))
 
 
-def remember(history: History | None, value: torch.Tensor, x: float, order: int,
+def remember(history: History | None, value: Value, x: float, order: int,
              dtype: torch.dtype | None = None) -> History:
     """``history`` with ``value`` (computed at ``x``) in front, keeping the ``order`` + 1 newest."""
-    return ((value if dtype is None else value.to(dtype), x),) + (history or ())[:order]
+    return ((value if dtype is None else _map(lambda v: v.to(dtype), value), x),) + (history or ())[:order]
 
 
 def extrapolation_weights(xs: list[float], x: float) -> list[float]:
@@ -106,20 +120,24 @@ def extrapolation_weights(xs: list[float], x: float) -> list[float]:
     return out
 
 
-def forecast(history: History, x: float, dtype: torch.dtype) -> torch.Tensor:
+def forecast(history: History, x: float, dtype: torch.dtype) -> Value:
     """The cached value at ``x``: the newest value (hold) or the polynomial through all of ``history`` evaluated at
-    ``x`` (linear with two values, quadratic with three), in ``dtype``.
+    ``x`` (linear with two values, quadratic with three), in ``dtype`` (each tensor of a tuple value alike).
 
     Written as v₀ + Σ_{j≥1} w_j·(v_j − v₀) (the weights sum to 1): one ``lerp`` for the linear forecast.
     """
-    v0 = history[0][0].to(dtype)
     if len(history) == 1:
-        return v0
+        return _map(lambda v: v.to(dtype), history[0][0])
     w = extrapolation_weights([xj for _, xj in history], x)
-    out = torch.lerp(v0, history[1][0].to(dtype), w[1])
-    for (v, _), wj in zip(history[2:], w[2:], strict=True):
-        out = out + wj * (v.to(dtype) - v0)
-    return out
+
+    def combine(*vs):
+        v0 = vs[0].to(dtype)
+        out = torch.lerp(v0, vs[1].to(dtype), w[1])
+        for v, wj in zip(vs[2:], w[2:], strict=True):
+            out = out + wj * (v.to(dtype) - v0)
+        return out
+
+    return _map(combine, *(v for v, _ in history))
 
 
 def wrapper(template):
@@ -135,9 +153,29 @@ def wrapper(template):
     return lambda t: cls(**{key: t, **others})
 
 
-def _blend(gate: torch.Tensor, computed: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
-    g = gate.to(computed.dtype)
-    return g * computed + (1 - g) * cached
+def _blend(gate: torch.Tensor, computed: Value, cached: Value) -> Value:
+    def blend(c, r):
+        g = gate.to(c.dtype)
+        return g * c + (1 - g) * r
+
+    return _map(blend, computed, cached)
+
+
+def split_output(out) -> tuple[Value | None, callable]:
+    """A module output as ``(value, rebuild)``: the value a cache keeps — the main tensor of a tensor or a diffusers
+    ``BaseOutput``, every tensor of a tuple (``None``s kept in place) — and the function that puts such a value back
+    into the output's structure (the tuple's other elements as they were)."""
+    if isinstance(out, tuple):
+        keep = [isinstance(e, torch.Tensor) or e is None for e in out]
+        value = tuple(e if k else None for e, k in zip(out, keep, strict=True))
+        rest = tuple(e for e, k in zip(out, keep, strict=True) if not k)
+
+        def rebuild(v):
+            others = iter(rest)
+            return tuple(part if k else next(others) for part, k in zip(v, keep, strict=True))
+
+        return value, rebuild
+    return first_tensor(out), wrapper(out)
 
 
 class _ReuseHook(ModelHook):
@@ -157,23 +195,26 @@ class _ReuseHook(ModelHook):
         self.cache = None
         return module
 
-    def keep(self, value: torch.Tensor) -> None:
+    def keep(self, value: Value) -> None:
         """A keyframe: ``value`` joins the cache."""
         new = remember(self.cache, value, self.state.x(), self.order, self.state.cache_dtype)
         self.state.account(self.cache, new)
         self.cache = new
 
-    def reused(self, like: torch.Tensor) -> torch.Tensor:
-        """A reuse step: the cached part, held or forecast to this step, in ``like``'s dtype."""
-        self._check_batch(like, self.cache[0][0])
+    def reused(self, like: torch.Tensor | None) -> Value:
+        """A reuse step: the cached part, held or forecast to this step, in ``like``'s dtype (the cache's own dtype
+        when no tensor input is at hand)."""
+        cached = _tensors(self.cache[0][0])[0]
+        if like is not None:
+            self._check_batch(like, cached)
         self.state.reused += 1
-        return forecast(self.cache, self.state.x(), like.dtype)
+        return forecast(self.cache, self.state.x(), like.dtype if like is not None else cached.dtype)
 
-    def gated(self, gate: torch.Tensor, computed: torch.Tensor) -> torch.Tensor:
+    def gated(self, gate: torch.Tensor, computed: Value) -> Value:
         """Auto-FR: g·computed + (1 − g)·(the reuse value), and the cache updated as the hard gate says: at a
         computed step the blend joins the cache; at a reuse step it replaces the newest value (equal to it, with a
         gradient path to g). With hold (one value) both are the same: the cache becomes the blend."""
-        blended = _blend(gate, computed, forecast(self.cache, self.state.x(), computed.dtype))
+        blended = _blend(gate, computed, forecast(self.cache, self.state.x(), _tensors(computed)[0].dtype))
         hard = self.state.hard[self.idx][self.state.step] if self.order else True
         if hard:
             self.keep(blended)
@@ -278,26 +319,27 @@ class ResidualFeatureHook(_ReuseHook):
 
 
 class WholeBlockHook(_ReuseHook):
-    """``block`` granularity: reuse the block's whole (main) output, held or forecast, and skip its forward."""
+    """``block`` granularity: reuse the block's whole output, held or forecast — every tensor of it when the block
+    returns several (SD3's and Flux's double blocks: the text and the image stream) — and skip its forward."""
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
     def new_forward(self, module, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
             out = self.fn_ref.original_forward(*args, **kwargs)
-            self._wrap = wrapper(out)
-            main = first_tensor(out)
+            value, self._rebuild = split_output(out)
             if self.cache is not None and isinstance(decision, torch.Tensor):
-                return self._wrap(self.gated(decision, main))
-            self.keep(main)
+                return self._rebuild(self.gated(decision, value))
+            self.keep(value)
             return out
-        first = args[0] if args else next(iter(kwargs.values()))
-        return self._wrap(self.reused(first if isinstance(first, torch.Tensor) else self.cache[0][0]))
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        return self._rebuild(self.reused(first if isinstance(first, torch.Tensor) else None))
 
 
 class SelfAttentionFeatureHook(WholeBlockHook):
-    """A transformer block's ``attn1``: reuse the self-attention output before the block gates it. The rule is
-    the whole-output rule applied one level down, on the attention module instead of the block."""
+    """A transformer block's ``attn1`` (or ``attn``): reuse the attention output before the block gates it — for
+    SD3's and Flux's joint attention both outputs, the image and the text stream's. The rule is the whole-output rule
+    applied one level down, on the attention module instead of the block."""
 
 
 def hook_target(block: nn.Module, kind: str, granularity: str) -> tuple[nn.Module, type[_ReuseHook]]:

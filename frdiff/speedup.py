@@ -21,7 +21,7 @@ from torch import nn
 
 from .blocks import find_blocks, first_tensor, flop_counter
 from .policy import ORDERS, Policy
-from .reuse import heavy_module_name
+from .reuse import heavy_module_name, split_output
 
 
 @torch.no_grad()
@@ -40,9 +40,10 @@ def measure_savings(denoiser: nn.Module, granularity: str | None, *args, **kwarg
 
     def size_hook(name):
         def hook(_m, _a, out):
-            t = first_tensor(out)
-            if t is not None and name not in sizes:
-                sizes[name] = t.numel() // max(1, t.shape[0])
+            value, _ = split_output(out)  # what the part's cache keeps: every tensor of a tuple output
+            tensors = [t for t in (value if isinstance(value, tuple) else (value,)) if t is not None]
+            if tensors and name not in sizes:
+                sizes[name] = sum(t.numel() // max(1, t.shape[0]) for t in tensors)
         return hook
 
     handles = [modules[part].register_forward_hook(size_hook(part)) for part in set(parts.values())]
