@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,6 +418,8 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
+        if _text_depth(text) > MAX_DEPTH:  # before parsing: how deep the parser recurses depends on the process
+            raise PolicyError([f"the file nests JSON more than {MAX_DEPTH} levels deep; a policy does not"])
         try:
             data = json.loads(text, parse_constant=_refuse_constant)
         except json.JSONDecodeError as e:
@@ -513,6 +516,19 @@ def _short(value) -> str:
 
 def _refuse_constant(name: str):
     raise ValueError(f"not valid JSON: {name} is not a JSON number")
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _text_depth(text: str) -> int:
+    """Deepest bracket nesting of JSON text, strings left out (vectorised: a running sum of opens minus closes)."""
+    bare = _JSON_STRING.sub("", text).encode("utf-8", "replace")
+    if not bare:
+        return 0
+    code = torch.frombuffer(bytearray(bare), dtype=torch.uint8)
+    step = ((code == ord("[")) | (code == ord("{"))).long() - ((code == ord("]")) | (code == ord("}"))).long()
+    return int(step.cumsum(0).max())
 
 
 def _depth(value, limit: int = MAX_DEPTH) -> int:

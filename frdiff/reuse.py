@@ -218,8 +218,9 @@ class _ReuseHook(ModelHook):
         hard = self.state.hard[self.idx][self.state.step] if self.order else True
         if hard:
             self.keep(blended)
-        else:
-            new = ((blended, self.cache[0][1]),) + self.cache[1:]
+        else:  # the newest value's forward value, the blend's gradient (a forecast at this step is not that value)
+            newest, x = self.cache[0]
+            new = ((_map(lambda v, b: v + (b - b.detach()).to(v.dtype), newest, blended), x),) + self.cache[1:]
             self.state.account(self.cache, new)
             self.cache = new
         return blended

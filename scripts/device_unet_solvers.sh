@@ -11,11 +11,13 @@
 #   sweep, runs 3A-3C:  bash scripts/device_unet_solvers.sh workbench/models 6 21 A:3e-4:512:5 B:5e-4:1024:5 C:5e-4:1024:1
 #   run 4 (continues 3A, carried as .init/tiny-unet):
 #                       SKIP_INIT_EVAL=1 DEADLINE_S=395 bash scripts/device_unet_solvers.sh .init 5 22 D:3e-4:512:5
+#   run 5 (continues 4, carried as .init/tiny-unet; shipped):
+#                       SKIP_INIT_EVAL=1 DEADLINE_S=520 bash scripts/device_unet_solvers.sh .init 6.3 23 E:3e-4:512:5
 # Needs the diffusers wheel in .whl/ (carried; see device_lib.sh). Results come back in $OUT: results.tgz
 # (train-*.json/log, eval-*.json, gpu.log), and one models-NAME.tgz per arm (NAME/tiny-unet, fp16 safetensors).
 # Environment: DEADLINE_S (default 555: seconds from the start after which evaluation is cut off), SKIP_INIT_EVAL=1
 # (evaluate the arms only), TRAIN_ARGS (more `workbench train` arguments for every arm, e.g. --warmup 100; unset
-# in both runs of issue 17), EVAL_N (samples per evaluation, default 300; smaller only to try the script out).
+# in all three runs of issue 17), EVAL_N (samples per evaluation, default 300; smaller only to try the script out).
 # Measured speed: alone, one arm at batch 512 runs ~10 steps/s with the GPU 50-70 % busy (the Python side limits);
 # three arms share it by time-slicing at 100 % busy and ~7 900 images/s in all (4.3 steps/s at 512, 2.8 at 1024).
 set -uo pipefail

@@ -71,8 +71,8 @@ def test_upload_errors_are_listed(policy):
 
 def test_attribution_variants_recompute_one_group_each(policy):
     groups = app_runs.reused_groups(policy)
-    assert list(groups) == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "up_blocks.0", "up_blocks.1",
-                            "up_blocks.2", "mid_block"]
+    assert list(groups) == ["down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0",
+                            "up_blocks.1", "up_blocks.2"]  # the order they run in
     variants = app_runs.attribution_variants(policy, "p")
     assert variants[0].policy is policy and len(variants) == 8
     mid = next(v for v in variants if v.name == "mid_block recomputed").policy

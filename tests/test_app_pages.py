@@ -61,8 +61,9 @@ def test_tour_runs_its_three_live_steps():
     texts = " ".join(m.value for m in at.markdown)
     assert "Closest to the full run:" in texts and ("as the paper finds" in texts or "does not hold" in texts)
     res = at.session_state["tour_compare_result"]
-    assert [v["name"] for v in res["variants"]] == ["2 steps", "FR (keyframe every 2nd step)", "FR + score mixing"]
-    assert len(at.metric) == 3 and at.metric[0].value.endswith("dB")
+    assert [v["name"] for v in res["variants"]] == ["fewer steps", "feature reuse", "reuse + score mixing", "forecast"]
+    assert res["variants"][0]["steps"] == 2  # half of the 4 steps
+    assert len(at.metric) == 4 and all(m.value.endswith("dB") for m in at.metric)
 
 
 def test_record_then_browse_similarity_frequency_and_delete(folders):

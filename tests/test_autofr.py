@@ -263,7 +263,7 @@ def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_
     from workbench.bench.autofr import MARK_END, MARK_START, bench_autofr, write_markdown
 
     rep = bench_autofr(models=("tiny-dit",), steps=4, train_seeds=[0, 1], val_seeds=[100, 101], iterations=1,
-                       runs=[("step", "feature", None)], targets={"tiny-dit": 0.9}, device="cpu")
+                       runs=[("step", "block", None, "taylor2")], targets={"tiny-dit": 0.9}, device="cpu")
     rows = rep["models"]["tiny-dit"]["rows"]
     by_name = {r["name"]: r for r in rows}
     assert by_name["reduced-nfe M=2"]["compute_fraction"] == pytest.approx(0.5)
@@ -271,7 +271,8 @@ def test_bench_autofr_measures_front_and_learned_policies_on_held_out_seeds(tmp_
     (mine,) = [r for r in rows if r["autofr"]]
     assert mine["target"] == 0.9 and mine["compute_fraction"] <= 0.9 + 1e-6
     assert mine["verdict"] in ("above", "not dominated", "below")
-    assert Policy.from_dict(mine["policy"]).steps == 4
+    learned = Policy.from_dict(mine["policy"])
+    assert learned.steps == 4 and set(learned.reuse) == {"taylor2"} and set(learned.granularity) == {"block"}
     with pytest.raises(ValueError, match="held out"):
         bench_autofr(models=("tiny-dit",), steps=4, train_seeds=[0, 1], val_seeds=[1, 2], iterations=1)
     js, md = tmp_path / "a.json", tmp_path / "a.md"

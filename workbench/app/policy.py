@@ -163,6 +163,17 @@ def save_policy(policy: Policy, root: str | Path, name: str, overwrite: bool = F
     return policy.save(path)
 
 
+def preset_of(policy: Policy) -> str | None:
+    """The preset ``policy`` started from, through builder edits (their provenance keeps the source's)."""
+    prov = policy.provenance
+    return prov.get("preset") or (prov.get("source") or {}).get("preset")
+
+
+def default_name(policy: Policy) -> str:
+    """A library name for ``policy``: its preset (or who made it) and its step count, e.g. ``uniform-20``."""
+    return f"{preset_of(policy) or policy.provenance.get('made_by', 'policy')}-{policy.steps}"
+
+
 def list_policies(root: str | Path) -> list[dict]:
     """One row per library file: name, provenance, model, steps, mixing, keyframe share and stored metrics;
     files that do not load are listed with their problems instead."""
@@ -179,7 +190,7 @@ def list_policies(root: str | Path) -> list[dict]:
         metrics = prov.get("metrics") or {}
         rows.append({
             "name": path.stem, "path": str(path), "made_by": prov.get("made_by", "?"),
-            "preset": prov.get("preset") or (prov.get("source") or {}).get("preset"),
+            "preset": preset_of(policy),
             "architecture": policy.model.get("architecture"), "scheduler": policy.scheduler, "steps": policy.steps,
             "mixing": policy.mixing.schedule if policy.mixing.enabled else "off",
             "keyframe_share": round(float(policy.keyframes.float().mean()), 3) if policy.blocks else 1.0,
