@@ -163,7 +163,8 @@ else:
 
 st.subheader("Save and share")
 v1, v2, v3 = st.columns([2, 1, 1])
-name = v1.text_input("Name", app_policy.default_name(base), key=f"builder_name_{rev}")  # a new starting policy gets a name of its own
+# a new starting policy gets a name of its own
+name = v1.text_input("Name", app_policy.default_name(base), key=f"builder_name_{rev}")
 overwrite = v2.checkbox("Overwrite", key="builder_overwrite")
 if v3.button("Save to library", type="primary", key="builder_save", disabled=bool(problems)):
     with readable_errors("Saving"):
