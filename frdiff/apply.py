@@ -35,6 +35,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
+from .compiling import attach_compiled, check_compile, graphs_compiled
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
 from .reuse import (
     HOOK_PREFIX,
@@ -112,6 +113,7 @@ class RunReport:
     runs: int = 0  # complete pipeline runs inside the ``with``
     seconds: float = 0.0
     cache_bytes: int = 0  # the most the caches (block values and ε_key) held at once
+    graphs_per_run: list[int] = field(default_factory=list)  # compile mode: graphs dynamo compiled in each run
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -133,6 +135,8 @@ class _StepHook(ModelHook):
         self.calls = 0
         self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
         self.wrap = None
+        self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
+        self.graphs_at_start = 0
 
     def reset_state(self, module):
         self.calls = 0
@@ -150,6 +154,7 @@ class _StepHook(ModelHook):
             raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
                                f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
         self.calls = 0
+        self.graphs_at_start = graphs_compiled()
         self.state.clear()
         self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
@@ -157,6 +162,10 @@ class _StepHook(ModelHook):
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _end_run(self) -> None:
+        self.report.runs += 1
+        self.report.graphs_per_run.append(graphs_compiled() - self.graphs_at_start)
 
     def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
         return forecast(self.eps, self.state.x(), like.dtype)
@@ -170,8 +179,8 @@ class _StepHook(ModelHook):
             self._start_run()
         s = self.calls
         self.calls += 1
-        if self.calls == self.policy.steps:
-            self.report.runs += 1
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # earlier calls' graph outputs may be overwritten from now
         kind, lam = self.kinds[s], self.lams[s]
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         self.report.timesteps.append(t)  # kept as given: float() of a GPU tensor here would sync every step
@@ -179,11 +188,15 @@ class _StepHook(ModelHook):
         self.report.lambdas.append(lam)
         self.state.step = s
         if kind == "skip":
+            if self.calls == self.policy.steps:
+                self._end_run()
             return self.wrap(self._eps_key(self.eps[0][0]))
         before = self.state.reused
         out = self.fn_ref.original_forward(*args, **kwargs)
         self.report.denoiser_calls += 1
         self.report.block_reuses += self.state.reused - before
+        if self.calls == self.policy.steps:
+            self._end_run()
         eps = first_tensor(out)
         if kind == "full" or self.eps is None:
             self.wrap = wrapper(out)
@@ -225,12 +238,20 @@ def _as_float(t) -> float:
 
 
 @contextmanager
-def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | None = None):
+def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | None = None, compile: str = "off",
+          cuda_graphs: bool = False, backend: str = "inductor"):
     """Run ``pipe`` (a diffusers pipeline, or a denoiser module) with ``policy`` inside the ``with`` block.
 
     check_model: validate block names, granularities and the config fingerprint against this denoiser.
     timeout: seconds to wait while another thread runs the same pipeline (``None`` waits).
+    compile: ``"off"`` (eager hooks) or ``"regional"``: every policy block runs as compiled graphs with its reuse
+    rule inside, one graph per block and phase (:mod:`frdiff.compiling`); the first run compiles (warm-up), later
+    runs of the same shapes compile nothing (``report().graphs_per_run``). The no-reuse policy in this mode is the
+    stock model regionally compiled: the fair baseline for a compiled policy.
+    cuda_graphs: with ``compile="regional"``, capture the graphs as CUDA graphs and replay them (CUDA only).
+    backend: torch.compile's backend (``"inductor"``; ``"eager"`` traces without code generation, for tests).
     """
+    check_compile(compile, cuda_graphs)
     denoiser = denoiser_of(pipe)
     train = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "num_train_timesteps", None)
     limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
@@ -253,7 +274,11 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
         idle = [not r for r in policy.reusing_blocks()]  # never reused at a called step: no hook, no cache
-        attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
+        if compile == "off":
+            attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
+        else:
+            state.clone_values = step_hook.cuda_graphs = cuda_graphs
+            attach_compiled(denoiser, policy.blocks, policy.granularity, state, attached, idle, cuda_graphs, backend)
         yield run
     finally:
         detach_all(attached)

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.attention_processor import Attention
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from .blocks import find_blocks, first_tensor
 
 HOOK_PREFIX = "frdiff"
+STATIC_FORWARD = f"{HOOK_PREFIX}-static-forward"  # not a registry hook: compile mode's forward on a block's attn1
 
 
 class ReuseState:
@@ -59,6 +62,7 @@ class ReuseState:
         self.reused = 0  # block reuses in this run (for the report)
         self.held = 0  # bytes the caches hold now
         self.peak = 0  # the most they held since the state was made
+        self.clone_values = False  # compile mode with CUDA graphs: cached values are copied out of the graphs' pool
 
     def decide(self, idx: int) -> bool | torch.Tensor:
         if self.gates is not None:
@@ -195,6 +199,49 @@ class _ReuseHook(ModelHook):
         self.cache = None
         return module
 
+    # Compile mode (frdiff.compiling): a CompiledBlockHook around the block sets ``static``, and before each call of
+    # the compiled block ``phase`` ("keep" | "reuse") and ``given`` (the reuse value, forecast eagerly), so the
+    # traced forward branches on constants only; after the call it commits ``captured`` to the cache.
+    static = False
+    phase = "keep"
+    given: Value | None = None
+    captured: Value | None = None
+    value_dtype: torch.dtype | None = None
+    class_forward = None  # the hooked module's class forward (a plain function: dynamo traces it, not type(m))
+
+    def new_forward(self, module, *args, **kwargs):
+        if self.static:
+            return self.static_forward(module, *args, **kwargs)
+        return self.eager_forward(module, *args, **kwargs)
+
+    def prepare(self) -> None:
+        """Compile mode, before the block's compiled call: this step's phase and, at a reuse step, the value."""
+        decision = self.state.decide(self.idx)
+        if isinstance(decision, torch.Tensor):
+            raise RuntimeError("Auto-FR's gated runs do not run in compile mode (use compile='off')")
+        if self.cache is None or decision:
+            self.phase, self.given = "keep", None
+        else:
+            self.phase = "reuse"
+            self.state.reused += 1
+            self.given = forecast(self.cache, self.state.x(), self.value_dtype)
+
+    def commit(self) -> None:
+        """Compile mode, after the call: a keyframe's captured value joins the cache (cloned out of a CUDA graph's
+        memory pool, which the next replay overwrites)."""
+        if self.phase != "keep":
+            self.given = None
+            return
+        value, self.captured = self.captured, None
+        parts = value if isinstance(value, tuple) else (value,)
+        if not parts or not all(p is None or isinstance(p, torch.Tensor) for p in parts) or not _tensors(value):
+            raise RuntimeError(f"block {self.block}: compile mode caches tensors or tuples of tensors; this block "
+                               f"returns {type(value).__name__} (run it with compile='off')")
+        if self.state.clone_values:
+            value = _map(torch.clone, value)
+        self.value_dtype = _tensors(value)[0].dtype
+        self.keep(value)
+
     def keep(self, value: Value) -> None:
         """A keyframe: ``value`` joins the cache."""
         new = remember(self.cache, value, self.state.x(), self.order, self.state.cache_dtype)
@@ -249,8 +296,15 @@ class ResnetFeatureHook(_ReuseHook):
         self._handle.remove()
         return module
 
+    def static_forward(self, module, input_tensor, temb, *args, **kwargs):
+        if self.phase == "reuse":
+            return resnet_light(module, input_tensor, temb, self.given)
+        h = resnet_heavy(module, input_tensor)
+        self.captured = h
+        return resnet_light(module, input_tensor, temb, h)
+
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
-    def new_forward(self, module, input_tensor, temb, *args, **kwargs):
+    def eager_forward(self, module, input_tensor, temb, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is True:
             self._capture = True
@@ -305,8 +359,15 @@ class ResidualFeatureHook(_ReuseHook):
     """``Transformer2DModel``, or an ``Attention`` used as a block: reuse the residual branch (output − input), held
     or forecast; output = current input + that branch."""
 
+    def static_forward(self, module, hidden_states, *args, **kwargs):
+        if self.phase == "reuse":
+            return _restructure(module, kwargs, hidden_states + self.given)
+        out = self.class_forward(module, hidden_states, *args, **kwargs)
+        self.captured = first_tensor(out) - hidden_states
+        return out
+
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
-    def new_forward(self, module, hidden_states, *args, **kwargs):
+    def eager_forward(self, module, hidden_states, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
             out = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
@@ -323,8 +384,15 @@ class WholeBlockHook(_ReuseHook):
     """``block`` granularity: reuse the block's whole output, held or forecast — every tensor of it when the block
     returns several (SD3's and Flux's double blocks: the text and the image stream) — and skip its forward."""
 
+    def static_forward(self, module, *args, **kwargs):
+        if self.phase == "reuse":
+            return self.given
+        out = self.class_forward(module, *args, **kwargs)
+        self.captured = out
+        return out
+
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
-    def new_forward(self, module, *args, **kwargs):
+    def eager_forward(self, module, *args, **kwargs):
         decision = self.state.decide(self.idx)
         if self.cache is None or decision is not False:
             out = self.fn_ref.original_forward(*args, **kwargs)
@@ -341,6 +409,17 @@ class SelfAttentionFeatureHook(WholeBlockHook):
     """A transformer block's ``attn1`` (or ``attn``): reuse the attention output before the block gates it — for
     SD3's and Flux's joint attention both outputs, the image and the text stream's. The rule is the whole-output rule
     applied one level down, on the attention module instead of the block."""
+
+
+def _restructure(module: nn.Module, kwargs: dict, value: torch.Tensor):
+    """A residual block's reuse output in the structure its forward returns (compile mode, where no keyframe output
+    is at hand to copy it from): a tensor for an ``Attention``, ``(value,)`` for ``return_dict=False``, else the
+    model output class."""
+    if isinstance(module, Attention):
+        return value
+    if not kwargs.get("return_dict", True):
+        return (value,)
+    return Transformer2DModelOutput(sample=value)
 
 
 def hook_target(block: nn.Module, kind: str, granularity: str) -> tuple[nn.Module, type[_ReuseHook]]:
@@ -400,6 +479,10 @@ def detach_all(attached: list[tuple[nn.Module, str]]) -> None:
 
 def detach(module: nn.Module, name: str) -> None:
     """Remove hook ``name``; drop the registry (and the forward it installed) when it was the last hook."""
+    if name == STATIC_FORWARD:  # compile mode's rule inside a block (frdiff.compiling): the stock forward again
+        module.__dict__.pop("forward", None)
+        module.__dict__.pop("_frdiff_static", None)
+        return
     registry = getattr(module, "_diffusers_hook", None)
     if registry is None:
         return

@@ -66,7 +66,8 @@ def test_quality_suite_compute_fractions(quality, model):
     for entry in data["methods"]:  # counted FLOPs match the engine's prediction for every policy
         if "predicted_compute_fraction" in entry:
             assert entry["compute_fraction"] == pytest.approx(entry["predicted_compute_fraction"], abs=1e-6)
-        assert 0 < entry["ssim"] <= 1 and entry["psnr"] < PSNR_CAP_DB and entry["latency_s"] > 0
+        # SSIM lies in [-1, 1]: a policy that extrapolates 4 steps from 2 keyframes at this tiny size can score < 0
+        assert -1 <= entry["ssim"] <= 1 and entry["psnr"] < PSNR_CAP_DB and entry["latency_s"] > 0
     fr = by_name["FR M=2"]
     assert by_name["reduced NFE M=2"]["compute_fraction"] < fr["compute_fraction"] < 1  # FR recomputes the light part
     families = {m["family"] for m in data["methods"]}

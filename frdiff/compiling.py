@@ -1,0 +1,136 @@
+"""Static graphs for static policies: regional compilation and CUDA graphs (``frdiff.apply(..., compile=...)``).
+
+A keyframe policy is known before sampling starts, so which blocks compute and which reuse at a step is a Python
+constant. In ``compile="regional"`` mode every policy block runs as its own compiled graph (regional compilation,
+as diffusers' ``compile_repeated_blocks`` does for stock blocks), with the block's reuse rule *inside* the graph:
+
+- a :class:`CompiledBlockHook`, the outermost hook on each block, sets the block's reuse hook to this step's phase
+  (``keep``: compute and capture the cached part; ``reuse``: use the value handed in) and, at a reuse step, hands it
+  the held or forecast value, computed eagerly from the cache (a few element-wise ops). Then it calls the block's
+  compiled forward: dynamo traces through the reuse hook, whose branches read only the phase, so each block has one
+  graph per phase (two at most; a block never reused has one) and a 50-step run compiles nothing after its first
+  steps. After the call the hook commits the captured value to the cache.
+- the rest of the denoiser (embeddings, down/up-samplers, the output head) and the step logic (score mixing, skipped
+  steps) stay eager: small next to the blocks.
+- ``fullgraph=True``: a graph break inside a block raises instead of silently splitting the graph.
+- ``cuda_graphs=True``: the same graphs compiled with ``mode="reduce-overhead"`` (inductor's CUDA graph trees: each
+  graph captured once, replayed per call). A new replay may overwrite an earlier one's outputs, so cached values are
+  cloned out and every denoiser call starts a new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``).
+
+Each block gets its own copy of the small runner function that is compiled, so dynamo's per-code-object cache (and
+its recompile limit of 8) is per block: identical blocks do not share graphs (compile time grows with the number of
+blocks), but no block evicts another's graphs. :func:`graphs_compiled` reads dynamo's count of graphs, which the
+run report uses to show that nothing recompiles after warm-up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import torch
+from diffusers.hooks import ModelHook
+from torch import nn
+
+from .blocks import find_blocks
+from .reuse import HOOK_PREFIX, STATIC_FORWARD, ReuseState, attach, hook_target
+
+COMPILE_MODES = ("off", "regional")
+_ids = itertools.count()
+
+
+def check_compile(compile: str, cuda_graphs: bool) -> None:
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    if cuda_graphs and compile == "off":
+        raise ValueError("cuda_graphs needs compile='regional' (the graphs it captures are the compiled blocks)")
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (all threads)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _runner(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def _fresh_runner():
+    """A copy of :func:`_runner` with a code object of its own (dynamo keeps compiled graphs per code object)."""
+    code = _runner.__code__.replace(co_name=f"frdiff_block_{next(_ids)}")
+    return types.FunctionType(code, _runner.__globals__, code.co_name)
+
+
+def _compiled_runner(module: nn.Module, cuda_graphs: bool, backend: str):
+    """``module``'s compiled runner, made once and kept on the module, so a later ``apply`` of any policy finds the
+    graphs the earlier ones compiled (its guards read the hook's type and phase, not which hook object it is)."""
+    runners = module.__dict__.setdefault("_frdiff_runners", {})
+    key = (cuda_graphs, backend)
+    if key not in runners:
+        mode = "reduce-overhead" if cuda_graphs else None
+        runners[key] = torch.compile(_fresh_runner(), backend=backend, mode=mode, fullgraph=True, dynamic=False)
+    return runners[key]
+
+
+def _static_forward(module: nn.Module):
+    """The forward a reuse target inside a block (a transformer block's ``attn1``) gets in compile mode: its current
+    hook's static rule. Made once per module and kept on it, so graphs traced through it stay valid across runs."""
+    fn = module.__dict__.get("_frdiff_static_forward")
+    if fn is None:
+        def fn(*args, **kwargs):
+            return module._frdiff_static.static_forward(module, *args, **kwargs)
+
+        module.__dict__["_frdiff_static_forward"] = fn
+    return fn
+
+
+class CompiledBlockHook(ModelHook):
+    """Compile mode: runs its block — its reuse rule included — as compiled graphs, one per phase of the rule."""
+
+    def __init__(self, hook, fn, runner):
+        super().__init__()
+        self.hook = hook  # the block's reuse hook (None: the block always computes: its stock forward)
+        self.fn = fn  # what the graph runs: the hook's static rule, or the block's class forward
+        self.runner = runner
+
+    @torch.compiler.disable(recursive=False)  # the phase decision is Python, outside the graphs
+    def new_forward(self, module, *args, **kwargs):
+        hook = self.hook
+        if hook is None:
+            return self.runner(self.fn, module, *args, **kwargs)
+        hook.prepare()
+        if self.fn is type(module).forward:  # the rule acts inside the block (on its attn1)
+            out = self.runner(self.fn, module, *args, **kwargs)
+        else:
+            out = self.runner(self.fn, hook, module, *args, **kwargs)
+        hook.commit()
+        return out
+
+
+def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[str], state: ReuseState,
+                    attached: list[tuple[nn.Module, str]], idle: list[bool], cuda_graphs: bool, backend: str) -> None:
+    """Compile mode: every block of ``blocks`` runs through a :class:`CompiledBlockHook`; blocks that reuse get their
+    reuse hook (row i of ``state``) in static form, not as a registry hook."""
+    modules = dict(denoiser.named_modules())
+    kinds = dict(find_blocks(denoiser))
+    for i, (name, gran) in enumerate(zip(blocks, granularity, strict=True)):
+        module = modules[name]
+        if "forward" in module.__dict__:
+            raise RuntimeError(f"block {name} already has a hook on its forward; compile mode runs each block's own "
+                               f"forward (remove the other hook or use compile='off')")
+        hook, fn = None, type(module).forward
+        if not idle[i]:
+            target, cls = hook_target(module, kinds.get(name, "generic"), gran)
+            hook = cls(state, i, name)
+            hook.static, hook.class_forward = True, type(target).forward
+            if target is module:
+                fn = cls.static_forward
+            else:
+                target._frdiff_static = hook
+                target.forward = _static_forward(target)
+                attached.append((target, STATIC_FORWARD))
+        hook_name = f"{HOOK_PREFIX}-compiled-{i}"
+        attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend)), hook_name)
+        attached.append((module, hook_name))

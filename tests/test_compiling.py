@@ -1,0 +1,124 @@
+"""Compile mode (issue 19): every policy block as compiled graphs with its reuse rule inside, no graph break in a
+block, nothing compiled after the first run, and outputs equal to the eager hooks' (exactly with dynamo's ``eager``
+backend, which traces without generating code; within float32 rounding with inductor on the CPU)."""
+
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel, UNet2DModel
+
+import frdiff
+from frdiff.apply import attached_hooks
+
+STEPS = 6
+
+
+def _dit():
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                 num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
+
+
+def _unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8,), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("AttnDownBlock2D",),
+                       up_block_types=("AttnUpBlock2D",)).eval()
+
+
+def _call(den):
+    torch.manual_seed(1)
+    dev = next(den.parameters()).device
+    t = [torch.tensor([900 - 150 * s] * 2, device=dev) for s in range(STEPS)]
+    if isinstance(den, DiTTransformer2DModel):
+        x, y = torch.randn(2, 4, 8, 8).to(dev), torch.tensor([1, 2], device=dev)
+        return lambda s: den(x, timestep=t[s], class_labels=y).sample
+    x = torch.randn(2, 3, 8, 8).to(dev)
+    return lambda s: den(x, t[s]).sample
+
+
+def _runs(den, policy, rounds=2, **kw):
+    """``rounds`` runs of ``policy`` (each STEPS denoiser calls on fixed inputs) inside one apply."""
+    call, outs = _call(den), []
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **kw) as run:
+        for _ in range(rounds):
+            outs.append(torch.stack([call(s) for s in range(STEPS)]))
+    return outs, run.report()
+
+
+def _policy(den, reuse="hold", granularity="feature", interval=2, mix=True):
+    p = frdiff.make_preset("uniform", den, STEPS, interval=interval, reuse=reuse, mix=mix)
+    return p.replaced(granularity=[granularity] * len(p.blocks))
+
+
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("reuse,granularity", [("hold", "feature"), ("taylor2", "feature"), ("taylor1", "block")])
+def test_regional_graphs_trace_the_eager_rules_exactly(make, reuse, granularity):
+    den = make()
+    policy = _policy(den, reuse, granularity)
+    (ref,), eager_report = _runs(den, policy, rounds=1)
+    (first, second), report = _runs(den, policy, compile="regional", backend="eager")
+    assert torch.equal(first, ref) and torch.equal(second, ref)
+    assert report.block_reuses == eager_report.block_reuses > 0
+    # one graph per block and phase (keep, reuse) in the first run; the second compiles nothing
+    assert report.graphs_per_run[1] == 0 and report.graphs_per_run[0] <= 2 * len(policy.blocks)
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+
+
+def test_graphs_are_kept_across_applies_and_policies():
+    den = _dit()
+    _runs(den, _policy(den, interval=2), rounds=1, compile="regional", backend="eager")
+    # another policy with the same phases (M = 3, forecast, no mixing) finds every graph compiled
+    _, report = _runs(den, _policy(den, "taylor2", interval=3, mix=False), rounds=1, compile="regional",
+                      backend="eager")
+    assert report.graphs_per_run == [0]
+    none = frdiff.make_preset("none", den, STEPS)
+    (stock,), report = _runs(den, none, rounds=1, compile="regional", backend="eager")
+    call = _call(den)
+    with torch.no_grad():
+        assert torch.equal(stock, torch.stack([call(s) for s in range(STEPS)]))  # the none policy: stock model
+    assert report.graphs_per_run[0] == len(none.blocks)  # the stock forward: one graph per block
+
+
+@pytest.mark.parametrize("make", [_dit, _unet])
+def test_inductor_on_the_cpu_matches_eager_and_does_not_recompile(make):
+    den = make()
+    policy = _policy(den, "taylor2", "feature", interval=2, mix=True)
+    (ref,), _ = _runs(den, policy, rounds=1)
+    (first, second), report = _runs(den, policy, compile="regional")
+    torch.testing.assert_close(first, ref, atol=1e-4, rtol=1e-4)  # float32: inductor reorders reductions
+    assert torch.equal(second, first) and report.graphs_per_run[1] == 0
+
+
+def test_bad_compile_arguments_get_one_clear_message():
+    den = _dit()
+    policy = _policy(den)
+    with pytest.raises(ValueError, match="compile must be one of off, regional"):
+        with frdiff.apply(den, policy, check_model=False, compile="full"):
+            pass
+    with pytest.raises(ValueError, match="cuda_graphs needs compile='regional'"):
+        with frdiff.apply(den, policy, check_model=False, cuda_graphs=True):
+            pass
+    block = dict(den.named_modules())[policy.blocks[0]]
+    block.forward = block.forward  # another tool's hook: an instance forward
+    try:
+        with pytest.raises(RuntimeError, match="already has a hook on its forward"):
+            with frdiff.apply(den, policy, check_model=False, compile="regional", backend="eager"):
+                pass
+    finally:
+        del block.forward
+    assert attached_hooks(den) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
+                    "bench gpu-speed measures them on the GPU)")
+def test_cuda_graphs_replay_the_compiled_policy():
+    den = _dit().cuda()
+    policy = _policy(den, "taylor2", "feature")
+    call = _call(den)
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False):
+        ref = torch.stack([call(s).clone() for s in range(STEPS)])
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="regional", cuda_graphs=True) as run:
+        for _ in range(3):
+            got = torch.stack([call(s).clone() for s in range(STEPS)])
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert run.report().graphs_per_run[-1] == 0
