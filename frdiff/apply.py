@@ -253,6 +253,9 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     """
     check_compile(compile, cuda_graphs)
     denoiser = denoiser_of(pipe)
+    device = next(denoiser.parameters(), torch.empty(0)).device
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs the denoiser on a CUDA device; it is on {device}")
     train = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "num_train_timesteps", None)
     limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
     if check_model:

@@ -122,3 +122,23 @@ def test_cuda_graphs_replay_the_compiled_policy():
             got = torch.stack([call(s).clone() for s in range(STEPS)])
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert run.report().graphs_per_run[-1] == 0
+
+
+def test_compare_in_compile_mode_warms_up_then_times_without_recompiling(dit_pipe):
+    from workbench.compare import Variant, compare
+
+    policy = frdiff.make_preset("uniform", dit_pipe.denoiser, 4, interval=2)
+    eager = compare(dit_pipe, [Variant("fr", policy)], [0, 1], [0, 1], steps=4)
+    res = compare(dit_pipe, [Variant("fr", policy)], [0, 1], [0, 1], steps=4, repeats=2, compile="regional",
+                  backend="eager")
+    v = res["variants"][0]
+    assert res["recompiles"] == 0 and v["warmup_s"] > 0 and res["reference"]["warmup_s"] > 0
+    assert v["psnr"] == eager["variants"][0]["psnr"] and v["block_reuses"] == eager["variants"][0]["block_reuses"]
+
+
+def test_cli_refuses_cuda_graphs_without_compile(capsys):
+    from workbench.cli import main
+
+    assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
+                 "--cuda-graphs"]) != 0
+    assert "--cuda-graphs needs --compile regional" in capsys.readouterr().err

@@ -9,12 +9,14 @@ FLOPs before running (:mod:`frdiff.speedup`).
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import frdiff
 from frdiff import Policy
 from frdiff.blocks import capture_denoiser_call
+from frdiff.compiling import graphs_compiled
 from workbench.metrics import compare_images
 from workbench.sampling import SampleResult, judge, sample
 
@@ -42,15 +44,21 @@ def measure_savings(pipe, steps: int = 1) -> dict:
 
 
 def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], steps: int, scheduler: str | None,
-                guidance_scale: float | None = None, batch_size: int = 64):
-    """Sample ``variant``; returns ``(SampleResult, frdiff.RunReport | None)``. Holds the pipeline's lock."""
+                guidance_scale: float | None = None, batch_size: int = 64, compile: str = "off",
+                cuda_graphs: bool = False, backend: str = "inductor"):
+    """Sample ``variant``; returns ``(SampleResult, frdiff.RunReport | None)``. Holds the pipeline's lock.
+
+    compile / cuda_graphs: :func:`frdiff.apply`'s; the stock variant then runs as the no-reuse policy in that mode."""
     steps = variant.steps or (variant.policy.steps if variant.policy else steps)
     sched = variant.scheduler or scheduler
-    if variant.policy is None:
+    policy = variant.policy
+    if policy is None and compile != "off":
+        policy = frdiff.make_preset("none", frdiff.denoiser_of(pipe), steps, scheduler=sched or "ddim")
+    if policy is None:
         with frdiff.exclusive(pipe):
             return sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
                           batch_size=batch_size), None
-    with frdiff.apply(pipe, variant.policy) as run:
+    with frdiff.apply(pipe, policy, compile=compile, cuda_graphs=cuda_graphs, backend=backend) as run:
         result = sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
                         batch_size=batch_size)
     return result, run.report()
@@ -59,11 +67,14 @@ def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], ste
 def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int = 50,
             scheduler: str | None = "ddim", guidance_scale: float | None = None, repeats: int = 1,
             batch_size: int = 64, progress: Callable[[dict], None] | None = None,
-            cancel: Callable[[], bool] | None = None, keep_images: bool = False) -> dict:
+            cancel: Callable[[], bool] | None = None, keep_images: bool = False, compile: str = "off",
+            cuda_graphs: bool = False, backend: str = "inductor") -> dict:
     """Reference + ``variants``, ``repeats`` interleaved timing rounds (latency = median; quality from round 1).
 
     Returns ``{"reference": {...}, "variants": [{...}, ...]}``; with ``keep_images`` each entry also holds its
-    ``images`` tensor.
+    ``images`` tensor. ``compile`` / ``cuda_graphs``: every entry (the reference as the no-reuse policy) runs in
+    :func:`frdiff.apply`'s compile mode, after one untimed round that compiles (``warmup_s``); ``recompiles``
+    counts the graphs compiled during the timed rounds.
     """
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
@@ -72,6 +83,15 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
         sample(pipe, labels[:batch_size], seeds[:batch_size], steps=2, guidance_scale=guidance_scale,
                scheduler=scheduler, batch_size=batch_size)
     everything = [Variant("reference")] + list(variants)
+    mode = {"compile": compile, "cuda_graphs": cuda_graphs, "backend": backend}
+    warmup: list[float | None] = [None] * len(everything)
+    if compile != "off":  # compile (and capture) every variant's graphs before anything is timed
+        for i, v in enumerate(everything):
+            t0 = time.perf_counter()
+            run_variant(pipe, v, labels[:batch_size], seeds[:batch_size], steps, scheduler, guidance_scale,
+                        batch_size, **mode)
+            warmup[i] = time.perf_counter() - t0
+    graphs_before = graphs_compiled()
     latencies: list[list[float]] = [[] for _ in everything]
     results: list[tuple[SampleResult, object] | None] = [None] * len(everything)
     total, done = repeats * len(everything), 0
@@ -79,7 +99,7 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
         for i, v in enumerate(everything):
             if cancel is not None and cancel():
                 raise Cancelled("cancelled")
-            res, report = run_variant(pipe, v, labels, seeds, steps, scheduler, guidance_scale, batch_size)
+            res, report = run_variant(pipe, v, labels, seeds, steps, scheduler, guidance_scale, batch_size, **mode)
             latencies[i].append(res.latency_s)
             if results[i] is None:
                 results[i] = (res, report)
@@ -92,7 +112,11 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
                  "denoiser_calls": steps, **judge(ref_res)}
     if keep_images:
         ref_entry["images"] = ref_res.images
-    out = {"reference": ref_entry, "variants": [], "savings": savings, "n": len(seeds)}
+    out = {"reference": ref_entry, "variants": [], "savings": savings, "n": len(seeds), "compile": compile,
+           "cuda_graphs": cuda_graphs}
+    if compile != "off":
+        out["recompiles"] = graphs_compiled() - graphs_before  # graphs compiled during the timed rounds
+        ref_entry["warmup_s"] = warmup[0]
     for i, v in enumerate(everything[1:], start=1):
         res, report = results[i]
         latency = statistics.median(latencies[i])
@@ -114,6 +138,8 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
                  "block_reuses": report.block_reuses if report else 0, **cache,
                  **compare_images(ref_res.images, res.images), **judge(res)}
         entry.pop("psnr_per_image")
+        if compile != "off":
+            entry["warmup_s"] = warmup[i]
         if keep_images:
             entry["images"] = res.images
         out["variants"].append(entry)

@@ -28,7 +28,8 @@ from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
 VARIANTS = [("uniform M=2", dict(preset="uniform", interval=2)),
             ("uniform M=2 + mixing", dict(preset="uniform", interval=2, mix=True)),
-            ("uniform M=3", dict(preset="uniform", interval=3))]
+            ("uniform M=3", dict(preset="uniform", interval=3)),
+            ("uniform M=3 + mixing", dict(preset="uniform", interval=3, mix=True))]
 
 
 def _sd15_unet(small: bool):
@@ -102,20 +103,41 @@ def step_times(pipe, device, n: int = 20) -> dict:
     return {"full_step_s": t_full, "reuse_step_s": t_reuse, "reuse_over_full": t_reuse / t_full}
 
 
+MODES = ("eager", "regional", "cuda-graphs")
+APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
+               "cuda-graphs": {"compile": "regional", "cuda_graphs": True}}
+
+
 @torch.no_grad()
-def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float) -> list[dict]:
+def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
+               backend: str = "inductor") -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
-    events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ."""
+    events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
+
+    ``mode``: ``eager``; ``regional`` (frdiff's compile mode) or ``cuda-graphs`` (the same, captured as CUDA
+    graphs), where the reference is the no-reuse policy in the same mode — the stock model regionally compiled —
+    and every variant first runs once untimed (``warmup_s``: compiling and capturing); ``recompiles`` counts the
+    graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs."""
     import random
 
+    from frdiff.compiling import graphs_compiled
+
     den = pipe.denoiser
+    kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False))
                 for label, kw in VARIANTS}
+    if kwargs:
+        policies = {"none": make_preset("none", den, steps), **policies}
     per_step: dict[str, dict[str, list[float]]] = {"none": {}, **{label: {} for label in policies}}
+    peak: dict[str, int] = {}
+    recompiles: dict[str, int] = {}
 
-    def run(label):
+    def run(label, timed=True):
         policy = policies.get(label)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        graphs = graphs_compiled()
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
 
@@ -137,16 +159,19 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
             elapsed = _timed(call, device)
             kinds = ["full"] * steps
         else:
-            with frdiff.apply(pipe, policy):
+            with frdiff.apply(pipe, policy, **kwargs):
                 elapsed = _timed(call, device)
             kinds = policy.step_kinds()
-        if len(events) == steps + 1:
+        if timed:
+            recompiles[label] = recompiles.get(label, 0) + graphs_compiled() - graphs
+            if device.type == "cuda":
+                peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
+        if timed and len(events) == steps + 1:
             for kind, a, b in zip(kinds, events[:-1], events[1:], strict=True):
                 per_step[label].setdefault(kind, []).append(a.elapsed_time(b) / 1000)
         return elapsed
 
-    run("none")  # warm-up
-    per_step["none"].clear()
+    warmup = {label: run(label, timed=False) for label in (policies if kwargs else ["none"])}
     times: dict[str, list[float]] = {"none": [], **{label: [] for label in policies}}
     order = list(times)
     rng = random.Random(0)
@@ -159,28 +184,48 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     def in_situ(label):
         return {k: statistics.median(v) for k, v in per_step[label].items()} if per_step[label] else None
 
-    rows = [{"variant": "none", "latency_s": ref, "speedup": 1.0, "predicted_speedup": 1.0,
-             "predicted_from_step_ratio": 1.0, "denoiser_calls": steps, "step_s_in_run": in_situ("none")}]
+    def extra(label):
+        return {"mode": mode, "median_s": statistics.median(times[label]), "recompiles": recompiles.get(label, 0),
+                "warmup_s": warmup.get(label) if kwargs else None, "peak_memory_bytes": peak.get(label)}
+
+    rows = [{"variant": "none", "latency_s": ref, "speedup": 1.0, "speedup_vs_stock_same_mode": 1.0,
+             "predicted_speedup": 1.0, "predicted_from_step_ratio": 1.0, "denoiser_calls": steps,
+             "step_s_in_run": in_situ("none"), **extra("none")}]
     for label, policy in policies.items():
+        if label == "none":
+            continue
         latency = statistics.median(times[label])
         kinds = policy.step_kinds()
         by_ratio = steps / sum(1.0 if k == "full" else 0.0 if k == "skip" else ratio for k in kinds)
         predicted = frdiff.predicted_speedup(policy, savings)
-        rows.append({"variant": label, "latency_s": latency, "speedup": ref / latency, "predicted_speedup": predicted,
+        rows.append({"variant": label, "latency_s": latency, "speedup": ref / latency,
+                     "speedup_vs_stock_same_mode": ref / latency, "predicted_speedup": predicted,
                      "measured_over_predicted": (ref / latency) / predicted,
                      "predicted_from_step_ratio": by_ratio, "denoiser_calls": policy.denoiser_calls(),
-                     "step_s_in_run": in_situ(label)})
+                     "step_s_in_run": in_situ(label), **extra(label)})
     return rows
 
 
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
-                    steps: int = 50, compile: bool = False) -> dict:
-    """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant."""
+                    steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
+                    backend: str = "inductor") -> dict:
+    """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
+
+    compile: ``off`` (eager only); ``regional`` (also frdiff's compile mode: ``modes.regional``); ``full`` (also
+    ``denoiser.compile()`` around the eager hooks, which break the graph at every hooked block: ``compiled``).
+    cuda_graphs: also the regional graphs captured as CUDA graphs (``modes["cuda-graphs"]``). backend: torch.compile's
+    backend for the regional modes (tests use ``eager``)."""
+    compile = {True: "full", False: "off"}.get(compile, compile)
+    if compile not in ("off", "regional", "full"):
+        raise ValueError(f"compile must be off, regional or full, got {compile!r}")
+    modes = (["regional"] if compile == "regional" else []) + (["cuda-graphs"] if cuda_graphs else [])
+    if cuda_graphs and not torch.cuda.is_available():
+        raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = (device.type != "cuda") if small is None else small
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
+              "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs, "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
               "repeats": repeats, "models": {}}
     for name in models:
         pipe = build(name, device, dtype, small)
@@ -192,7 +237,10 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         entry = {"parameters": sum(p.numel() for p in pipe.denoiser.parameters()), "reuse_flop_share": saved,
                  "predicted_reuse_over_full": 1 - saved, **st,
                  "end_to_end": end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"])}
-        if compile:
+        if modes:
+            entry["modes"] = {m: end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
+                                            backend=backend) for m in modes}
+        if compile == "full":
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry
         del pipe

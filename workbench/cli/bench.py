@@ -15,7 +15,7 @@ BENCH_OPTIONS = {
                            "autofr_train_seeds", "no_peers", "no_plans", "flop_seeds", "small"],
     "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
-    "gpu-speed": ["repeats", "small", "compile"],
+    "gpu-speed": ["repeats", "small", "compile", "cuda_graphs"],
     "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
@@ -59,7 +59,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     extra: dict = {}
     if suite == "gpu-speed":
-        extra = {"compile": args.compile, "small": True if small else None}
+        extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None}
     elif suite == "engine-quality":
         extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds}
     elif suite == "quality-vs-latency":
@@ -148,7 +148,11 @@ def add_commands(sub) -> None:
     p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
                                  "run-throughput | foundation | record-overhead | analysis | engine-quality | "
                                  "app-startup | memory | cli-startup")
-    p.add_argument("--compile", action="store_true", help="gpu-speed: also measure under torch.compile")
+    p.add_argument("--compile", default="off", choices=["off", "regional", "full"],
+                   help="gpu-speed: also measure frdiff's compile mode (regional: each block a compiled graph with "
+                        "its reuse rule inside) or the whole denoiser compiled around eager hooks (full)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="gpu-speed: also the regional graphs captured as CUDA graphs (CUDA only)")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
     p.add_argument("--seeds", type=int, default=None,

@@ -184,6 +184,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.cuda_graphs and args.compile == "off":
+        raise UserError("--cuda-graphs needs --compile regional (the graphs it captures are the compiled blocks)")
     folder_out(args.out)
     if (args.policy is None) == (args.preset is None):
         raise UserError("give exactly one of --policy P.json or --preset NAME")
@@ -219,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     def run_shard() -> dict:
         return compare(pipe, [Variant(name, policy)], distributed.shard(labels), distributed.shard(seeds),
                        steps=steps, scheduler=args.scheduler, guidance_scale=args.guidance, repeats=args.repeats,
-                       batch_size=args.batch_size, keep_images=bool(args.out) or sharded)
+                       batch_size=args.batch_size, keep_images=bool(args.out) or sharded, compile=args.compile,
+                       cuda_graphs=args.cuda_graphs)
 
     result = distributed.together(run_shard)
     if sharded:
@@ -230,6 +233,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
     if "fd_shapes" in v:
         report["fd_shapes"] = v["fd_shapes"]
         report["reference_fd_shapes"] = ref["fd_shapes"]
+    if args.compile != "off":
+        report.update(compile=args.compile, cuda_graphs=args.cuda_graphs, warmup_s=v["warmup_s"],
+                      reference_warmup_s=ref["warmup_s"], recompiles=result["recompiles"])
     report.update(model=args.model, policy=name, steps=steps, scheduler=args.scheduler or "ddim", n=len(seeds),
                   reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"],
                   reuse=policy.reuse_summary(), cache_bytes=v["cache_bytes"],
@@ -307,6 +313,11 @@ def add_commands(sub) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
     p.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per rank under torchrun)")
+    p.add_argument("--compile", default="off", choices=["off", "regional"],
+                   help="regional: every block a compiled graph with its reuse rule inside (the reference: the stock "
+                        "model compiled alike); one untimed round compiles first (docs/engine.md)")
+    p.add_argument("--cuda-graphs", action="store_true", help="with --compile regional: replay the graphs as CUDA "
+                   "graphs (CUDA only)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")

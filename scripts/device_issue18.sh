@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 17/18 quality suites on one H200 within a few minutes of device time (device tool; $OUT comes back):
+# quality-vs-latency per model without Auto-FR (its training alone takes ~90 s per configuration there; the Auto-FR
+# rows come from `bench autofr`), then schedulers for both models, then the CUDA-graph test of tests/test_compiling.py.
+# Each part has its own time limit so a slow one leaves the others' JSON. Wheels: .whl/ as in scripts/device_bench.sh.
+set -uo pipefail
+OUT=${OUT:-/tmp/bench}
+source scripts/device_lib.sh
+device_setup
+start=$(date +%s)
+part() { local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; echo "$name exit $? at $(( $(date +%s) - start )) s"; }
+part q-unet 80 python3 -m workbench bench quality-vs-latency --models tiny-unet --seeds 64 --device cuda --no-autofr \
+  --repeats 1 --out "$OUT/q-unet" --json
+part q-dit 70 python3 -m workbench bench quality-vs-latency --models tiny-dit --seeds 64 --device cuda --no-autofr \
+  --repeats 1 --out "$OUT/q-dit" --json
+part sched 60 python3 -m workbench bench schedulers --models tiny-unet,tiny-dit --seeds 64 --device cuda --repeats 1 \
+  --out "$OUT/sched" --json
+part cudagraphs 40 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k cuda_graphs -rs
+tail -n 3 "$OUT"/*.log
