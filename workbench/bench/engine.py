@@ -225,7 +225,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     small = (device.type != "cuda") if small is None else small
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs, "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
+              "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
+              "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
               "repeats": repeats, "models": {}}
     for name in models:
         pipe = build(name, device, dtype, small)
