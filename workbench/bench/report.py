@@ -237,6 +237,14 @@ def _gpu_section(fname, rep, rel) -> list[str]:
                  r["predicted_from_step_ratio"], r["denoiser_calls"]] for r in data["end_to_end"]]
         out += [table(["variant (eager)", "latency s", "speedup", "FLOP prediction", "measured / predicted",
                        "from step ratio", "calls"], rows), ""]
+        for mode, mode_rows in data.get("modes", {}).items():
+            rows = [[r["variant"], r["median_s"], r["speedup_vs_stock_same_mode"], r["predicted_speedup"],
+                     r.get("measured_over_predicted"), r["recompiles"], r["warmup_s"],
+                     None if r.get("peak_memory_bytes") is None else r["peak_memory_bytes"] / 2**20]
+                    for r in mode_rows]
+            out += [f"{mode} mode (frdiff compile mode; speedups against stock in the same mode):", "",
+                    table([f"variant ({mode})", "median s", "speedup", "FLOP prediction", "measured / predicted",
+                           "recompiles", "warm-up s", "peak MiB"], rows), ""]
         comp = data.get("compiled")
         if comp and comp.get("works"):
             rows = [[r["variant"], r["latency_s"], r["speedup"], r["predicted_speedup"],
