@@ -171,6 +171,16 @@ def first_tensor(output) -> torch.Tensor | None:
     return sample if isinstance(sample, torch.Tensor) else None
 
 
+def stream_tensor(output) -> torch.Tensor | None:
+    """The image stream of a block's output: :func:`first_tensor`, except that of a tuple the last tensor — SD3's and
+    Flux's joint blocks return ``(encoder_hidden_states, hidden_states)`` (the last joint block ``(None, hidden)``),
+    ``Transformer2DModel`` with ``return_dict=False`` a 1-tuple."""
+    if isinstance(output, (tuple, list)):
+        tensors = [t for t in output if isinstance(t, torch.Tensor)]
+        return tensors[-1] if tensors else None
+    return first_tensor(output)
+
+
 @torch.no_grad()
 def discover_blocks(model: nn.Module, *args, **kwargs) -> list[BlockInfo]:
     """Blocks of ``model`` in execution order, with output shapes, parameters and FLOP shares of one forward.
@@ -184,7 +194,7 @@ def discover_blocks(model: nn.Module, *args, **kwargs) -> list[BlockInfo]:
     for name, _ in blocks:
 
         def hook(_m, _a, out, name=name):
-            t = first_tensor(out)
+            t = stream_tensor(out)
             if name not in shapes:
                 shapes[name] = tuple(t.shape) if t is not None else ()
 

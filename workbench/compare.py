@@ -17,7 +17,9 @@ import frdiff
 from frdiff import Policy
 from frdiff.blocks import capture_denoiser_call
 from frdiff.compiling import graphs_compiled
+from workbench.conditions import Options, call_kwargs
 from workbench.metrics import compare_images
+from workbench.models.schedulers import scheduler_name
 from workbench.sampling import SampleResult, judge, sample
 
 
@@ -36,16 +38,18 @@ class Variant:
     scheduler: str | None = None
 
 
-def measure_savings(pipe, steps: int = 1) -> dict:
-    """FLOP shares a reuse step saves, per block and granularity, measured on one real call of ``pipe``."""
+def measure_savings(pipe, steps: int = 1, condition=0, options: Options | None = None) -> dict:
+    """FLOP shares a reuse step saves, per block and granularity, measured on one real call of ``pipe`` (for
+    ``condition``: a class or a prompt, with ``options``)."""
     with frdiff.exclusive(pipe):  # the capture hook must not meet another session's run of a shared pipeline
-        args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=steps, output_type="pt"))
+        args, kwargs = capture_denoiser_call(pipe, lambda: pipe(**call_kwargs(pipe, [condition], options),
+                                                                num_inference_steps=steps, output_type="pt"))
         return frdiff.measure_savings(frdiff.denoiser_of(pipe), None, *args, **kwargs)
 
 
 def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], steps: int, scheduler: str | None,
                 guidance_scale: float | None = None, batch_size: int = 64, compile: str = "off",
-                cuda_graphs: bool = False, backend: str = "inductor"):
+                cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None):
     """Sample ``variant``; returns ``(SampleResult, frdiff.RunReport | None)``. Holds the pipeline's lock.
 
     compile / cuda_graphs: :func:`frdiff.apply`'s; the stock variant then runs as the no-reuse policy in that mode."""
@@ -57,10 +61,10 @@ def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], ste
     if policy is None:
         with frdiff.exclusive(pipe):
             return sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
-                          batch_size=batch_size), None
+                          batch_size=batch_size, options=options), None
     with frdiff.apply(pipe, policy, compile=compile, cuda_graphs=cuda_graphs, backend=backend) as run:
         result = sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
-                        batch_size=batch_size)
+                        batch_size=batch_size, options=options)
     return result, run.report()
 
 
@@ -68,7 +72,7 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
             scheduler: str | None = "ddim", guidance_scale: float | None = None, repeats: int = 1,
             batch_size: int = 64, progress: Callable[[dict], None] | None = None,
             cancel: Callable[[], bool] | None = None, keep_images: bool = False, compile: str = "off",
-            cuda_graphs: bool = False, backend: str = "inductor") -> dict:
+            cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None) -> dict:
     """Reference + ``variants``, ``repeats`` interleaved timing rounds (latency = median; quality from round 1).
 
     Returns ``{"reference": {...}, "variants": [{...}, ...]}``; with ``keep_images`` each entry also holds its
@@ -78,12 +82,12 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
     """
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
-    savings = measure_savings(pipe)
+    savings = measure_savings(pipe, condition=labels[0], options=options)
     with frdiff.exclusive(pipe):  # warm-up, so the first timed run does not pay for allocation
         sample(pipe, labels[:batch_size], seeds[:batch_size], steps=2, guidance_scale=guidance_scale,
-               scheduler=scheduler, batch_size=batch_size)
+               scheduler=scheduler, batch_size=batch_size, options=options)
     everything = [Variant("reference")] + list(variants)
-    mode = {"compile": compile, "cuda_graphs": cuda_graphs, "backend": backend}
+    mode = {"compile": compile, "cuda_graphs": cuda_graphs, "backend": backend, "options": options}
     warmup: list[float | None] = [None] * len(everything)
     if compile != "off":  # compile (and capture) every variant's graphs before anything is timed
         for i, v in enumerate(everything):
@@ -108,7 +112,8 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
                 progress({"done": done, "total": total, "variant": v.name})
     ref_res, _ = results[0]
     ref_latency = statistics.median(latencies[0])
-    ref_entry = {"name": "reference", "steps": steps, "scheduler": scheduler or "ddim", "latency_s": ref_latency,
+    own = scheduler_name(pipe.scheduler)  # the pipeline's own scheduler, used where none is named
+    ref_entry = {"name": "reference", "steps": steps, "scheduler": scheduler or own, "latency_s": ref_latency,
                  "denoiser_calls": steps, **judge(ref_res)}
     if keep_images:
         ref_entry["images"] = ref_res.images
@@ -131,7 +136,7 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
                      "predicted_cache_bytes": frdiff.cache_bytes(v.policy, savings, batch=per_call)}
         else:
             predicted, calls = steps / v_steps, v_steps
-        entry = {"name": v.name, "steps": v_steps, "scheduler": v.scheduler or scheduler or "ddim",
+        entry = {"name": v.name, "steps": v_steps, "scheduler": v.scheduler or scheduler or own,
                  "latency_s": latency, "reference_latency_s": ref_latency, "speedup": ref_latency / latency,
                  "speedup_runs": [r / v for r, v in zip(latencies[0], latencies[i], strict=True)],  # round by round
                  "predicted_speedup": predicted, "denoiser_calls": calls,

@@ -1,4 +1,7 @@
-"""Sampling many images reproducibly (one seed per image) and judging them with the shipped classifier."""
+"""Sampling many images reproducibly (one seed per image) and judging them with the shipped classifier.
+
+``labels`` are the images' conditions: class indices for the shipped class-conditional pipelines, prompts for
+text-to-image pipelines (:mod:`workbench.conditions`)."""
 
 from __future__ import annotations
 
@@ -8,13 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
+from workbench.conditions import Options, call_kwargs, images_of, takes_prompts
 from workbench.models.schedulers import scheduler_swapped
+
+NOT_AVAILABLE = "not available for this model (the shape classifier judges the shipped class-conditional models)"
 
 
 @dataclass
 class SampleResult:
     images: torch.Tensor  # [n, 3, H, W] in [-1, 1], on the CPU
-    labels: list[int]
+    labels: list  # class indices or prompts
     seeds: list[int]
     latency_s: float  # wall time of the pipeline calls alone
 
@@ -28,16 +34,19 @@ def sample(
     scheduler: str | None = None,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    options: Options | None = None,
 ) -> SampleResult:
-    """Sample ``labels[i]`` from ``seeds[i]`` for every i, in batches; each image depends only on its own seed.
-    ``progress(done, total)`` is called after each batch."""
+    """Sample ``labels[i]`` (a class or a prompt) from ``seeds[i]`` for every i, in batches; each image depends only
+    on its own seed. ``progress(done, total)`` is called after each batch. ``options``: a prompt pipeline's negative
+    prompt and size."""
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
     with scheduler_swapped(pipe, scheduler):
-        return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress)
+        return _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress, options)
 
 
-def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress=None) -> SampleResult:
+def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, progress=None,
+                    options=None) -> SampleResult:
     device = pipe._execution_device
     out, elapsed = [], 0.0
     for start in range(0, len(labels), batch_size):
@@ -46,21 +55,25 @@ def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, prog
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        images = pipe(lab, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
-                      output_type="pt").images
+        guidance = {} if guidance_scale is None and takes_prompts(pipe) else {"guidance_scale": guidance_scale}
+        images = pipe(**call_kwargs(pipe, lab, options), num_inference_steps=steps, generator=gens, output_type="pt",
+                      **guidance).images
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed += time.perf_counter() - t0
-        out.append(images.float().cpu())
+        out.append(images_of(pipe, images))
         if progress is not None:
             progress(min(start + batch_size, len(labels)), len(labels))
     return SampleResult(torch.cat(out), list(labels), list(seeds), elapsed)
 
 
 def judge(result: SampleResult, fd_min_samples: int = 64) -> dict:
-    """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes."""
+    """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes; for prompts (no
+    classifier for them) ``class_accuracy`` is ``None`` and ``class_metrics`` says why."""
     from workbench.models.classifier import class_accuracy, fd_shapes
 
+    if any(isinstance(c, str) for c in result.labels):
+        return {"class_accuracy": None, "class_metrics": NOT_AVAILABLE}
     metrics = {"class_accuracy": class_accuracy(result.images, result.labels)}
     if len(result.labels) >= fd_min_samples:
         metrics["fd_shapes"] = fd_shapes(result.images, result.labels)

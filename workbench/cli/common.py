@@ -9,8 +9,8 @@ from pathlib import Path
 
 from workbench.errors import UserError
 
-__all__ = ["UserError", "check_steps", "example_call", "file_out", "folder_out", "load_model", "parse_seeds",
-           "scheduler_arg"]
+__all__ = ["UserError", "add_condition_arguments", "check_steps", "conditions_for", "example_call", "file_out",
+           "folder_out", "load_model", "parse_seeds", "scheduler_arg"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -80,3 +80,47 @@ def example_call(pipe, n: int = 1):
     if hasattr(pipe, "class_to_index"):
         return lambda: pipe([0] * n, num_inference_steps=1, output_type="pt")
     return lambda: pipe(prompt=["a photo"] * n, num_inference_steps=1, output_type="latent")
+
+
+def add_condition_arguments(p) -> None:
+    """``--prompt`` (repeatable), ``--prompts-file``, ``--negative-prompt``, ``--height``, ``--width``: what a
+    text-to-image pipeline is sampled with (class-conditional models take ``--class``)."""
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text-to-image pipelines: a prompt; repeat it for several (image i gets prompt i mod P)")
+    p.add_argument("--prompts-file", default=None, help="text-to-image pipelines: a UTF-8 file, one prompt per line")
+    p.add_argument("--negative-prompt", default=None, help="text-to-image pipelines: the negative prompt")
+    p.add_argument("--height", type=int, default=None, help="text-to-image pipelines: image height in pixels")
+    p.add_argument("--width", type=int, default=None, help="text-to-image pipelines: image width in pixels")
+
+
+def conditions_for(args: argparse.Namespace, pipe, n: int, classes: list[int] | None = None):
+    """The ``n`` images' conditions and the run's options: prompts cycled over the images for a text-to-image
+    pipeline; for a class-conditional one ``classes`` (``--class all``) or ``--class`` for every image."""
+    from workbench.conditions import Options, cycle, read_prompts, takes_prompts
+
+    prompts = list(getattr(args, "prompt", None) or [])
+    if getattr(args, "prompts_file", None):
+        try:
+            prompts += read_prompts(args.prompts_file)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    for flag in ("height", "width"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be a positive number of pixels, got {value}")
+    options = Options(getattr(args, "negative_prompt", None), getattr(args, "height", None),
+                      getattr(args, "width", None))
+    if takes_prompts(pipe):
+        if not prompts:
+            raise UserError("this model is a text-to-image pipeline: give --prompt TEXT (repeatable) or "
+                            "--prompts-file FILE")
+        return cycle(prompts, n), options
+    if prompts or options.as_dict():
+        raise UserError("--prompt, --prompts-file, --negative-prompt, --height and --width are for text-to-image "
+                        "pipelines; this model is class-conditional: use --class")
+    if args.cls == "all" and classes is not None:
+        return classes, None
+    try:
+        return [pipe.class_to_index(args.cls)] * n, None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

@@ -6,7 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from workbench.cli.common import UserError, check_steps, file_out, folder_out, load_model, parse_seeds, scheduler_arg
+from workbench.cli.common import (
+    UserError,
+    add_condition_arguments,
+    check_steps,
+    conditions_for,
+    file_out,
+    folder_out,
+    load_model,
+    parse_seeds,
+    scheduler_arg,
+)
 
 
 def _policy_error(exc) -> UserError:
@@ -17,8 +27,11 @@ def _policy_error(exc) -> UserError:
 def _preset(args, pipe, steps: int):
     import frdiff
 
+    from workbench.models.schedulers import scheduler_name
+
     try:
-        policy = frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=args.scheduler or "ddim",
+        scheduler = args.scheduler or scheduler_name(pipe.scheduler)  # the pipeline's own where none is named
+        policy = frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=scheduler,
                                     interval=args.interval, mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                                     forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype)
         if args.granularity and args.preset != "deepcache":  # DeepCache-style policies skip whole blocks by design
@@ -191,13 +204,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         raise UserError("give exactly one of --policy P.json or --preset NAME")
     pipe = load_model(args)
     seeds = parse_seeds(args.seeds)
-    if args.cls == "all":
-        labels = [s % pipe.num_classes for s in seeds]
-    else:
-        try:
-            labels = [pipe.class_to_index(args.cls)] * len(seeds)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    classes = [s % pipe.num_classes for s in seeds] if hasattr(pipe, "num_classes") else None
+    labels, options = conditions_for(args, pipe, len(seeds), classes)
     if args.policy:
         policy = _load_policy(args.policy)
         steps = policy.steps
@@ -222,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         return compare(pipe, [Variant(name, policy)], distributed.shard(labels), distributed.shard(seeds),
                        steps=steps, scheduler=args.scheduler, guidance_scale=args.guidance, repeats=args.repeats,
                        batch_size=args.batch_size, keep_images=bool(args.out) or sharded, compile=args.compile,
-                       cuda_graphs=args.cuda_graphs)
+                       cuda_graphs=args.cuda_graphs, options=options)
 
     result = distributed.together(run_shard)
     if sharded:
@@ -236,7 +244,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
     if args.compile != "off":
         report.update(compile=args.compile, cuda_graphs=args.cuda_graphs, warmup_s=v["warmup_s"],
                       reference_warmup_s=ref["warmup_s"], recompiles=result["recompiles"])
-    report.update(model=args.model, policy=name, steps=steps, scheduler=args.scheduler or "ddim", n=len(seeds),
+    if "class_metrics" in v:
+        report["class_metrics"] = v["class_metrics"]
+    report.update(model=args.model, policy=name, steps=steps, scheduler=v["scheduler"], n=len(seeds),
                   reference_class_accuracy=ref["class_accuracy"], block_reuses=v["block_reuses"],
                   reuse=policy.reuse_summary(), cache_bytes=v["cache_bytes"],
                   predicted_cache_bytes=v["predicted_cache_bytes"])
@@ -309,6 +319,7 @@ def add_commands(sub) -> None:
     _reuse_arguments(p)
     p.add_argument("--seeds", default="0-7", help="one image per seed: 0-7, 1,5,9 …")
     p.add_argument("--class", dest="cls", default="all", help="class name, or 'all' (seed mod classes)")
+    add_condition_arguments(p)
     p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")

@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli.common import UserError, check_steps, example_call, file_out, load_model, scheduler_arg
+from workbench.cli.common import (
+    UserError,
+    add_condition_arguments,
+    check_steps,
+    conditions_for,
+    example_call,
+    file_out,
+    load_model,
+    scheduler_arg,
+)
 from workbench.models.catalog import CLASSES
 
 MAX_SAMPLES = 10_000  # images of one `sample` run (held in memory for the grid and the judge)
@@ -28,6 +37,7 @@ def cmd_models(args: argparse.Namespace) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> dict:
+    from workbench.models.schedulers import scheduler_name
     from workbench.models.train import save_grid
     from workbench.sampling import judge, sample
 
@@ -41,25 +51,25 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     file_out(args.out, example="grid.png")
     pipe = load_model(args)
     check_steps(pipe, args.steps)
-    if args.cls == "all":
-        labels = [i % pipe.num_classes for i in range(args.n)]
-    else:
-        try:
-            labels = [pipe.class_to_index(args.cls)] * args.n
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    classes = [i % pipe.num_classes for i in range(args.n)] if hasattr(pipe, "num_classes") else None
+    labels, options = conditions_for(args, pipe, args.n, classes)
     seeds = list(range(args.seed, args.seed + args.n))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=args.n, desc="sample", unit="img", file=sys.stderr, disable=args.n <= SAMPLE_BATCH)
     try:
         result = sample(pipe, labels, seeds, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
-                        batch_size=SAMPLE_BATCH, progress=lambda done, total: bar.update(done - bar.n))
+                        batch_size=SAMPLE_BATCH, progress=lambda done, total: bar.update(done - bar.n),
+                        options=options)
+    except ValueError as exc:  # a size or scheduler the pipeline refuses
+        raise UserError(str(exc)) from None
     finally:
         bar.close()
-    report = dict(model=args.model, cls=args.cls, n=args.n, steps=args.steps, seed=args.seed,
-                  scheduler=args.scheduler or "ddim",
-                  guidance_scale=args.guidance if args.guidance is not None else pipe.config.default_guidance_scale,
+    default_guidance = getattr(pipe.config, "default_guidance_scale", None)
+    condition = {"prompts": sorted(set(labels), key=labels.index)} if options is not None else {"cls": args.cls}
+    report = dict(model=args.model, **condition, n=args.n, steps=args.steps, seed=args.seed,
+                  scheduler=args.scheduler or scheduler_name(pipe.scheduler),
+                  guidance_scale=args.guidance if args.guidance is not None else default_guidance,
                   latency_s=result.latency_s, latency_per_image_s=result.latency_s / args.n)
     report.update(judge(result))
     if args.out:
@@ -136,6 +146,7 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
     p.add_argument("--class", dest="cls", default="all",
                    help=f"class name or index ({', '.join(CLASSES)}), or 'all' to cycle through classes")
+    add_condition_arguments(p)
     p.add_argument("--n", type=int, default=16,
                    help=f"number of images (FD-shapes from 64 on; at most {MAX_SAMPLES})")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workbench.cli.common import UserError, check_steps, load_model, parse_seeds, scheduler_arg
+from workbench.cli.common import (
+    UserError,
+    add_condition_arguments,
+    check_steps,
+    conditions_for,
+    load_model,
+    parse_seeds,
+    scheduler_arg,
+)
 
 
 def cmd_record(args: argparse.Namespace) -> dict:
@@ -19,15 +27,8 @@ def cmd_record(args: argparse.Namespace) -> dict:
         check_out_dir(args.out, args.overwrite)  # before loading the model: a refusal (a UserError) costs nothing
     pipe = load_model(args)
     check_steps(pipe, args.steps)
-    labels = prompts = None
-    if args.prompt is not None:
-        prompts = [args.prompt] * len(seeds)
-    else:
-        try:
-            labels = [pipe.class_to_index(args.cls)] * len(seeds)
-        except (AttributeError, ValueError) as exc:
-            msg = str(exc) if isinstance(exc, ValueError) else "this model takes --prompt, not --class"
-            raise UserError(msg) from None
+    conditions, options = conditions_for(args, pipe, len(seeds))
+    labels, prompts = (None, conditions) if options is not None else (conditions, None)
     from tqdm.auto import tqdm
 
     bars: list = []  # made at the first step: a refusal before sampling prints its one line and nothing else
@@ -38,7 +39,8 @@ def cmd_record(args: argparse.Namespace) -> dict:
         bars[0].update(done - bars[0].n)
 
     try:
-        out = record_run(pipe, args.model, args.out, labels=labels, prompts=prompts, seeds=seeds, steps=args.steps,
+        out = record_run(pipe, args.model, args.out, labels=labels, prompts=prompts, options=options, seeds=seeds,
+                         steps=args.steps,
                          scheduler=args.scheduler, reduction=args.reduce,
                          blocks=args.blocks.split(",") if args.blocks else None, guidance_scale=args.guidance,
                          disk_budget=int(args.budget_mb * 2**20) if args.budget_mb else None,
@@ -128,10 +130,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("record", help="record every block's features across the steps of one sampling run")
     p.add_argument("--model", default="tiny-unet")
     p.add_argument("--class", dest="cls", default="circle", help="class name or index (class-conditional models)")
-    p.add_argument("--prompt", default=None, help="prompt (text-to-image pipelines)")
+    add_condition_arguments(p)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", default="0-3", help="seeds, one image each: 0-3, 1,5,9 …")
-    p.add_argument("--scheduler", default="ddim", type=scheduler_arg, help="ddim | dpmpp | euler | unipc | ddpm")
+    p.add_argument("--scheduler", default=None, type=scheduler_arg,
+                   help="ddim | dpmpp | euler | unipc | ddpm (default: the pipeline's own; the shipped models': DDIM)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--reduce", default="pool16", choices=["full", "pool16", "stats"],
                    help="full maps, maps pooled to ≤16×16 in float16, or streaming statistics only")

@@ -64,10 +64,21 @@ def scheduler_name(scheduler) -> str:
     return type(scheduler).__name__
 
 
+def is_flow_matching(scheduler) -> bool:
+    """SD3's and Flux's schedulers (rectified flow): no DDIM/DPM-Solver++ swap applies to them."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
 @contextmanager
 def scheduler_swapped(pipe, name: str | None) -> Iterator[None]:
     """Run ``pipe`` with scheduler ``name`` (``None``: keep its own) and always put the original back."""
     original = pipe.scheduler
+    if name is not None and is_flow_matching(original):
+        if scheduler_name(original) != scheduler_key(name):
+            raise ValueError(f"this pipeline samples by flow matching ({type(original).__name__}); the workbench's "
+                             f"schedulers ({', '.join(SCHEDULERS)}) are for ε- or v-prediction models: leave "
+                             f"--scheduler out to use the pipeline's own")
+        name = None
     if name is not None:
         pipe.scheduler = make_scheduler(name, original.config)
     try:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from frdiff.blocks import denoiser_of, first_tensor
+from frdiff.blocks import denoiser_of, first_tensor, stream_tensor
+from workbench.conditions import call_kwargs
 from workbench.record.plan import (
     REDUCTIONS,
     RecordPlan,
@@ -141,7 +142,7 @@ class Recorder:
 
     def _block_hook(self, name: str):
         def hook(_m, _args, output):
-            t = first_tensor(output)
+            t = stream_tensor(output)
             if t is None or name in self._current:
                 return
             self._current[name] = t.detach()
@@ -240,7 +241,9 @@ def base_manifest(pipe, model_id: str, plan: RecordPlan, scheduler_name: str, st
         "seeds": seeds,
         "conditions": conditions,
         "guidance_scale": guidance_scale,
-        "cfg": {"layout": cfg_layout, "images": plan.images, "batch": plan.batch},
+        # a guidance-distilled model (Flux) sees one half whatever the guidance scale: the batch says which layout
+        "cfg": {"layout": cfg_layout if plan.batch == 2 * plan.images else "none", "images": plan.images,
+                "batch": plan.batch},
         "reduction": asdict(plan.reduction),
         "blocks": plan.blocks,
         "dtype": str(denoiser.dtype).replace("torch.", ""),
@@ -264,8 +267,10 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
                scheduler: str = "ddim", reduction: str | Reduction = "pool16", blocks: list[str] | None = None,
                guidance_scale: float | None = None, disk_budget: int | None = None, memory_budget: int | None = None,
                progress: Callable[[int, int], None] | None = None,
-               cancel: Callable[[], bool] | None = None, part: dict | None = None, overwrite: bool = False) -> Path:
-    """Record one sampling run of ``pipe`` (classes for our pipelines, prompts for text-to-image ones) into
+               cancel: Callable[[], bool] | None = None, part: dict | None = None, overwrite: bool = False,
+               options=None) -> Path:
+    """Record one sampling run of ``pipe`` (classes for our pipelines, prompts for text-to-image ones, with
+    ``options``: a :class:`workbench.conditions.Options` of negative prompt and size, kept in the manifest) into
     ``out_dir``. The budget is checked before sampling starts; the store is written step by step.
 
     ``out_dir`` must be new or empty (:func:`~workbench.record.store.check_out_dir`); one holding an earlier run is
@@ -276,7 +281,7 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     ``out_dir/part-<rank>`` and rank 0 writes the manifest that joins the parts into one run (see
     :func:`record_sharded`); ``part`` is that bookkeeping, stored in a part's manifest."""
     from workbench import distributed
-    from workbench.models.schedulers import check_steps, scheduler_swapped
+    from workbench.models.schedulers import check_steps, scheduler_name, scheduler_swapped
 
     red = REDUCTIONS[reduction] if isinstance(reduction, str) else reduction
     conditions = labels if labels is not None else prompts
@@ -286,7 +291,8 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
     if len(seeds) != len(conditions):
         raise ValueError(f"{len(seeds)} seeds for {len(conditions)} images")
     if part is None and distributed.is_distributed():
-        return record_sharded(pipe, model_id, out_dir, labels=labels, prompts=prompts, seeds=seeds, steps=steps,
+        return record_sharded(pipe, model_id, out_dir, labels=labels, prompts=prompts, options=options, seeds=seeds,
+                              steps=steps,
                               scheduler=scheduler, reduction=red, blocks=blocks, guidance_scale=guidance_scale,
                               disk_budget=disk_budget, memory_budget=memory_budget, progress=progress, cancel=cancel,
                               overwrite=overwrite)
@@ -302,15 +308,18 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
             if labels is not None:
                 return pipe(labels, num_inference_steps=n_steps, guidance_scale=guidance_scale, generator=gens,
                             output_type="pt")
-            return pipe(prompt=list(prompts), num_inference_steps=n_steps, guidance_scale=guidance_scale,
-                        generator=gens, output_type="latent")
+            return pipe(**call_kwargs(pipe, list(prompts), options), num_inference_steps=n_steps,
+                        guidance_scale=guidance_scale, generator=gens, output_type="latent")
 
         t0 = time.perf_counter()
         plan = plan_recording(pipe, lambda: call(steps), steps, len(conditions), red, blocks)
         # the free disk where the run will be (nothing is created to measure it), plus what overwriting frees
         check_budget(plan, disk_budget, memory_budget, free_disk(out) + (run_bytes(out) if earlier else 0))
-        manifest = base_manifest(pipe, model_id, plan, scheduler, steps, seeds, list(conditions), guidance_scale,
+        manifest = base_manifest(pipe, model_id, plan, scheduler or scheduler_name(pipe.scheduler), steps, seeds,
+                                 list(conditions), guidance_scale,
                                  cfg_layout(pipe, guidance_scale))
+        if options is not None and options.as_dict():
+            manifest["options"] = options.as_dict()
         if part is not None:
             manifest["part"] = part
         manifest["timing"] = {"plan_s": time.perf_counter() - t0}
