@@ -26,7 +26,6 @@ def _policy_error(exc) -> UserError:
 
 def _preset(args, pipe, steps: int):
     import frdiff
-
     from workbench.models.schedulers import scheduler_name
 
     try:
