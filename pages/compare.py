@@ -9,11 +9,12 @@ from workbench.app import policy as app_policy
 from workbench.app import runs as app_runs
 from workbench.app.state import load_model, model_picker, policy_library, readable_errors
 from workbench.compare import Variant
+from workbench.conditions import Options
 from workbench.figures import error_spectra_figure, image_grid
-from workbench.models.schedulers import SCHEDULERS
+from workbench.models.schedulers import SCHEDULERS, is_flow_matching, scheduler_name
 
 st.title("Run & compare")
-st.write("Every variant samples the same classes from the same seeds as the full reference run, so the "
+st.write("Every variant samples the same classes (or prompts) from the same seeds as the full reference run, so the "
          "differences are the variant's alone.")
 
 source = model_picker("compare_model")
@@ -21,18 +22,31 @@ if not source:
     st.info("Enter a local diffusers folder or a hub id (owner/name).")
     st.stop()
 pipe = load_model(source)
-if not app_runs.is_class_pipeline(pipe):
-    st.error("Run & compare samples the project's class-conditional pipelines (the shipped models); record other "
-             "pipelines on the Record page.")
-    st.stop()
+class_model = app_runs.is_class_pipeline(pipe)
 names = app_runs.class_names(pipe)
 
 c1, c2, c3, c4, c5 = st.columns([2, 1, 1, 1, 1])
-classes = c1.multiselect("Classes (cycled over the images)", names, default=[names[-1]], key="compare_classes")
+options = None
+if class_model:
+    classes = c1.multiselect("Classes (cycled over the images)", names, default=[names[-1]], key="compare_classes")
+else:  # a text-to-image pipeline: prompts cycled over the images, its own size and scheduler by default
+    text = c1.text_area("Prompts (one per line, cycled over the images)", "a photograph of an astronaut riding a "
+                        "horse", key="compare_prompts")
+    classes = [line.strip() for line in text.splitlines() if line.strip()]
+    o1, o2, o3 = st.columns([2, 1, 1])
+    negative = o1.text_input("Negative prompt", "", key="compare_negative")
+    height = int(o2.number_input("Height (0: the pipeline's)", 0, 4096, 0, 8, key="compare_height"))
+    width = int(o3.number_input("Width (0: the pipeline's)", 0, 4096, 0, 8, key="compare_width"))
+    options = Options(negative or None, height or None, width or None)
 images = int(c2.number_input("Images", 1, 64, 4, key="compare_images"))
 first_seed = int(c3.number_input("First seed", 0, 2**31 - 1, 0, key="compare_seed"))
 steps = int(c4.number_input("Steps", 1, 1000, 20, key="compare_steps"))
-scheduler = c5.selectbox("Scheduler", [s for s in SCHEDULERS if s != "ddpm"], key="compare_scheduler")
+own = scheduler_name(pipe.scheduler)
+choices = [own] if is_flow_matching(pipe.scheduler) else [s for s in SCHEDULERS if s != "ddpm"]
+scheduler = c5.selectbox("Scheduler", choices, index=choices.index(own) if own in choices else 0,
+                         key="compare_scheduler")
+if scheduler not in SCHEDULERS:
+    scheduler = None  # the pipeline's own (flow matching)
 
 st.subheader("Variants")
 v1, v2 = st.columns(2)
@@ -80,7 +94,12 @@ if st.button("Run", type="primary", key="compare_run"):
         variants += [app_runs.fewer_steps(n) for n in app_runs.parse_steps_list(fewer)]
         if not variants:
             raise ValueError("choose at least one variant")
-        labels = [names.index(classes[i % len(classes)]) if classes else i % len(names) for i in range(images)]
+        if class_model:
+            labels = [names.index(classes[i % len(classes)]) if classes else i % len(names) for i in range(images)]
+        elif classes:
+            labels = [classes[i % len(classes)] for i in range(images)]
+        else:
+            raise ValueError("give at least one prompt")
         seeds = list(range(first_seed, first_seed + images))
     for n in notes:
         st.info(n)
@@ -88,13 +107,13 @@ if st.button("Run", type="primary", key="compare_run"):
     bar = st.progress(0.0, text="measuring FLOP shares and warming up…")
     with readable_errors("The comparison"):
         result = app_runs.run_comparison(
-            pipe, variants, labels, seeds, steps, scheduler,
+            pipe, variants, labels, seeds, steps, scheduler, options=options,
             progress=lambda info: bar.progress(info["done"] / info["total"], text=f"{info['variant']} done"))
     bar.empty()
     result["policies"] = {v.name: v.policy for v in variants if v.policy is not None}
     result["library_paths"] = {r["name"]: r["path"] for r in library if r["name"] in chosen_lib}
     result["setup"] = {"model": source, "steps": steps, "scheduler": scheduler, "labels": labels, "seeds": seeds,
-                       "selection": selection}
+                       "selection": selection, "options": options}
     st.session_state["comparison"] = result
     st.session_state.pop("attribution", None)
 
@@ -144,7 +163,7 @@ if st.button("Attribute", key="compare_attribute"):
     with readable_errors("The attribution"):
         attr = app_runs.run_comparison(
             pipe, app_runs.attribution_variants(policies[target], target), setup["labels"], setup["seeds"],
-            setup["steps"], setup["scheduler"],
+            setup["steps"], setup["scheduler"], options=setup.get("options"),
             progress=lambda info: bar.progress(info["done"] / info["total"], text=f"{info['variant']} done"))
     bar.empty()
     st.session_state["attribution"] = {"policy": target, "rows": app_runs.attribution_rows(attr, target),

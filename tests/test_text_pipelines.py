@@ -145,3 +145,53 @@ def test_joint_block_reuse_equals_the_block_with_its_attention_output_replaced(f
         finally:
             detach_all(attached)
     assert _equal(got, expected) and not _equal(got, full)
+
+
+# ---- the app with a text-to-image folder ----------------------------------------------------------------------------
+def test_app_records_builds_and_compares_a_prompt_pipeline(folders, tmp_path, monkeypatch):
+    """AppTest: choose the saved tiny SD folder, record it, build a uniform policy for it, run & compare."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FRDIFF_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FRDIFF_POLICIES", str(tmp_path / "policies"))
+    app = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+
+    def choose(prefix):
+        at.selectbox(key=f"{prefix}_choice").select("local folder or hub id…").run()
+        at.text_input(key=f"{prefix}_source").set_value(str(folders["sd"])).run()
+
+    def ok():
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+
+    at.switch_page("pages/record.py").run()
+    choose("record_model")
+    at.text_input(key="record_prompt").set_value("a red star").run()
+    at.number_input(key="record_steps").set_value(3)
+    at.number_input(key="record_batch").set_value(1)
+    at.button(key="record_run").click().run()
+    ok()
+    assert list((tmp_path / "runs").glob("*/manifest.json"))
+
+    at.switch_page("pages/policy_builder.py").run()
+    choose("builder_model")
+    at.number_input(key="builder_steps").set_value(4)
+    at.number_input(key="builder_interval").set_value(2)
+    at.button(key="builder_apply_preset").click().run()
+    ok()
+    assert at.session_state["policy"].steps == 4
+
+    at.switch_page("pages/compare.py").run()
+    choose("compare_model")
+    at.text_area(key="compare_prompts").set_value("a red star\na blue circle").run()
+    at.number_input(key="compare_images").set_value(2)
+    at.number_input(key="compare_steps").set_value(4).run()
+    at.button(key="compare_run").click().run()
+    ok()
+    result = at.session_state["comparison"]
+    assert result["setup"]["labels"] == ["a red star", "a blue circle"]
+    assert {v["name"] for v in result["variants"]} >= {"builder policy", "uniform M=2"}
+    assert all(v["class_accuracy"] is None and 0 < v["psnr"] <= 100 for v in result["variants"])

@@ -22,6 +22,7 @@ import torch
 import frdiff
 from frdiff import Policy
 from workbench.compare import Cancelled, Variant, compare
+from workbench.conditions import call_kwargs
 
 
 def is_class_pipeline(pipe) -> bool:
@@ -109,8 +110,8 @@ def recording_call(pipe, labels: list[int] | None, prompts: list[str] | None, se
         if labels is not None:
             return pipe(labels, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
                         output_type="pt")
-        return pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
-                    output_type="latent")
+        return pipe(**call_kwargs(pipe, list(prompts)), num_inference_steps=steps, guidance_scale=guidance_scale,
+                    generator=gens, output_type="latent")
 
     return call
 
@@ -285,14 +286,14 @@ SPEED_REPEATS = 3  # interleaved timing rounds of a comparison: the speedup show
 
 def run_comparison(pipe, variants: list[Variant], labels: list[int], seeds: list[int], steps: int,
                    scheduler: str | None = "ddim", progress: Callable[[dict], None] | None = None,
-                   cancel: Callable[[], bool] | None = None, repeats: int = SPEED_REPEATS) -> dict:
+                   cancel: Callable[[], bool] | None = None, repeats: int = SPEED_REPEATS, options=None) -> dict:
     """:func:`workbench.compare.compare` (``repeats`` interleaved timing rounds) with images kept, plus each
     variant's error spectrum against the reference and its images as ``[N, H, W, 3]`` arrays
     (``result["arrays"][name]``)."""
     from workbench.analysis.frequency import error_spectrum
 
     result = compare(pipe, variants, labels, seeds, steps=steps, scheduler=scheduler, progress=progress,
-                     cancel=cancel, keep_images=True, repeats=repeats)
+                     cancel=cancel, keep_images=True, repeats=repeats, options=options)
     ref = result["reference"]["images"]
     result["arrays"] = {"reference": to_hwc(ref)}
     result["error_spectra"] = {}
