@@ -72,3 +72,14 @@ def test_record_then_analyze_json(tmp_path):
     assert all(-1 <= b["mean_adjacent_cosine"] <= 1 and b["mean_adjacent_rel_l1"] >= 0 for b in report["blocks"])
     proc = run_cli("runs", str(tmp_path), "--json")
     assert json.loads(proc.stdout)["runs"][0]["status"] == "complete"
+
+
+def test_scheduler_names_parsed_without_diffusers_are_the_workbench_schedulers():
+    import argparse
+
+    from workbench.cli.common import SCHEDULER_NAMES, scheduler_arg
+    from workbench.models.schedulers import SCHEDULERS
+
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES and scheduler_arg(" DPMPP ") == "dpmpp"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown scheduler 'heun'; choose one of ddim, dpmpp"):
+        scheduler_arg("heun")
