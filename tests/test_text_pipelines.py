@@ -195,3 +195,32 @@ def test_app_records_builds_and_compares_a_prompt_pipeline(folders, tmp_path, mo
     assert result["setup"]["labels"] == ["a red star", "a blue circle"]
     assert {v["name"] for v in result["variants"]} >= {"builder policy", "uniform M=2"}
     assert all(v["class_accuracy"] is None and 0 < v["psnr"] <= 100 for v in result["variants"])
+
+
+# ---- Auto-FR on a Stable Diffusion folder ---------------------------------------------------------------------------
+def test_autofr_prompt_task_replays_the_stable_diffusion_pipeline(folders):
+    from frdiff.autofr import sample as autofr_sample
+    from workbench.autofr import sd_samples, sd_task
+
+    pipe = load_pipeline(str(folders["sd"]), device="cpu")
+    seeds, steps = [3, 4], 3
+    with torch.no_grad():
+        latents = pipe(prompt=PROMPTS, num_inference_steps=steps, output_type="latent", height=16, width=16,
+                       generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+        samples = sd_samples(pipe, seeds, len(PROMPTS), 16, 16)
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        replay = autofr_sample(sd_task(pipe, PROMPTS), scheduler, samples.noise, samples.cond, steps)
+    torch.testing.assert_close(replay, latents, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_autofr_learns_on_a_prompt_pipeline_and_refuses_other_families(folders, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["autofr", "--model", str(folders["sd"]), "--prompt", "a red star", "--steps", "3", "--iterations",
+                 "1", "--train-seeds", "0", "--val-seeds", "10", "--target-compute", "0.8", "--out", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    policy = frdiff.Policy.load(out)
+    assert policy.steps == 3 and policy.provenance["prompts"] == ["a red star"] and report["val_psnr"] > 0
+    assert main(["autofr", "--model", str(folders["pixart"]), "--prompt", "a", "--steps", "3", "--out",
+                 str(tmp_path / "q.json")]) == 2
+    assert "PixArtAlphaPipeline is not supported yet" in capsys.readouterr().err

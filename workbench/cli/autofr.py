@@ -8,7 +8,16 @@ import argparse
 import signal
 import sys
 
-from workbench.cli.common import UserError, check_steps, file_out, load_model, parse_seeds
+from workbench.cli.common import (
+    UserError,
+    add_condition_arguments,
+    check_steps,
+    conditions_for,
+    file_out,
+    load_model,
+    parse_seeds,
+    prompt_list,
+)
 
 
 class _CancelOnInterrupt:
@@ -44,7 +53,7 @@ class _CancelOnInterrupt:
 def cmd_autofr(args: argparse.Namespace) -> dict:
     import frdiff
     from frdiff.autofr import AutoFRConfig
-    from workbench.autofr import BASELINES, learn_for_pipeline, mask_lines, seed_ranges
+    from workbench.autofr import BASELINES, check_prompt_pipeline, learn_for_pipeline, mask_lines, seed_ranges
     from workbench.compare import Variant, compare, measure_savings
 
     if not args.out:
@@ -79,7 +88,15 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     pipe = load_model(args)
     check_steps(pipe, args.steps)
     pipe.set_progress_bar_config(disable=True)
-    savings = measure_savings(pipe)
+    classes = [s % pipe.num_classes for s in val_seeds] if hasattr(pipe, "num_classes") else None
+    labels, options = conditions_for(args, pipe, len(val_seeds), classes)  # prompt i mod P for seed i
+    prompts = prompt_list(args) if options is not None else None
+    if prompts is not None:
+        try:
+            check_prompt_pipeline(pipe)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    savings = measure_savings(pipe, condition=labels[0], options=options)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.iterations, desc=f"autofr {args.model}", unit="it", file=sys.stderr,
@@ -92,7 +109,8 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     with _CancelOnInterrupt() as cancel:
         try:
             result = learn_for_pipeline(pipe, config, args.steps, train_seeds, None, args.guidance, savings, show,
-                                        cancel, model_name=args.model, data_parallel=data_parallel)
+                                        cancel, model_name=args.model, data_parallel=data_parallel, prompts=prompts,
+                                        options=options)
         finally:
             bar.close()
     policy = result.policy
@@ -111,13 +129,13 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
             for preset, m, mix in BASELINES:
                 name = f"{preset} M={m}" + (" + mixing" if mix else "")
                 variants.append(Variant(name, frdiff.make_preset(preset, den, args.steps, interval=m, mix=mix)))
-        labels = [s % pipe.num_classes for s in val_seeds]
         bar = tqdm(total=len(variants) + 1, desc="measure", unit="run", file=sys.stderr, disable=args.quiet)
         try:  # under torchrun each rank measures its share of the validation seeds; the results are joined
             res = distributed.together(lambda: compare(
                 pipe, variants, distributed.shard(labels), distributed.shard(val_seeds), steps=args.steps,
                 scheduler=None, guidance_scale=args.guidance, repeats=args.repeats,
-                progress=lambda info: bar.update(info["done"] - bar.n), keep_images=data_parallel is not None))
+                progress=lambda info: bar.update(info["done"] - bar.n), keep_images=data_parallel is not None,
+                options=options))
             if data_parallel is not None:
                 res = distributed.gather_comparison(res, labels, val_seeds)
         finally:
@@ -160,6 +178,7 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
 def add_commands(sub) -> None:
     p = sub.add_parser("autofr", help="learn a keyframe policy by gradient descent through the sampler (Auto-FR)")
     p.add_argument("--model", default="tiny-unet", help="embedded name or local diffusers folder")
+    add_condition_arguments(p)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--gates", choices=["step", "block"], default="step",
                    help="gates per step (the paper's, shared by all blocks) or per block × step")

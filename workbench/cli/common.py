@@ -10,7 +10,7 @@ from pathlib import Path
 from workbench.errors import UserError
 
 __all__ = ["UserError", "add_condition_arguments", "check_steps", "conditions_for", "example_call", "file_out",
-           "folder_out", "load_model", "parse_seeds", "scheduler_arg"]
+           "folder_out", "load_model", "parse_seeds", "prompt_list", "scheduler_arg"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -96,10 +96,9 @@ def add_condition_arguments(p) -> None:
     p.add_argument("--width", type=int, default=None, help="text-to-image pipelines: image width in pixels")
 
 
-def conditions_for(args: argparse.Namespace, pipe, n: int, classes: list[int] | None = None):
-    """The ``n`` images' conditions and the run's options: prompts cycled over the images for a text-to-image
-    pipeline; for a class-conditional one ``classes`` (``--class all``) or ``--class`` for every image."""
-    from workbench.conditions import Options, cycle, read_prompts, takes_prompts
+def prompt_list(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` (in order) and then ``--prompts-file``."""
+    from workbench.conditions import read_prompts
 
     prompts = list(getattr(args, "prompt", None) or [])
     if getattr(args, "prompts_file", None):
@@ -107,6 +106,15 @@ def conditions_for(args: argparse.Namespace, pipe, n: int, classes: list[int] | 
             prompts += read_prompts(args.prompts_file)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+    return prompts
+
+
+def conditions_for(args: argparse.Namespace, pipe, n: int, classes: list[int] | None = None):
+    """The ``n`` images' conditions and the run's options: prompts cycled over the images for a text-to-image
+    pipeline; for a class-conditional one ``classes`` (``--class all``) or ``--class`` for every image."""
+    from workbench.conditions import Options, cycle, takes_prompts
+
+    prompts = prompt_list(args)
     for flag in ("height", "width"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
@@ -121,9 +129,10 @@ def conditions_for(args: argparse.Namespace, pipe, n: int, classes: list[int] | 
     if prompts or options.as_dict():
         raise UserError("--prompt, --prompts-file, --negative-prompt, --height and --width are for text-to-image "
                         "pipelines; this model is class-conditional: use --class")
-    if args.cls == "all" and classes is not None:
+    cls = getattr(args, "cls", "all")
+    if cls == "all" and classes is not None:
         return classes, None
     try:
-        return [pipe.class_to_index(args.cls)] * n, None
+        return [pipe.class_to_index(cls)] * n, None
     except ValueError as exc:
         raise UserError(str(exc)) from None
