@@ -136,6 +136,7 @@ class _StepHook(ModelHook):
         self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
         self.wrap = None
         self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
+        self.count_graphs = False  # compile mode: count the graphs dynamo compiles per run (eager: no dynamo import)
         self.graphs_at_start = 0
 
     def reset_state(self, module):
@@ -154,7 +155,8 @@ class _StepHook(ModelHook):
             raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
                                f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
         self.calls = 0
-        self.graphs_at_start = graphs_compiled()
+        if self.count_graphs:
+            self.graphs_at_start = graphs_compiled()
         self.state.clear()
         self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
@@ -165,7 +167,8 @@ class _StepHook(ModelHook):
 
     def _end_run(self) -> None:
         self.report.runs += 1
-        self.report.graphs_per_run.append(graphs_compiled() - self.graphs_at_start)
+        if self.count_graphs:
+            self.report.graphs_per_run.append(graphs_compiled() - self.graphs_at_start)
 
     def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
         return forecast(self.eps, self.state.x(), like.dtype)
@@ -281,6 +284,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
             attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
         else:
             state.clone_values = step_hook.cuda_graphs = cuda_graphs
+            step_hook.count_graphs = True
             attach_compiled(denoiser, policy.blocks, policy.granularity, state, attached, idle, cuda_graphs, backend)
         yield run
     finally:

@@ -95,7 +95,7 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
             run_variant(pipe, v, labels[:batch_size], seeds[:batch_size], steps, scheduler, guidance_scale,
                         batch_size, **mode)
             warmup[i] = time.perf_counter() - t0
-    graphs_before = graphs_compiled()
+    graphs_before = graphs_compiled() if compile != "off" else 0
     latencies: list[list[float]] = [[] for _ in everything]
     results: list[tuple[SampleResult, object] | None] = [None] * len(everything)
     total, done = repeats * len(everything), 0

@@ -137,7 +137,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         policy = policies.get(label)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        graphs = graphs_compiled()
+        graphs = graphs_compiled() if kwargs else 0
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
 
@@ -163,7 +163,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
                 elapsed = _timed(call, device)
             kinds = policy.step_kinds()
         if timed:
-            recompiles[label] = recompiles.get(label, 0) + graphs_compiled() - graphs
+            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs if kwargs else 0)
             if device.type == "cuda":
                 peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
         if timed and len(events) == steps + 1:
