@@ -22,7 +22,6 @@ import torch
 import frdiff
 from frdiff import Policy
 from workbench.compare import Cancelled, Variant, compare
-from workbench.conditions import call_kwargs
 
 
 def is_class_pipeline(pipe) -> bool:
@@ -101,21 +100,6 @@ def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: 
 
 
 # ---- recording ------------------------------------------------------------------------------------------------------
-def recording_call(pipe, labels: list[int] | None, prompts: list[str] | None, seeds: list[int], steps: int,
-                   guidance_scale: float):
-    """The pipeline call the recorder makes (classes for our pipelines, prompts for text-to-image ones)."""
-
-    def call():
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        if labels is not None:
-            return pipe(labels, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
-                        output_type="pt")
-        return pipe(**call_kwargs(pipe, list(prompts)), num_inference_steps=steps, guidance_scale=guidance_scale,
-                    generator=gens, output_type="latent")
-
-    return call
-
-
 def guidance_of(pipe) -> float:
     return float(getattr(pipe.config, "default_guidance_scale", 7.5))
 
@@ -125,12 +109,13 @@ def plan_store(pipe, seeds: list[int], steps: int, scheduler: str, reduction: st
     """What a recording would store, before starting it: size on disk, device memory, blocks (one real forward)."""
     from workbench.models.schedulers import scheduler_swapped
     from workbench.record.plan import REDUCTIONS, plan_recording
+    from workbench.record.recorder import recording_call
 
     conditions = labels if labels is not None else prompts
     if not conditions:
         raise ValueError("give at least one class or prompt")
     with frdiff.exclusive(pipe), scheduler_swapped(pipe, scheduler):
-        call = recording_call(pipe, labels, prompts, seeds, steps, guidance_of(pipe))
+        call = recording_call(pipe, conditions, seeds, steps, guidance_of(pipe))
         plan = plan_recording(pipe, call, steps, len(conditions), REDUCTIONS[reduction], blocks or None)
     return {"estimate_bytes": plan.estimate_bytes, "device_bytes": plan.device_bytes, "blocks": len(plan.blocks),
             "steps": steps, "images": plan.images}

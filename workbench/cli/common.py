@@ -80,9 +80,11 @@ def load_model(args: argparse.Namespace):
 
 def example_call(pipe, n: int = 1):
     """A one-step call of ``pipe`` for discovering its blocks on real inputs."""
-    if hasattr(pipe, "class_to_index"):
-        return lambda: pipe([0] * n, num_inference_steps=1, output_type="pt")
-    return lambda: pipe(prompt=["a photo"] * n, num_inference_steps=1, output_type="latent")
+    from workbench.conditions import call_kwargs, takes_prompts
+
+    prompts = takes_prompts(pipe)
+    kwargs = call_kwargs(pipe, ["a photo"] * n if prompts else [0] * n)
+    return lambda: pipe(**kwargs, num_inference_steps=1, output_type="latent" if prompts else "pt")
 
 
 def add_condition_arguments(p) -> None:

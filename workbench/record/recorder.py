@@ -262,6 +262,21 @@ def cfg_layout(pipe, guidance_scale: float) -> str:
     return "cond_first" if type(pipe).__name__ in _COND_FIRST else "uncond_first"
 
 
+def recording_call(pipe, conditions: list, seeds: list[int], steps: int, guidance_scale: float, options=None):
+    """The one pipeline call a recording makes: image i from seed ``seeds[i]`` and ``conditions[i]`` (a class for
+    the shipped pipelines, a prompt for text-to-image ones, with ``options``); text-to-image pipelines stop at the
+    latents (decoding is not recorded)."""
+    from workbench.conditions import takes_prompts
+
+    def call():
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return pipe(**call_kwargs(pipe, list(conditions), options), num_inference_steps=steps,
+                    guidance_scale=guidance_scale, generator=gens,
+                    output_type="latent" if takes_prompts(pipe) else "pt")
+
+    return call
+
+
 def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | None = None,
                prompts: list[str] | None = None, seeds: list[int] | None = None, steps: int = 50,
                scheduler: str = "ddim", reduction: str | Reduction = "pool16", blocks: list[str] | None = None,
@@ -303,16 +318,9 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
         if guidance_scale is None:
             guidance_scale = float(getattr(pipe.config, "default_guidance_scale", 7.5))
 
-        def call(n_steps: int):
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-            if labels is not None:
-                return pipe(labels, num_inference_steps=n_steps, guidance_scale=guidance_scale, generator=gens,
-                            output_type="pt")
-            return pipe(**call_kwargs(pipe, list(prompts), options), num_inference_steps=n_steps,
-                        guidance_scale=guidance_scale, generator=gens, output_type="latent")
-
+        call = recording_call(pipe, conditions, seeds, steps, guidance_scale, options)
         t0 = time.perf_counter()
-        plan = plan_recording(pipe, lambda: call(steps), steps, len(conditions), red, blocks)
+        plan = plan_recording(pipe, call, steps, len(conditions), red, blocks)
         # the free disk where the run will be (nothing is created to measure it), plus what overwriting frees
         check_budget(plan, disk_budget, memory_budget, free_disk(out) + (run_bytes(out) if earlier else 0))
         manifest = base_manifest(pipe, model_id, plan, scheduler or scheduler_name(pipe.scheduler), steps, seeds,
@@ -330,7 +338,7 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
         try:
             with recorder:
                 t1 = time.perf_counter()
-                call(steps)
+                call()
                 manifest["timing"]["sampling_s"] = time.perf_counter() - t1
         except BaseException:
             if made and out.is_dir() and not any(out.iterdir()):  # refused before writing: leave nothing
