@@ -89,23 +89,20 @@ def _static_forward(module: nn.Module):
 class CompiledBlockHook(ModelHook):
     """Compile mode: runs its block — its reuse rule included — as compiled graphs, one per phase of the rule."""
 
-    def __init__(self, hook, fn, runner):
+    def __init__(self, hook, fn, runner, rule_first: bool):
         super().__init__()
         self.hook = hook  # the block's reuse hook (None: the block always computes: its stock forward)
         self.fn = fn  # what the graph runs: the hook's static rule, or the block's class forward
         self.runner = runner
+        self.head = (hook,) if rule_first else ()  # the static rule takes its hook before the module
 
     @torch.compiler.disable(recursive=False)  # the phase decision is Python, outside the graphs
     def new_forward(self, module, *args, **kwargs):
-        hook = self.hook
-        if hook is None:
-            return self.runner(self.fn, module, *args, **kwargs)
-        hook.prepare()
-        if self.fn is type(module).forward:  # the rule acts inside the block (on its attn1)
-            out = self.runner(self.fn, module, *args, **kwargs)
-        else:
-            out = self.runner(self.fn, hook, module, *args, **kwargs)
-        hook.commit()
+        if self.hook is not None:
+            self.hook.prepare()
+        out = self.runner(self.fn, *self.head, module, *args, **kwargs)
+        if self.hook is not None:
+            self.hook.commit()
         return out
 
 
@@ -120,17 +117,18 @@ def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[st
         if "forward" in module.__dict__:
             raise RuntimeError(f"block {name} already has a hook on its forward; compile mode runs each block's own "
                                f"forward (remove the other hook or use compile='off')")
-        hook, fn = None, type(module).forward
+        hook, fn, rule_first = None, type(module).forward, False
         if not idle[i]:
             target, cls = hook_target(module, kinds.get(name, "generic"), gran)
             hook = cls(state, i, name)
             hook.static, hook.class_forward = True, type(target).forward
             if target is module:
-                fn = cls.static_forward
+                fn, rule_first = cls.static_forward, True
             else:
                 target._frdiff_static = hook
                 target.forward = _static_forward(target)
                 attached.append((target, STATIC_FORWARD))
         hook_name = f"{HOOK_PREFIX}-compiled-{i}"
-        attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend)), hook_name)
+        attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend), rule_first),
+               hook_name)
         attached.append((module, hook_name))
