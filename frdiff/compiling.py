@@ -17,10 +17,15 @@ as diffusers' ``compile_repeated_blocks`` does for stock blocks), with the block
   graph captured once, replayed per call). A new replay may overwrite an earlier one's outputs, so cached values are
   cloned out and every denoiser call starts a new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``).
 
-Each block gets its own copy of the small runner function that is compiled, so dynamo's per-code-object cache (and
-its recompile limit of 8) is per block: identical blocks do not share graphs (compile time grows with the number of
-blocks), but no block evicts another's graphs. :func:`graphs_compiled` reads dynamo's count of graphs, which the
-run report uses to show that nothing recompiles after warm-up.
+Blocks of one kind (same class, same parameter shapes) share one compiled runner (without CUDA graphs; with them each
+block has its own, since a captured graph holds its parameters' addresses): dynamo's guards read a block's
+structure, not its identity, so the second of 28 identical DiT blocks replays the first one's graphs, and a model's
+compile time grows with its number of distinct kinds of block, not its number of blocks (as with diffusers'
+``compile_repeated_blocks``). A runner's graphs are one per phase × input layout × batch size (the first block of a
+run may see a differently strided input than the others); its recompile limit is raised to 64 for its own calls
+(dynamo's default, 8, applies everywhere else). Runners live for the process, so a later ``apply`` of another policy
+or a copy of the model finds them compiled. :func:`graphs_compiled` reads dynamo's count of graphs, which the run
+report uses to show that nothing recompiles after warm-up.
 """
 
 from __future__ import annotations
@@ -63,13 +68,31 @@ def _fresh_runner():
     return types.FunctionType(code, _runner.__globals__, code.co_name)
 
 
+_shared_runners: dict = {}
+_RECOMPILE_LIMIT = torch._dynamo.config.patch(recompile_limit=64)
+
+
+def _signature(module: nn.Module) -> tuple:
+    """What makes two blocks trace to the same graph: their class and their parameters' and buffers' shapes and
+    dtypes (the values are graph inputs, not constants)."""
+    return (type(module), tuple((n, tuple(t.shape), t.dtype, t.device.type) for n, t in
+                                itertools.chain(module.named_parameters(), module.named_buffers())))
+
+
 def _compiled_runner(module: nn.Module, cuda_graphs: bool, backend: str):
-    """``module``'s compiled runner, made once and kept on the module, so a later ``apply`` of any policy finds the
-    graphs the earlier ones compiled (its guards read the hook's type and phase, not which hook object it is)."""
-    runners = module.__dict__.setdefault("_frdiff_runners", {})
-    key = (cuda_graphs, backend)
+    """The compiled runner of ``module``'s kind of block: one per (class, parameter shapes), shared by identical
+    blocks (dynamo's guards read the module's structure, not its identity, so the second block of a kind reuses the
+    first one's graphs) and kept for the process, so a later ``apply`` of any policy finds the graphs the earlier ones
+    compiled (its guards read the hook's type and phase, not which hook object it is).
+
+    With CUDA graphs each block keeps a runner of its own (on the module): a captured graph bakes in its parameters'
+    addresses, and a graph shared by blocks would be re-captured at every call of another block."""
+    mode = "reduce-overhead" if cuda_graphs else None
+    if cuda_graphs:
+        runners, key = module.__dict__.setdefault("_frdiff_runners", {}), (backend,)
+    else:
+        runners, key = _shared_runners, (backend, _signature(module))
     if key not in runners:
-        mode = "reduce-overhead" if cuda_graphs else None
         runners[key] = torch.compile(_fresh_runner(), backend=backend, mode=mode, fullgraph=True, dynamic=False)
     return runners[key]
 
@@ -100,7 +123,8 @@ class CompiledBlockHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         if self.hook is not None:
             self.hook.prepare()
-        out = self.runner(self.fn, *self.head, module, *args, **kwargs)
+        with _RECOMPILE_LIMIT:  # a shared runner holds phases × input layouts × batch sizes of a kind of block
+            out = self.runner(self.fn, *self.head, module, *args, **kwargs)
         if self.hook is not None:
             self.hook.commit()
         return out

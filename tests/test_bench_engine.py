@@ -6,19 +6,36 @@ from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
 
 
 def test_gpu_speed_suite_small():
-    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4)
+    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4, images=(1, 2))
     m = r["models"]["sd15-unet"]
     assert r["small"] and 0.5 < m["reuse_flop_share"] < 0.9  # conv1 + attention: most of a UNet's FLOPs
     assert m["predicted_reuse_over_full"] == pytest.approx(1 - m["reuse_flop_share"])
-    rows = {row["variant"]: row for row in m["end_to_end"]}
+    rows = {row["variant"]: row for row in m["end_to_end"] if not row.get("peer")}
     assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing"}
     assert rows["uniform M=2"]["denoiser_calls"] == 4 and rows["none"]["speedup"] == 1.0
     assert all(row["latency_s"] > 0 and row["mode"] == "eager" for row in rows.values())
+    # the flat rows: every (images, variant) once, peers timed in the same rounds, speedups against eager stock
+    flat = r["rows"]
+    assert {row["images"] for row in flat} == {1, 2} and all(row["model"] == "sd15-unet" for row in flat)
+    for n in (1, 2):
+        mine = {row["variant"]: row for row in flat if row["images"] == n}
+        assert set(rows) <= set(mine) and mine["none"]["speedup_vs_eager_stock"] == 1.0
+        peers = {v: row for v, row in mine.items() if row.get("peer")}
+        assert "TaylorSeer interval 2" in peers and "FirstBlockCache τ=0.1" in peers
+        for row in peers.values():  # timed (with a speedup) or reported with the reason it does not run
+            assert ("error" in row) != ("latency_s" in row)
+            if "latency_s" in row:
+                assert row["speedup_vs_eager_stock"] == pytest.approx(mine["none"]["latency_s"] / row["latency_s"])
+                assert row["predicted_speedup"] is None
+    assert r["models"]["sd15-unet"]["by_images"]["2"]["eager"][0]["images"] == 2
+    with pytest.raises(ValueError, match="gpu-speed models are"):
+        bench_gpu_speed(small=True, models=("tiny-unet",))
 
 
 def test_gpu_speed_regional_mode_times_stock_in_the_same_mode_after_a_warm_up():
     """The compile-mode rows (dynamo's eager backend here: the CPU suite checks the bookkeeping, not speed)."""
-    r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional", backend="eager")
+    r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional", backend="eager",
+                        peers=False)
     rows = {row["variant"]: row for row in r["models"]["dit-xl-2"]["modes"]["regional"]}
     assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing"}
     for row in rows.values():

@@ -142,3 +142,22 @@ def test_cli_refuses_cuda_graphs_without_compile(capsys):
     assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
                  "--cuda-graphs"]) != 0
     assert "--cuda-graphs needs --compile regional" in capsys.readouterr().err
+
+
+def test_identical_blocks_share_their_graphs():
+    """Six identical DiT blocks compile the graphs of one (a phase × the first block's differently strided input),
+    not six blocks' worth; a second model of the same kind compiles nothing (the runners are per kind of block)."""
+    def six():
+        torch.manual_seed(0)
+        return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=4,
+                                     num_layers=6, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
+
+    den = six()
+    policy = _policy(den)
+    (ref,), _ = _runs(den, policy, rounds=1)
+    (first,), report = _runs(den, policy, rounds=1, compile="regional", backend="eager")
+    assert torch.equal(first, ref)
+    assert 2 <= report.graphs_per_run[0] <= 4 < 2 * len(policy.blocks)
+    other = six()
+    (again,), report = _runs(other, policy, rounds=1, compile="regional", backend="eager")
+    assert torch.equal(again, ref) and report.graphs_per_run == [0]

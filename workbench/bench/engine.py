@@ -110,7 +110,7 @@ APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
 
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
-               backend: str = "inductor") -> list[dict]:
+               backend: str = "inductor", images: int = 1, peers: dict | None = None) -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
@@ -118,7 +118,10 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     ``mode``: ``eager``; ``regional`` (frdiff's compile mode) or ``cuda-graphs`` (the same, captured as CUDA
     graphs), where the reference is the no-reuse policy in the same mode — the stock model regionally compiled —
     and every variant first runs once untimed (``warmup_s``: compiling and capturing); ``recompiles`` counts the
-    graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs."""
+    graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs.
+    ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
+    (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
+    rounds; a peer that raises on entry is reported with its error instead of a time."""
     import random
 
     from frdiff.compiling import graphs_compiled
@@ -129,9 +132,11 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
                 for label, kw in VARIANTS}
     if kwargs:
         policies = {"none": make_preset("none", den, steps), **policies}
-    per_step: dict[str, dict[str, list[float]]] = {"none": {}, **{label: {} for label in policies}}
+    peers = dict(peers or {})
+    per_step: dict[str, dict[str, list[float]]] = {"none": {}, **{label: {} for label in [*policies, *peers]}}
     peak: dict[str, int] = {}
     recompiles: dict[str, int] = {}
+    labels = [0] * images
 
     def run(label, timed=True):
         policy = policies.get(label)
@@ -153,9 +158,13 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
                 start = torch.cuda.Event(enable_timing=True)
                 start.record()
                 events.append(start)
-            pipe([0], num_inference_steps=steps, generator=gen, output_type="pt", callback_on_step_end=on_step)
+            pipe(labels, num_inference_steps=steps, generator=gen, output_type="pt", callback_on_step_end=on_step)
 
-        if policy is None:
+        if label in peers:
+            with frdiff.exclusive(pipe), peers[label](pipe):
+                elapsed = _timed(call, device)
+            kinds = ["full"] * steps  # a peer decides per step at run time: its in-run step times are not split
+        elif policy is None:
             elapsed = _timed(call, device)
             kinds = ["full"] * steps
         else:
@@ -172,7 +181,14 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         return elapsed
 
     warmup = {label: run(label, timed=False) for label in (policies if kwargs else ["none"])}
-    times: dict[str, list[float]] = {"none": [], **{label: [] for label in policies}}
+    failed: dict[str, str] = {}
+    for label in list(peers):  # one untimed call each: a peer that does not run here is reported, not timed
+        try:
+            run(label, timed=False)
+        except Exception as exc:  # another library's cache failing on this model is a result, not a crash
+            failed[label] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            del peers[label]
+    times: dict[str, list[float]] = {"none": [], **{label: [] for label in [*policies, *peers]}}
     order = list(times)
     rng = random.Random(0)
     for _ in range(repeats):
@@ -188,7 +204,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         return {"mode": mode, "median_s": statistics.median(times[label]), "recompiles": recompiles.get(label, 0),
                 "warmup_s": warmup.get(label) if kwargs else None, "peak_memory_bytes": peak.get(label)}
 
-    rows = [{"variant": "none", "latency_s": ref, "speedup": 1.0, "speedup_vs_stock_same_mode": 1.0,
+    rows = [{"variant": "none", "images": images, "latency_s": ref, "speedup": 1.0, "speedup_vs_stock_same_mode": 1.0,
              "predicted_speedup": 1.0, "predicted_from_step_ratio": 1.0, "denoiser_calls": steps,
              "step_s_in_run": in_situ("none"), **extra("none")}]
     for label, policy in policies.items():
@@ -198,36 +214,85 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         kinds = policy.step_kinds()
         by_ratio = steps / sum(1.0 if k == "full" else 0.0 if k == "skip" else ratio for k in kinds)
         predicted = frdiff.predicted_speedup(policy, savings)
-        rows.append({"variant": label, "latency_s": latency, "speedup": ref / latency,
+        rows.append({"variant": label, "images": images, "latency_s": latency, "speedup": ref / latency,
                      "speedup_vs_stock_same_mode": ref / latency, "predicted_speedup": predicted,
                      "measured_over_predicted": (ref / latency) / predicted,
                      "predicted_from_step_ratio": by_ratio, "denoiser_calls": policy.denoiser_calls(),
                      "step_s_in_run": in_situ(label), **extra(label)})
+    for label in peers:
+        latency = statistics.median(times[label])
+        rows.append({"variant": label, "images": images, "peer": True, "latency_s": latency, "speedup": ref / latency,
+                     "speedup_vs_stock_same_mode": ref / latency, "predicted_speedup": None,
+                     "predicted_from_step_ratio": None, "denoiser_calls": None, "step_s_in_run": None,
+                     **extra(label)})
+    rows += [{"variant": label, "images": images, "peer": True, "mode": mode, "error": err}
+             for label, err in failed.items()]
     return rows
+
+
+_T0 = time.perf_counter()
+
+
+def _log(what: str) -> None:
+    """Progress on stderr (a long GPU run shows where its time goes; the JSON stays on stdout)."""
+    import sys
+
+    print(f"[gpu-speed {time.perf_counter() - _T0:7.1f} s] {what}", file=sys.stderr, flush=True)
+
+
+def speed_peers(pipe) -> dict:
+    """The peers timed next to FRDiff in ``gpu-speed`` (eager; their hooks decide per step in Python): the published
+    DeepCache package at N = 2, 3 (UNets), diffusers' FirstBlockCache (τ = 0.1) and TaylorSeer (interval 2, 3)."""
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    from workbench.bench.peers import deepcache_package, deepcache_peer, diffusers_cache_peer
+
+    out = {}
+    helper, version = deepcache_package()
+    if helper is not None and getattr(pipe, "unet", None) is not None:
+        out.update({f"DeepCache {version} N={n}": deepcache_peer(helper, n) for n in (2, 3)})
+    out["FirstBlockCache τ=0.1"] = diffusers_cache_peer("apply_first_block_cache",
+                                                        lambda _t: FirstBlockCacheConfig(0.1))
+    for k in (2, 3):
+        out[f"TaylorSeer interval {k}"] = diffusers_cache_peer("apply_taylorseer_cache", lambda _t, k=k: (
+            TaylorSeerCacheConfig(cache_interval=k, disable_cache_before_step=2, taylor_factors_dtype=torch.float32,
+                                  cache_identifiers=[r"(.*\.)?transformer_blocks\.\d+"])))
+    return out
 
 
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
-                    backend: str = "inductor") -> dict:
+                    backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only); ``regional`` (also frdiff's compile mode: ``modes.regional``); ``full`` (also
     ``denoiser.compile()`` around the eager hooks, which break the graph at every hooked block: ``compiled``).
     cuda_graphs: also the regional graphs captured as CUDA graphs (``modes["cuda-graphs"]``). backend: torch.compile's
-    backend for the regional modes (tests use ``eager``)."""
+    backend for the regional modes (tests use ``eager``). images: images per call, each measured in every mode.
+    peers: time :func:`speed_peers` beside the eager variants.
+
+    ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
+    ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
     compile = {True: "full", False: "off"}.get(compile, compile)
     if compile not in ("off", "regional", "full"):
         raise ValueError(f"compile must be off, regional or full, got {compile!r}")
     modes = (["regional"] if compile == "regional" else []) + (["cuda-graphs"] if cuda_graphs else [])
     if cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
+    if cuda_graphs and compile != "regional":
+        raise ValueError("--cuda-graphs captures the regional graphs: use it with --compile regional")
+    unknown = [m for m in models if m not in ("sd15-unet", "dit-xl-2")]
+    if unknown:
+        raise ValueError(f"gpu-speed models are sd15-unet and dit-xl-2, got {', '.join(unknown)}")
+    if not images or any(n < 1 for n in images):
+        raise ValueError(f"images must be positive counts, got {images}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = (device.type != "cuda") if small is None else small
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
-              "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps,
-              "repeats": repeats, "models": {}}
+              "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
+              "repeats": repeats, "models": {}, "rows": []}
     for name in models:
         pipe = build(name, device, dtype, small)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
@@ -236,11 +301,28 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         saved = sum(savings["feature"].values())
         st = step_times(pipe, device)
         entry = {"parameters": sum(p.numel() for p in pipe.denoiser.parameters()), "reuse_flop_share": saved,
-                 "predicted_reuse_over_full": 1 - saved, **st,
-                 "end_to_end": end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"])}
-        if modes:
-            entry["modes"] = {m: end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
-                                            backend=backend) for m in modes}
+                 "predicted_reuse_over_full": 1 - saved, **st, "by_images": {}}
+        for n in images:
+            _log(f"{name}: {n} images, eager")
+            eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,
+                               peers=speed_peers(pipe) if peers else None)
+            per_mode = {"eager": eager}
+            for m in modes:
+                _log(f"{name}: {n} images, {m}")
+                per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
+                                         backend=backend, images=n)
+            stock = eager[0]["latency_s"]
+            for mode, rows in per_mode.items():
+                for r in rows:
+                    r.setdefault("mode", mode)
+                    if "latency_s" in r:
+                        r["speedup_vs_eager_stock"] = stock / r["latency_s"]
+                    report["rows"].append({"model": name, **r})
+            entry["by_images"][str(n)] = per_mode
+            if n == images[0]:  # the layout earlier reports (and the summary) read
+                entry["end_to_end"] = eager
+                if modes:
+                    entry["modes"] = {m: per_mode[m] for m in modes}
         if compile == "full":
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry

@@ -88,6 +88,7 @@ def diffusers_cache_peer(apply_name: str, make_config: Callable):
 
         pre = den.register_forward_pre_hook(note_timestep, with_kwargs=True)
         before = _hook_names(den)
+        own = {m for m in den.modules() if "forward" in vars(m)}
         modules = dict(den.named_modules())
         try:
             try:
@@ -107,6 +108,10 @@ def diffusers_cache_peer(apply_name: str, make_config: Callable):
             for mod_name, hook in sorted(_hook_names(den) - before):
                 modules[mod_name]._diffusers_hook.remove_hook(hook, recurse=False)
             HookRegistry.check_if_exists_or_initialize(den).invalidate_child_registries_cache()
+            for m in den.modules():  # removing a hook puts the class forward back as an instance attribute
+                bound = vars(m).get("forward")
+                if m not in own and getattr(bound, "__func__", None) is type(m).forward:
+                    del m.forward
 
     return peer
 

@@ -233,6 +233,10 @@ def _gpu_section(fname, rep, rel) -> list[str]:
         out += [f"### {model} ({fmt(data['parameters'] / 1e6)} M parameters)", "",
                 f"Reuse step / full step: measured {fmt(data['reuse_over_full'])}, FLOP prediction "
                 f"{fmt(data['predicted_reuse_over_full'])} (full step {fmt(data['full_step_s'] * 1e3)} ms).", ""]
+        flat = [r for r in rep.get("rows", []) if r["model"] == model]
+        if flat:  # one table: every image count, mode, variant and peer of one interleaved run
+            out += _gpu_rows(flat)
+            continue
         rows = [[r["variant"], r["latency_s"], r["speedup"], r["predicted_speedup"], r.get("measured_over_predicted"),
                  r["predicted_from_step_ratio"], r["denoiser_calls"]] for r in data["end_to_end"]]
         out += [table(["variant (eager)", "latency s", "speedup", "FLOP prediction", "measured / predicted",
@@ -255,6 +259,21 @@ def _gpu_section(fname, rep, rel) -> list[str]:
         elif comp:
             out += [f"Compiled: does not work here: {comp.get('error')}", ""]
     return out
+
+
+def _gpu_rows(flat: list[dict]) -> list[str]:
+    timed = [r for r in flat if "latency_s" in r]
+    rows = [[r["images"], r["mode"], r["variant"] + (" (peer)" if r.get("peer") else ""), r["latency_s"],
+             r["speedup_vs_stock_same_mode"], r.get("speedup_vs_eager_stock"), r["predicted_speedup"],
+             r.get("measured_over_predicted"), r.get("recompiles"), r.get("warmup_s"),
+             None if r.get("peak_memory_bytes") is None else r["peak_memory_bytes"] / 2**20] for r in timed]
+    out = ["Speedups against stock in the same mode (stock: the no-reuse policy, compiled alike) and against eager "
+           "stock at the same image count; warm-up (compiling, capturing) is outside the timed runs.", "",
+           table(["images", "mode", "variant", "median s", "speedup (same mode)", "vs eager stock",
+                  "FLOP prediction", "measured / predicted", "recompiles", "warm-up s", "peak MiB"], rows), ""]
+    out += [f"- {r['variant']} ({r['images']} images, {r['mode']}): does not run here: {r['error']}"
+            for r in flat if "error" in r]
+    return out + ([""] if any("error" in r for r in flat) else [])
 
 
 def _overhead_rows(rec: dict) -> list[str]:

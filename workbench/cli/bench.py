@@ -15,7 +15,7 @@ BENCH_OPTIONS = {
                            "autofr_train_seeds", "no_peers", "no_plans", "flop_seeds", "small"],
     "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
-    "gpu-speed": ["repeats", "small", "compile", "cuda_graphs"],
+    "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "no_peers"],
     "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
@@ -56,10 +56,16 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    default_models = "sd15-unet,dit-xl-2" if suite == "gpu-speed" else "tiny-unet,tiny-dit"
+    models = tuple(m.strip() for m in (args.models or default_models).split(",") if m.strip())
     extra: dict = {}
     if suite == "gpu-speed":
-        extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None}
+        try:
+            images = tuple(int(x) for x in (args.images or "1").split(","))
+        except ValueError:
+            raise UserError(f"--images takes image counts like 1,8, got {args.images!r}") from None
+        extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None,
+                 "models": models, "images": images, "peers": not args.no_peers}
     elif suite == "engine-quality":
         extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds}
     elif suite == "quality-vs-latency":
@@ -162,7 +168,10 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="quality-vs-latency: steps of the DDIM reference (default 50; sweeps scale with it)")
     p.add_argument("--scheduler-steps", default=None, help="schedulers: step counts (default 20,50)")
-    p.add_argument("--models", default="tiny-unet,tiny-dit", help="quality-vs-latency, schedulers: models")
+    p.add_argument("--models", default=None,
+                   help="quality-vs-latency, schedulers, autofr: models (default tiny-unet,tiny-dit); "
+                        "gpu-speed: sd15-unet,dit-xl-2")
+    p.add_argument("--images", default=None, help="gpu-speed: images per call, e.g. 1,8 (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--no-autofr", action="store_true", help="quality-vs-latency: skip Auto-FR (training takes minutes)")
     p.add_argument("--autofr-iterations", type=int, default=None, help="Auto-FR Adam steps (default 30)")
@@ -170,7 +179,8 @@ def add_commands(sub) -> None:
                    help="Auto-FR training seeds, from 1000 (default 32; evaluation seeds start at 0)")
     p.add_argument("--train-seeds", default=None, help="autofr: Auto-FR training seeds (default 0-31)")
     p.add_argument("--val-seeds", default=None, help="autofr: held-out evaluation seeds (default 100-163)")
-    p.add_argument("--no-peers", action="store_true", help="quality-vs-latency: skip DeepCache and diffusers caches")
+    p.add_argument("--no-peers", action="store_true",
+                   help="quality-vs-latency, gpu-speed: skip DeepCache and diffusers caches")
     p.add_argument("--no-plans", action="store_true",
                    help="quality-vs-latency: skip the policies planned from a recorded run (policy from-run)")
     p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue 19 on one H200 (device tool; $OUT comes back): bench gpu-speed in eager, regional-compile and CUDA-graph
+# mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each process is
+# one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to part.
+# Usage: bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1:170).
+# Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
+set -uo pipefail
+OUT=${OUT:-/tmp/bench}
+source scripts/device_lib.sh
+device_setup
+python3 -c "import torch; print('torch', torch.__version__)"
+start=$(date +%s)
+for part in "$@"; do
+  IFS=: read -r model images limit <<<"$part"
+  name="gpu-speed-$model-$images"
+  timeout "$limit" python3 -m workbench bench gpu-speed --models "$model" --images "$images" --compile regional \
+    --cuda-graphs --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null 2>"$OUT/$name.log"
+  echo "$name exit $? at $(( $(date +%s) - start )) s"
+  [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
+  grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12
+done
