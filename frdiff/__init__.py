@@ -8,7 +8,7 @@
 Depends on torch and diffusers only.
 """
 
-from .apply import FRRun, RunReport, apply, attached_hooks, exclusive
+from .apply import FRRun, RunReport, apply, attached_hooks, exclusive, release_step_graphs
 from .blocks import denoiser_of, discover_blocks, find_blocks
 from .policy import REUSE_MODES, Mixing, Policy, PolicyError, model_fingerprint
 from .presets import PRESETS, make_preset, threshold_keyframes, threshold_policy
@@ -17,5 +17,6 @@ from .speedup import cache_bytes, measure_savings, predicted_speedup, step_costs
 __all__ = [
     "FRRun", "Mixing", "PRESETS", "Policy", "PolicyError", "REUSE_MODES", "RunReport", "apply", "attached_hooks",
     "cache_bytes", "denoiser_of", "discover_blocks", "exclusive", "find_blocks", "make_preset", "measure_savings",
-    "model_fingerprint", "predicted_speedup", "step_costs", "threshold_keyframes", "threshold_policy",
+    "model_fingerprint", "predicted_speedup", "release_step_graphs", "step_costs", "threshold_keyframes",
+    "threshold_policy",
 ]

@@ -35,7 +35,7 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
-from .compiling import attach_compiled, check_compile, graphs_compiled
+from .compiling import StepGraphs, attach_compiled, check_compile, graphs_compiled
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
 from .reuse import (
     HOOK_PREFIX,
@@ -114,6 +114,7 @@ class RunReport:
     seconds: float = 0.0
     cache_bytes: int = 0  # the most the caches (block values and ε_key) held at once
     graphs_per_run: list[int] = field(default_factory=list)  # compile mode: graphs dynamo compiled in each run
+    captures_per_run: list[int] = field(default_factory=list)  # cuda_graphs="step": step graphs captured per run
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -138,6 +139,8 @@ class _StepHook(ModelHook):
         self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
         self.count_graphs = False  # compile mode: count the graphs dynamo compiles per run (eager: no dynamo import)
         self.graphs_at_start = 0
+        self.step_graphs: StepGraphs | None = None  # cuda_graphs="step": whole denoiser calls captured per phases
+        self.captures_at_start = 0
 
     def reset_state(self, module):
         self.calls = 0
@@ -157,7 +160,10 @@ class _StepHook(ModelHook):
         self.calls = 0
         if self.count_graphs:
             self.graphs_at_start = graphs_compiled()
-        self.state.clear()
+        if self.step_graphs is not None:  # the captured steps own the cache buffers: kept from run to run
+            self.captures_at_start = self.step_graphs.captures
+        else:
+            self.state.clear()
         self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
             if self.policy.forecast_axis == "timestep" else None
@@ -169,6 +175,8 @@ class _StepHook(ModelHook):
         self.report.runs += 1
         if self.count_graphs:
             self.report.graphs_per_run.append(graphs_compiled() - self.graphs_at_start)
+        if self.step_graphs is not None:
+            self.report.captures_per_run.append(self.step_graphs.captures - self.captures_at_start)
 
     def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
         return forecast(self.eps, self.state.x(), like.dtype)
@@ -195,9 +203,14 @@ class _StepHook(ModelHook):
                 self._end_run()
             return self.wrap(self._eps_key(self.eps[0][0]))
         before = self.state.reused
-        out = self.fn_ref.original_forward(*args, **kwargs)
+        if self.step_graphs is not None:  # the phases are the mask's (step 0 is every block's keyframe)
+            phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
+            out = self.step_graphs(phases, self.fn_ref.original_forward, args, kwargs)
+            self.report.block_reuses += phases.count(False)  # a replay runs no Python: counted from the phases
+        else:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            self.report.block_reuses += self.state.reused - before
         self.report.denoiser_calls += 1
-        self.report.block_reuses += self.state.reused - before
         if self.calls == self.policy.steps:
             self._end_run()
         eps = first_tensor(out)
@@ -251,14 +264,21 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     rule inside, one graph per block and phase (:mod:`frdiff.compiling`); the first run compiles (warm-up), later
     runs of the same shapes compile nothing (``report().graphs_per_run``). The no-reuse policy in this mode is the
     stock model regionally compiled: the fair baseline for a compiled policy.
-    cuda_graphs: with ``compile="regional"``, capture the graphs as CUDA graphs and replay them (CUDA only).
+    cuda_graphs: ``"blocks"`` (or ``True``; with ``compile="regional"``): each block's compiled graphs captured as
+    CUDA graphs (inductor's CUDA graph trees); ``"step"`` (with either compile mode): each distinct step configuration
+    captured once as one CUDA graph of the whole denoiser call and replayed (:class:`frdiff.compiling.StepGraphs`;
+    ``hold`` reuse only; ``report().captures_per_run``). CUDA only.
     backend: torch.compile's backend (``"inductor"``; ``"eager"`` traces without code generation, for tests).
     """
-    check_compile(compile, cuda_graphs)
+    graph_mode = check_compile(compile, cuda_graphs)
     denoiser = denoiser_of(pipe)
     device = next(denoiser.parameters(), torch.empty(0)).device
-    if cuda_graphs and device.type != "cuda":
+    fake = graph_mode == "step" and _FAKE_STEP_GRAPHS and device.type == "cpu"
+    if graph_mode and device.type != "cuda" and not fake:
         raise ValueError(f"cuda_graphs needs the denoiser on a CUDA device; it is on {device}")
+    if graph_mode == "step" and any(m != "hold" for m in policy.reuse):
+        raise ValueError("cuda_graphs='step' captures hold reuse only (a forecast's weights change every step); "
+                         "this policy forecasts: use cuda_graphs='blocks' with compile='regional'")
     train = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "num_train_timesteps", None)
     limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
     if check_model:
@@ -280,19 +300,51 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
         idle = [not r for r in policy.reusing_blocks()]  # never reused at a called step: no hook, no cache
+        graphs = None
+        if graph_mode == "step":
+            state.static_cache = True
+            graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake)
         if compile == "off":
             attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
         else:
-            state.clone_values = step_hook.cuda_graphs = cuda_graphs
+            state.clone_values = step_hook.cuda_graphs = graph_mode == "blocks"
             step_hook.count_graphs = True
-            attach_compiled(denoiser, policy.blocks, policy.granularity, state, attached, idle, cuda_graphs, backend)
+            attach_compiled(denoiser, policy.blocks, policy.granularity, state, attached, idle,
+                            graph_mode == "blocks", backend)
+        if graphs is not None and graphs.buffers is not None:  # the captured steps read and write these
+            for hook, cache in zip(state.hooks, graphs.buffers, strict=True):
+                hook.cache = cache
         yield run
     finally:
+        if graphs is not None:
+            graphs.buffers = [hook.cache for hook in state.hooks]
         detach_all(attached)
         run._report.cache_bytes = state.peak
         state.clear()
         run._report.seconds = time.perf_counter() - start
         lock.release()
+
+
+_FAKE_STEP_GRAPHS = False  # tests only: cuda_graphs="step" on the CPU with StepGraphs(fake=True)
+
+
+def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: str, fake: bool) -> StepGraphs:
+    """The step graphs of ``policy`` on ``denoiser``, kept on the denoiser (the 8 most recent policies), so a later
+    ``apply`` of the same policy replays what an earlier one captured — with its cache buffers, which the graphs
+    read and write. :func:`release_step_graphs` frees them."""
+    kept = denoiser.__dict__.setdefault("_frdiff_step_graphs", {})
+    key = (tuple(policy.blocks), tuple(policy.granularity), policy.keyframes.numpy().tobytes(),
+           tuple(policy.keyframes.shape), policy.cache_dtype, compile, backend, fake)
+    graphs = kept.pop(key, None) or StepGraphs(fake=fake)
+    kept[key] = graphs  # most recent last
+    while len(kept) > 8:
+        kept.pop(next(iter(kept)))
+    return graphs
+
+
+def release_step_graphs(pipe) -> None:
+    """Free the whole-step CUDA graphs (and their cache buffers) kept on ``pipe``'s denoiser."""
+    denoiser_of(pipe).__dict__.pop("_frdiff_step_graphs", None)
 
 
 def attached_hooks(pipe) -> list[str]:

@@ -44,11 +44,20 @@ COMPILE_MODES = ("off", "regional")
 _ids = itertools.count()
 
 
-def check_compile(compile: str, cuda_graphs: bool) -> None:
+CUDA_GRAPH_MODES = (False, True, "blocks", "step")
+
+
+def check_compile(compile: str, cuda_graphs: bool | str) -> str | None:
+    """The CUDA-graph mode (``None``, ``"blocks"`` or ``"step"``) of a valid ``compile`` / ``cuda_graphs`` pair."""
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-    if cuda_graphs and compile == "off":
-        raise ValueError("cuda_graphs needs compile='regional' (the graphs it captures are the compiled blocks)")
+    if not any(cuda_graphs is m or (isinstance(m, str) and cuda_graphs == m) for m in CUDA_GRAPH_MODES):
+        raise ValueError(f"cuda_graphs must be False, True (= 'blocks') or 'step', got {cuda_graphs!r}")
+    mode = "blocks" if cuda_graphs is True else cuda_graphs or None
+    if mode == "blocks" and compile == "off":
+        raise ValueError("cuda_graphs='blocks' needs compile='regional' (the graphs it captures are the compiled "
+                         "blocks); cuda_graphs='step' captures whole steps with or without compile")
+    return mode
 
 
 def graphs_compiled() -> int:
@@ -156,3 +165,63 @@ def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[st
         attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend), rule_first),
                hook_name)
         attached.append((module, hook_name))
+
+
+class StepGraphs:
+    """``cuda_graphs="step"``: each distinct step configuration of a static policy — which blocks compute and which
+    reuse, and the call's input shapes — captured once as one CUDA graph of the whole denoiser call and replayed at
+    every step with that configuration. One graph launch per step instead of a kernel launch (and a hook's Python) per
+    operation: what per-block graphs cannot remove when a step's GPU work is a few milliseconds.
+
+    The first call of a configuration runs eagerly (its result is the step's output; it also allocates the blocks'
+    cache buffers and runs any compilation), then the configuration is captured (nothing executes during a capture);
+    later calls copy the inputs into the graph's static inputs, replay, and return a copy of its outputs. The caches
+    are static buffers written in place (``ReuseState.static_cache``), so only ``hold`` reuse can be captured; score
+    mixing, skipped steps and ε forecasts run eagerly around the graph, in the step hook.
+
+    ``fake=True`` (CPU tests only): "capturing" keeps the call and "replaying" runs it on the static inputs, which
+    checks the static-buffer plumbing without a GPU; it is not a CUDA graph."""
+
+    def __init__(self, fake: bool = False):
+        self.fake = fake
+        self.graphs: dict = {}
+        self.captures = 0  # configurations captured so far (a run after warm-up captures none)
+        self.buffers: list | None = None  # the blocks' cache buffers the graphs were captured with
+
+    @staticmethod
+    def _signature(flat) -> tuple:
+        return tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else ("value", repr(t))
+                     for t in flat)
+
+    def __call__(self, phases: tuple, fn, args: tuple, kwargs: dict):
+        from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+        flat, spec = tree_flatten((args, kwargs))
+        key = (phases, self._signature(flat), spec)
+        entry = self.graphs.get(key)
+        if entry is None:
+            out = fn(*args, **kwargs)  # eager: this step's result; allocates the caches; compiles what it needs
+            static = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+            s_args, s_kwargs = tree_unflatten(static, spec)
+            if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
+                graph, s_out = (lambda: fn(*s_args, **s_kwargs)), fn(*s_args, **s_kwargs)
+            else:
+                graph = torch.cuda.CUDAGraph()
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph):
+                    s_out = fn(*s_args, **s_kwargs)
+            self.graphs[key] = (graph, static, s_out)
+            self.captures += 1
+            return out
+        graph, static, s_out = entry
+        for s, t in zip(static, flat, strict=True):
+            if isinstance(t, torch.Tensor) and s.data_ptr() != t.data_ptr():
+                s.copy_(t)
+        if self.fake:
+            fresh, _ = tree_flatten(graph())
+            for mine, new in zip(tree_flatten(s_out)[0], fresh, strict=True):
+                if isinstance(mine, torch.Tensor):
+                    mine.copy_(new)
+        else:
+            graph.replay()
+        return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, s_out)

@@ -63,6 +63,7 @@ class ReuseState:
         self.held = 0  # bytes the caches hold now
         self.peak = 0  # the most they held since the state was made
         self.clone_values = False  # compile mode with CUDA graphs: cached values are copied out of the graphs' pool
+        self.static_cache = False  # whole-step CUDA graphs: a cache is one buffer per block, written in place
 
     def decide(self, idx: int) -> bool | torch.Tensor:
         if self.gates is not None:
@@ -243,7 +244,16 @@ class _ReuseHook(ModelHook):
         self.keep(value)
 
     def keep(self, value: Value) -> None:
-        """A keyframe: ``value`` joins the cache."""
+        """A keyframe: ``value`` joins the cache. With a static cache (whole-step CUDA graphs, hold only) the value
+        is copied into the block's one buffer, allocated at its first keyframe, so a captured step reads and writes
+        the same memory at every replay."""
+        if self.state.static_cache:
+            if self.cache is not None:
+                _map(lambda buf, v: buf.copy_(v), self.cache[0][0], value)
+                self.cache = ((self.cache[0][0], self.state.x()),)
+                return
+            dtype = self.state.cache_dtype
+            value = _map(lambda v: v.detach().clone() if dtype is None else v.detach().to(dtype, copy=True), value)
         new = remember(self.cache, value, self.state.x(), self.order, self.state.cache_dtype)
         self.state.account(self.cache, new)
         self.cache = new

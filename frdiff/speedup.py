@@ -84,12 +84,13 @@ def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
 def step_costs(policy: Policy, savings: dict) -> list[float]:
     """Relative cost of each step (1 = a full denoiser call) under ``policy``."""
     kinds = policy.step_kinds()
-    mask = policy.keyframes
-    saved = torch.tensor([savings[g].get(b, 0.0) for b, g in zip(policy.blocks, policy.granularity, strict=True)],
-                         dtype=torch.float64)
-    per_step = (~mask).double().T @ saved if policy.blocks else torch.zeros(policy.steps, dtype=torch.float64)
-    return [0.0 if k == "skip" else 1.0 if k == "full" else max(0.0, 1.0 - float(per_step[s]))
-            for s, k in enumerate(kinds)]
+    rows = policy.keyframes.tolist()
+    saved = [float(savings[g].get(b, 0.0)) for b, g in zip(policy.blocks, policy.granularity, strict=True)]
+    # The shares of the blocks reusing at step s, summed in block order in plain Python floats: the same number
+    # wherever it is computed (workbench.quickpolicy computes it without torch; a BLAS matrix product may order the
+    # sum differently from one machine to the next).
+    per_step = [sum(v for v, row in zip(saved, rows, strict=True) if not row[s]) for s in range(policy.steps)]
+    return [0.0 if k == "skip" else 1.0 if k == "full" else max(0.0, 1.0 - per_step[s]) for s, k in enumerate(kinds)]
 
 
 def predicted_speedup(policy: Policy, savings: dict) -> float:

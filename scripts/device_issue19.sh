@@ -2,7 +2,8 @@
 # Issue 19 on one H200 (device tool; $OUT comes back): bench gpu-speed in eager, regional-compile and CUDA-graph
 # mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each process is
 # one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to part.
-# Usage: bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1:170).
+# Usage: [GRAPHS=blocks|step|both] [REPEATS=3] bash scripts/device_issue19.sh PART... where PART is
+# MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230). With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py.
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
 set -uo pipefail
 OUT=${OUT:-/tmp/bench}
@@ -10,11 +11,15 @@ source scripts/device_lib.sh
 device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
 start=$(date +%s)
+if [ -n "${TESTS:-}" ]; then
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
+  echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
+fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
-  name="gpu-speed-$model-$images"
+  name="gpu-speed-$model-${images//,/-}"
   timeout "$limit" python3 -m workbench bench gpu-speed --models "$model" --images "$images" --compile regional \
-    --cuda-graphs --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null 2>"$OUT/$name.log"
+    --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12

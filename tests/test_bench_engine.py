@@ -6,7 +6,11 @@ from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
 
 
 def test_gpu_speed_suite_small():
-    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4, images=(1, 2))
+    seen = []
+    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4, images=(1, 2), checkpoint=seen.append)
+    # a checkpoint after each image count, with what was measured so far (a stopped run keeps it)
+    assert [c["partial"] for c in seen] == [True, True] and "partial" not in r
+    assert [sorted({row["images"] for row in c["rows"]}) for c in seen] == [[1], [1, 2]]
     m = r["models"]["sd15-unet"]
     assert r["small"] and 0.5 < m["reuse_flop_share"] < 0.9  # conv1 + attention: most of a UNet's FLOPs
     assert m["predicted_reuse_over_full"] == pytest.approx(1 - m["reuse_flop_share"])

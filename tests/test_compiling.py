@@ -95,7 +95,7 @@ def test_bad_compile_arguments_get_one_clear_message():
     with pytest.raises(ValueError, match="compile must be one of off, regional"):
         with frdiff.apply(den, policy, check_model=False, compile="full"):
             pass
-    with pytest.raises(ValueError, match="cuda_graphs needs compile='regional'"):
+    with pytest.raises(ValueError, match="cuda_graphs='blocks' needs compile='regional'"):
         with frdiff.apply(den, policy, check_model=False, cuda_graphs=True):
             pass
     block = dict(den.named_modules())[policy.blocks[0]]
@@ -122,6 +122,25 @@ def test_cuda_graphs_replay_the_compiled_policy():
             got = torch.stack([call(s).clone() for s in range(STEPS)])
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert run.report().graphs_per_run[-1] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
+                    "bench gpu-speed measures them on the GPU)")
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("compile", ["off", "regional"])
+def test_step_graphs_on_cuda_replay_the_eager_run(make, compile):
+    """Real whole-step CUDA graphs: replays equal the eager hooks (exactly without compile: the same kernels), no
+    capture after the first apply."""
+    den = make().cuda()
+    policy = _policy(den, "hold", "feature", mix=True)
+    (ref,), _ = _runs(den, policy, rounds=1)
+    outs, reports = _rounds_in_separate_applies(den, policy, compile=compile, cuda_graphs="step")
+    for got in outs:
+        if compile == "off":
+            assert torch.equal(got, ref)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert [r.captures_per_run for r in reports] == [[2], [0], [0]]
+    frdiff.release_step_graphs(den)
 
 
 def test_compare_in_compile_mode_warms_up_then_times_without_recompiling(dit_pipe):
@@ -161,3 +180,65 @@ def test_identical_blocks_share_their_graphs():
     other = six()
     (again,), report = _runs(other, policy, rounds=1, compile="regional", backend="eager")
     assert torch.equal(again, ref) and report.graphs_per_run == [0]
+
+
+@pytest.fixture
+def fake_step_graphs(monkeypatch):
+    """cuda_graphs="step" on the CPU: "replaying" a step reruns it on the captured static inputs and cache buffers
+    (frdiff.compiling.StepGraphs(fake=True)): the plumbing a CUDA graph relies on, without a GPU."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("frdiff.apply"), "_FAKE_STEP_GRAPHS", True)
+
+
+def _buffer_addresses(den) -> list[int]:
+    (graphs,) = den.__dict__["_frdiff_step_graphs"].values()
+    return [cache[0][0].data_ptr() for cache in graphs.buffers]
+
+
+def _rounds_in_separate_applies(den, policy, rounds=3, **kw):
+    call, outs, reports, addresses = _call(den), [], [], []
+    for _ in range(rounds):
+        with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **kw) as run:
+            outs.append(torch.stack([call(s) for s in range(STEPS)]))
+        reports.append(run.report())
+        addresses.append(_buffer_addresses(den))
+    assert addresses[0] and all(a == addresses[0] for a in addresses)  # one buffer per block, written in place
+    return outs, reports
+
+
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("compile", ["off", "regional"])
+@pytest.mark.parametrize("granularity", ["feature", "block"])
+def test_step_graphs_replay_the_eager_run_from_static_buffers(make, compile, granularity, fake_step_graphs):
+    """Whole-step graphs: one capture per distinct step configuration (here full and reuse: M = 2), kept across
+    applies of the same policy with their cache buffers, every replay equal to the eager hooks' run bit for bit."""
+    den = make()
+    policy = _policy(den, "hold", granularity, mix=True)
+    (ref,), eager = _runs(den, policy, rounds=1)
+    outs, reports = _rounds_in_separate_applies(den, policy, compile=compile, backend="eager", cuda_graphs="step")
+    assert all(torch.equal(o, ref) for o in outs)
+    assert [r.captures_per_run for r in reports] == [[2], [0], [0]]
+    assert all(r.block_reuses == eager.block_reuses > 0 for r in reports)
+    frdiff.release_step_graphs(den)
+    assert "_frdiff_step_graphs" not in den.__dict__ and attached_hooks(den) == []
+
+
+def test_step_graphs_refuse_forecasts_and_need_cuda(fake_step_graphs):
+    den = _dit()
+    with pytest.raises(ValueError, match="captures hold reuse only"):
+        with frdiff.apply(den, _policy(den, "taylor1"), check_model=False, cuda_graphs="step"):
+            pass
+    with pytest.raises(ValueError, match="cuda_graphs must be False, True"):
+        with frdiff.apply(den, _policy(den), check_model=False, cuda_graphs="yes"):
+            pass
+    with pytest.raises(ValueError, match="needs compile='regional'"):
+        with frdiff.apply(den, _policy(den), check_model=False, cuda_graphs="blocks"):
+            pass
+
+
+def test_step_graphs_need_a_cuda_device():
+    den = _dit()
+    with pytest.raises(ValueError, match="needs the denoiser on a CUDA device"):
+        with frdiff.apply(den, _policy(den), check_model=False, cuda_graphs="step"):
+            pass

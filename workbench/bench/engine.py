@@ -103,9 +103,10 @@ def step_times(pipe, device, n: int = 20) -> dict:
     return {"full_step_s": t_full, "reuse_step_s": t_reuse, "reuse_over_full": t_reuse / t_full}
 
 
-MODES = ("eager", "regional", "cuda-graphs")
+MODES = ("eager", "regional", "cuda-graphs", "step-graphs")
 APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
-               "cuda-graphs": {"compile": "regional", "cuda_graphs": True}}
+               "cuda-graphs": {"compile": "regional", "cuda_graphs": "blocks"},
+               "step-graphs": {"compile": "regional", "cuda_graphs": "step"}}
 
 
 @torch.no_grad()
@@ -124,6 +125,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     rounds; a peer that raises on entry is reported with its error instead of a time."""
     import random
 
+    from frdiff.apply import release_step_graphs
     from frdiff.compiling import graphs_compiled
 
     den = pipe.denoiser
@@ -142,7 +144,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         policy = policies.get(label)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        graphs = graphs_compiled() if kwargs else 0
+        graphs = graphs_compiled() + _captures(pipe) if kwargs else 0
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
 
@@ -172,7 +174,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
                 elapsed = _timed(call, device)
             kinds = policy.step_kinds()
         if timed:
-            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs if kwargs else 0)
+            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() + _captures(pipe) - graphs
+                                                            if kwargs else 0)
             if device.type == "cuda":
                 peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
         if timed and len(events) == steps + 1:
@@ -196,6 +199,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         for label in order:
             times[label].append(run(label))
     ref = statistics.median(times["none"])
+
+    release_step_graphs(pipe)  # the next mode or image count captures its own
 
     def in_situ(label):
         return {k: statistics.median(v) for k, v in per_step[label].items()} if per_step[label] else None
@@ -260,23 +265,37 @@ def speed_peers(pipe) -> dict:
     return out
 
 
+def _captures(pipe) -> int:
+    """Whole-step CUDA graphs captured so far on ``pipe``'s denoiser (``cuda_graphs="step"``)."""
+    kept = pipe.denoiser.__dict__.get("_frdiff_step_graphs", {})
+    return sum(g.captures for g in kept.values())
+
+
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
-                    backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True) -> dict:
+                    backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
+                    checkpoint=None) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only); ``regional`` (also frdiff's compile mode: ``modes.regional``); ``full`` (also
     ``denoiser.compile()`` around the eager hooks, which break the graph at every hooked block: ``compiled``).
-    cuda_graphs: also the regional graphs captured as CUDA graphs (``modes["cuda-graphs"]``). backend: torch.compile's
+    cuda_graphs: also the regional graphs captured as CUDA graphs (``"blocks"``: ``modes["cuda-graphs"]``), whole steps
+    captured as CUDA graphs over the regional blocks (``"step"``: ``modes["step-graphs"]``), or ``"both"``. A capture
+    during the timed runs counts as a recompile. backend: torch.compile's
     backend for the regional modes (tests use ``eager``). images: images per call, each measured in every mode.
-    peers: time :func:`speed_peers` beside the eager variants.
+    peers: time :func:`speed_peers` beside the eager variants. checkpoint: called with the report so far (marked
+    ``partial``) after each model and image count, so a run stopped at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
     ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
     compile = {True: "full", False: "off"}.get(compile, compile)
     if compile not in ("off", "regional", "full"):
         raise ValueError(f"compile must be off, regional or full, got {compile!r}")
-    modes = (["regional"] if compile == "regional" else []) + (["cuda-graphs"] if cuda_graphs else [])
+    graph_modes = {False: [], True: ["cuda-graphs"], "blocks": ["cuda-graphs"], "step": ["step-graphs"],
+                   "both": ["cuda-graphs", "step-graphs"]}
+    if cuda_graphs not in graph_modes:
+        raise ValueError(f"cuda_graphs must be blocks, step or both, got {cuda_graphs!r}")
+    modes = (["regional"] if compile == "regional" else []) + graph_modes[cuda_graphs]
     if cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
     if cuda_graphs and compile != "regional":
@@ -323,6 +342,9 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                 entry["end_to_end"] = eager
                 if modes:
                     entry["modes"] = {m: per_mode[m] for m in modes}
+            report["models"][name] = entry
+            if checkpoint is not None:
+                checkpoint({**report, "rows": list(report["rows"]), "partial": True})
         if compile == "full":
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry

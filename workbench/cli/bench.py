@@ -66,6 +66,13 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
             raise UserError(f"--images takes image counts like 1,8, got {args.images!r}") from None
         extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None,
                  "models": models, "images": images, "peers": not args.no_peers}
+        if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped
+            def checkpoint(partial, out=Path(args.out)):
+                out.mkdir(parents=True, exist_ok=True)
+                partial = {**partial, "command": bench_command(args, suite)}
+                (out / f"{suite}.json").write_text(json.dumps(partial, indent=2, default=str) + "\n")
+
+            extra["checkpoint"] = checkpoint
     elif suite == "engine-quality":
         extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds}
     elif suite == "quality-vs-latency":
@@ -157,8 +164,9 @@ def add_commands(sub) -> None:
     p.add_argument("--compile", default="off", choices=["off", "regional", "full"],
                    help="gpu-speed: also measure frdiff's compile mode (regional: each block a compiled graph with "
                         "its reuse rule inside) or the whole denoiser compiled around eager hooks (full)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="gpu-speed: also the regional graphs captured as CUDA graphs (CUDA only)")
+    p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step", "both"],
+                   help="gpu-speed, CUDA only: also the regional graphs captured as CUDA graphs (blocks, the default), "
+                        "whole steps captured as CUDA graphs on the regional blocks (step), or both")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
     p.add_argument("--seeds", type=int, default=None,

@@ -15,6 +15,7 @@ from workbench.cli.common import (
     folder_out,
     load_model,
     parse_seeds,
+    quiet_diffusers,
     scheduler_arg,
 )
 
@@ -76,26 +77,55 @@ def _kinds_line(policy) -> str:
     return "".join({"full": "K", "fr": "r", "skip": "-"}[k] for k in policy.step_kinds())
 
 
-def cmd_policy(args: argparse.Namespace) -> dict:
-    import frdiff
+def _quick_make(args: argparse.Namespace) -> dict | None:
+    """``policy make`` from the model's metadata file, importing neither torch nor diffusers (issue 21), or ``None``
+    when that cannot serve it: a model without valid metadata (hub ids, folders without ``policy-meta.json``, stale
+    files), a ``--device`` other than the CPU (the slow path finds out whether it exists), or input the slow path
+    has to refuse. The file and the report are the slow path's, byte for byte (:mod:`workbench.quickpolicy`); the
+    FLOP shares, measured on the CPU, are those of any device (the FLOP counter counts each op by a formula of its
+    shapes, the same for every SDPA kernel)."""
+    from workbench import quickpolicy
+    from workbench.models import meta
 
+    if args.device not in (None, "cpu"):
+        return None
+    card = meta.load(args.model)
+    if card is None:
+        return None
+    policy = quickpolicy.make(card, args.preset, args.steps, scheduler=args.scheduler, interval=args.interval,
+                              mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
+                              forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
+                              granularity=args.granularity)
+    if policy is None:
+        return None
+    quickpolicy.save(policy, args.out)
+    return {"out": args.out, **quickpolicy.report(policy, card["savings"])}
+
+
+def cmd_policy(args: argparse.Namespace) -> dict:
     if args.action == "make":
         if not args.out:
             raise UserError("policy make needs --out P.json")
         file_out(args.out)  # before anything is made: a folder is refused, not written into
         args.model = args.model or "tiny-unet"
-        pipe = load_model(args)
-        check_steps(pipe, args.steps)
-        policy = _preset(args, pipe, args.steps)
-        policy.save(args.out)
-        report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
-                  "denoiser_calls": policy.denoiser_calls(), "step_kinds": _kinds_line(policy),
-                  **_prediction(pipe, policy)}
+        report = _quick_make(args)
+        if report is None:  # load the model: its blocks, fingerprint and FLOP shares from the real thing
+            quiet_diffusers()
+            pipe = load_model(args)
+            check_steps(pipe, args.steps)
+            policy = _preset(args, pipe, args.steps)
+            policy.save(args.out)
+            report = {"out": args.out, "blocks": len(policy.blocks), "steps": policy.steps,
+                      "denoiser_calls": policy.denoiser_calls(), "step_kinds": _kinds_line(policy),
+                      **_prediction(pipe, policy)}
     elif args.action == "validate":
         if not args.file:
             raise UserError("policy validate needs a policy JSON file")
         policy = _load_policy(args.file)
         if args.model:
+            import frdiff
+
+            quiet_diffusers()
             pipe = load_model(args)
             den = frdiff.denoiser_of(pipe)
             problems = policy.problems(model_blocks=dict(frdiff.find_blocks(den)),
@@ -124,6 +154,7 @@ def cmd_policy(args: argparse.Namespace) -> dict:
                             "accumulated change exceeds δ) or --target-compute C (keyframes and reuse mode per block "
                             "from the run's forecast errors, at compute ≤ C)")
         file_out(args.out)
+        quiet_diffusers()
         report = _policy_from_run(args)
     else:
         raise UserError(f"unknown policy action {args.action!r}")
@@ -196,8 +227,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if args.cuda_graphs and args.compile == "off":
-        raise UserError("--cuda-graphs needs --compile regional (the graphs it captures are the compiled blocks)")
+    if args.cuda_graphs == "blocks" and args.compile == "off":
+        raise UserError("--cuda-graphs blocks needs --compile regional (the graphs it captures are the compiled "
+                        "blocks); --cuda-graphs step captures whole steps with or without it")
     folder_out(args.out)
     if (args.policy is None) == (args.preset is None):
         raise UserError("give exactly one of --policy P.json or --preset NAME")
@@ -326,8 +358,10 @@ def add_commands(sub) -> None:
     p.add_argument("--compile", default="off", choices=["off", "regional"],
                    help="regional: every block a compiled graph with its reuse rule inside (the reference: the stock "
                         "model compiled alike); one untimed round compiles first (docs/engine.md)")
-    p.add_argument("--cuda-graphs", action="store_true", help="with --compile regional: replay the graphs as CUDA "
-                   "graphs (CUDA only)")
+    p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step"],
+                   help="CUDA only: blocks (the default; with --compile regional): each block's graphs replayed as "
+                        "CUDA graphs; step: each distinct step configuration captured as one CUDA graph of the whole "
+                        "denoiser call (hold reuse)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
