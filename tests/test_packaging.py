@@ -87,3 +87,15 @@ def test_console_script_lists_the_shipped_models_with_their_weights(installed):
     for row in rows.values():
         assert row["weights"] and Path(row["weights"]).resolve().is_relative_to(installed["venv"].resolve())
         assert row["parameters"] > 1_000_000
+
+
+def test_installed_policy_make_is_served_from_the_shipped_metadata(installed):
+    """policy-meta.json travels with the weights, so an installed copy writes policies without torch (issue 21)."""
+    code = ("import json, sys\nfrom workbench.cli import main\n"
+            "rc = main(['policy', 'make', '--model', 'tiny-unet', '--steps', '20', '--out', 'p.json', '--json'])\n"
+            "print(json.dumps({'rc': rc, 'heavy': sorted(k for k in ('torch', 'diffusers') if k in sys.modules)}))")
+    out = run([str(installed["python"]), "-c", code], installed["cwd"], installed["env"]).stdout.splitlines()
+    assert json.loads(out[-1]) == {"rc": 0, "heavy": []}
+    assert json.loads(out[0])["blocks"] == 18
+    shipped = json.loads((ROOT / "workbench" / "models" / "tiny-unet" / "policy-meta.json").read_text())
+    assert json.loads((installed["cwd"] / "p.json").read_text())["model"] == shipped["model"]

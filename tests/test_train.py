@@ -203,6 +203,11 @@ def test_training_is_reproducible_from_its_arguments(tmp_path, capsys):
     record = json.loads((tmp_path / "a" / "tiny-dit" / "training.json").read_text())
     assert record == first  # the printed report is what training.json keeps
     assert not list((tmp_path / "a").rglob("*.png"))  # --sample-every 0: not even the final grid
+    from workbench.models import meta
+
+    card, reasons = meta.read(tmp_path / "a" / "tiny-dit")  # written at training time, for `policy make`
+    assert reasons == [] and card["model"] == meta.load("tiny-dit")["model"]
+    assert card["blocks"] == [[f"transformer_blocks.{i}", "dit_block"] for i in range(6)]
 
 
 def test_cosine_schedule_is_recorded_and_changes_the_run(tmp_path, capsys):

@@ -15,11 +15,14 @@ import os
 import sys
 
 from workbench.cli import autofr, bench, engine, models, record
-from workbench.cli.common import UserError, parse_seeds
+from workbench.cli.common import UserError, parse_seeds, quiet_diffusers
 
 __all__ = ["UserError", "build_parser", "main", "parse_seeds"]
 
 LIGHT = ("models", "runs")  # commands that import neither torch nor diffusers
+# Commands that import diffusers only on the paths that need it, and quiet it there (`policy make` from a model's
+# metadata file, `policy validate` without --model and `policy remap` need no diffusers).
+SELF_QUIETED = ("policy",)
 
 # Packages beyond torch + diffusers, and the extra of pyproject.toml that installs each.
 OPTIONAL = {"numpy": "cli", "scipy": "cli", "skimage": "cli", "PIL": "cli", "tqdm": "cli", "zarr": "cli",
@@ -57,14 +60,17 @@ def _strict_json(obj):
 
 def error_line(exc: BaseException, command: str | None = None) -> str:
     """The one line an exception is reported as (without the ``error:`` prefix)."""
-    from frdiff import PolicyError
     from workbench.models.catalog import ModelLoadError
+
+    if isinstance(exc, UserError | ModelLoadError):  # before importing the types below (they import torch)
+        return " ".join(str(exc).split()) or type(exc).__name__
+    from frdiff import PolicyError
     from workbench.record.plan import BudgetError
     from workbench.record.store import StoreError
 
     if isinstance(exc, PolicyError):
         text = "invalid policy: " + "; ".join(getattr(exc, "problems", None) or [str(exc)])
-    elif isinstance(exc, UserError | ModelLoadError | StoreError | BudgetError):
+    elif isinstance(exc, StoreError | BudgetError):
         text = str(exc)
     elif isinstance(exc, ModuleNotFoundError) and OPTIONAL.get((exc.name or "").split(".")[0]):
         extra = OPTIONAL[(exc.name or "").split(".")[0]]
@@ -85,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = debug
     try:
-        if args.command not in LIGHT:  # a listing needs neither torch nor diffusers: it answers at once
-            from diffusers.utils import logging as diffusers_logging
-
-            diffusers_logging.disable_progress_bar()  # the CLI reports progress itself; keep stderr readable
+        if args.command not in LIGHT + SELF_QUIETED:  # a listing needs neither torch nor diffusers: it answers at once
+            quiet_diffusers()  # the CLI reports progress itself; keep stderr readable
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one rank of the job
             from workbench.distributed import run_command
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from workbench.errors import UserError
 
 __all__ = ["UserError", "add_condition_arguments", "check_steps", "conditions_for", "example_call", "file_out",
-           "folder_out", "load_model", "parse_seeds", "prompt_list", "scheduler_arg"]
+           "folder_out", "load_model", "parse_seeds", "prompt_list", "quiet_diffusers", "scheduler_arg"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -68,6 +68,13 @@ def file_out(path: str | None, flag: str = "--out", example: str = "P.json") -> 
     """Refuse an output file that is an existing folder (before any work is done, so nothing is left behind)."""
     if path is not None and Path(path).is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name such as {Path(path) / example}")
+
+
+def quiet_diffusers() -> None:
+    """Turn diffusers' own progress bars off (the CLI reports progress itself; keeps stderr readable)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
 
 def load_model(args: argparse.Namespace):

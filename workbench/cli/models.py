@@ -1,4 +1,4 @@
-"""CLI commands about the models themselves: ``models``, ``sample``, ``train`` and ``blocks``."""
+"""CLI commands about the models themselves: ``models``, ``sample``, ``train``, ``blocks`` and ``meta``."""
 
 from __future__ import annotations
 
@@ -137,6 +137,37 @@ def cmd_blocks(args: argparse.Namespace) -> dict:
     return {"model": args.model, "blocks": rows}
 
 
+def cmd_meta(args: argparse.Namespace) -> dict:
+    """Write (or with ``--check`` compare) the policy metadata of a model folder (:mod:`workbench.models.meta`)."""
+    from workbench.models import meta
+
+    folder = meta.model_folder(args.model)
+    if folder is None:
+        raise UserError(f"meta needs an embedded model or a local diffusers folder, got {args.model!r} (hub models: "
+                        f"download them and pass the folder)")
+    path = folder / meta.FILE
+    if args.check:
+        current, reasons = meta.read(folder)
+        if current is not None:
+            pipe = load_model(argparse.Namespace(model=args.model, device="cpu"))
+            fresh = meta.derive(pipe, folder)
+            if current != fresh:
+                differ = sorted(k for k in set(current) | set(fresh) if current.get(k) != fresh.get(k))
+                reasons = [f"{path} differs from the loaded model in: {', '.join(differ)}"]
+        if reasons:
+            raise UserError(f"the policy metadata of {args.model} is not current ({'; '.join(reasons)}); "
+                            f"rewrite it: python -m workbench meta --model {args.model}")
+        report = {"model": args.model, "file": str(path), "current": True}
+    else:
+        pipe = load_model(argparse.Namespace(model=args.model, device="cpu"))
+        meta.write(folder, pipe)
+        report = {"model": args.model, "file": str(path), "written": True}
+    if not args.json:
+        for k, v in report.items():
+            print(f"{k}: {v}")
+    return report
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("models", help="list the embedded models with parameter counts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -190,3 +221,11 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_blocks)
+
+    p = sub.add_parser("meta", help="write the policy metadata of a model folder (policy-meta.json: what `policy "
+                                    "make` reads instead of loading the model), or --check it")
+    p.add_argument("--model", required=True, help="embedded name or local diffusers folder")
+    p.add_argument("--check", action="store_true",
+                   help="compare the file with the loaded model instead of writing it (exit 2 when not current)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_meta)

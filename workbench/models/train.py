@@ -128,7 +128,8 @@ def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
 
 
 def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:
-    """Train ``cfg.model`` (an embedded diffusion architecture) and save the EMA pipeline in fp16 to ``out_dir``.
+    """Train ``cfg.model`` (an embedded diffusion architecture) and save the EMA pipeline in fp16 to ``out_dir``,
+    with its policy metadata (:mod:`workbench.models.meta`) at the end.
 
     Under torchrun every rank calls this; gradients are averaged across ranks and only rank 0 writes files.
     """
@@ -270,6 +271,9 @@ def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], 
         if cfg.sample_every:
             _sample_grid(ema_pipe, out_dir / f"{cfg.model}-samples-final.png")
         _save(ema_pipe, out_dir / cfg.model, final)
+        from workbench.models import meta
+
+        meta.write(out_dir / cfg.model)  # what `policy make` reads instead of loading the model (issue 21)
     distributed.barrier()
     return final
 
