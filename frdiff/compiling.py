@@ -200,9 +200,11 @@ class StepGraphs:
         key = (phases, self._signature(flat), spec)
         entry = self.graphs.get(key)
         if entry is None:
-            out = fn(*args, **kwargs)  # eager: this step's result; allocates the caches; compiles what it needs
             static = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
             s_args, s_kwargs = tree_unflatten(static, spec)
+            # eager, on the static inputs (a clone can differ in strides from the caller's tensor, so whatever
+            # compiles for them compiles now, not during the capture): this step's result; allocates the caches
+            out = fn(*s_args, **s_kwargs)
             if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
                 graph, s_out = (lambda: fn(*s_args, **s_kwargs)), fn(*s_args, **s_kwargs)
             else:

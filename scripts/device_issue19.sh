@@ -12,14 +12,15 @@ device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
 start=$(date +%s)
 if [ -n "${TESTS:-}" ]; then
-  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
+  timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
   name="gpu-speed-$model-${images//,/-}"
-  timeout "$limit" python3 -m workbench bench gpu-speed --models "$model" --images "$images" --compile regional \
-    --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null 2>"$OUT/$name.log"
+  timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" --compile regional \
+    --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null \
+    2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12

@@ -23,6 +23,7 @@ import torch
 
 import frdiff
 from frdiff import make_preset
+from frdiff.apply import release_step_graphs
 from frdiff.blocks import capture_denoiser_call
 from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
@@ -125,7 +126,6 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     rounds; a peer that raises on entry is reported with its error instead of a time."""
     import random
 
-    from frdiff.apply import release_step_graphs
     from frdiff.compiling import graphs_compiled
 
     den = pipe.denoiser
@@ -328,9 +328,20 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             per_mode = {"eager": eager}
             for m in modes:
                 _log(f"{name}: {n} images, {m}")
-                per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
-                                         backend=backend, images=n)
+                try:
+                    per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
+                                             backend=backend, images=n)
+                except Exception as exc:  # a mode failing at one size is a result; the other modes still run
+                    import traceback
+
+                    _log(traceback.format_exc())
+                    per_mode[m] = [{"variant": "all", "images": n, "mode": m,
+                                    "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
+                    release_step_graphs(pipe)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
             stock = eager[0]["latency_s"]
+            assert eager[0]["variant"] == "none"
             for mode, rows in per_mode.items():
                 for r in rows:
                     r.setdefault("mode", mode)
