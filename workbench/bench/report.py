@@ -98,7 +98,17 @@ def summary_lines(reports: list[tuple[str, dict]]) -> list[str]:
         if rep["suite"] != "gpu-speed" or rep.get("small"):
             continue
         for model, data in rep["models"].items():
-            rows = {r["variant"]: r for r in data["end_to_end"]}
+            graphed = [r for r in rep.get("rows", []) if r["model"] == model and r["mode"] == "step-graphs"
+                       and r["variant"] != "none" and "latency_s" in r]
+            for n in sorted({r["images"] for r in graphed}):
+                mine = [r for r in graphed if r["images"] == n]
+                low = min(mine, key=lambda r: r["measured_over_predicted"])
+                top = max(mine, key=lambda r: r["speedup_vs_eager_stock"])
+                lines.append(f"**{model}**, {n} image(s), step CUDA graphs on {rep['device']} (`{fname}`): FR over "
+                             f"stock in the same mode at {low['measured_over_predicted']:.2f}–"
+                             f"{max(r['measured_over_predicted'] for r in mine):.2f} of the FLOP prediction; "
+                             f"{top['variant']} {top['speedup_vs_eager_stock']:.2f}× eager stock.")
+            rows = {r["variant"]: r for r in data["end_to_end"] if not r.get("peer")}
             best = max((r for r in rows.values() if r["variant"] != "none"), key=lambda r: r["speedup"], default=None)
             if best:
                 lines.append(f"**{model}** on {rep['device']} ({rep['dtype']}, `{fname}`): a reuse step takes "
@@ -229,6 +239,8 @@ def _schedulers_section(fname, rep, rel) -> list[str]:
 
 def _gpu_section(fname, rep, rel) -> list[str]:
     out = [f"## Engine speed on real-size architectures (`{fname}`)", ""] + _provenance(fname, rep, rel) + [""]
+    if rep.get("partial"):
+        out += ["Partial: the run stopped after the rows below (each image count is written when it finishes).", ""]
     for model, data in rep["models"].items():
         out += [f"### {model} ({fmt(data['parameters'] / 1e6)} M parameters)", "",
                 f"Reuse step / full step: measured {fmt(data['reuse_over_full'])}, FLOP prediction "

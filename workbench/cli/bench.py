@@ -25,11 +25,17 @@ BENCH_OPTIONS = {
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
 
 
+def default_models(suite: str) -> str:
+    return "sd15-unet,dit-xl-2" if suite == "gpu-speed" else "tiny-unet,tiny-dit"
+
+
 def bench_command(args: argparse.Namespace, suite: str) -> str:
     """The command line that runs ``suite`` with ``args``' settings, every option spelled out."""
     parts = ["python -m workbench bench", suite]
     for name in BENCH_OPTIONS.get(suite, ["repeats"]):
         value = getattr(args, name, None)
+        if name == "models" and value is None:
+            value = default_models(suite)
         flag = "--" + name.replace("_", "-")
         if value is True:
             parts.append(flag)
@@ -56,8 +62,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
     if suite not in suites:
         raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
     small = bool(args.small)
-    default_models = "sd15-unet,dit-xl-2" if suite == "gpu-speed" else "tiny-unet,tiny-dit"
-    models = tuple(m.strip() for m in (args.models or default_models).split(",") if m.strip())
+    models = tuple(m.strip() for m in (args.models or default_models(suite)).split(",") if m.strip())
     extra: dict = {}
     if suite == "gpu-speed":
         try:
