@@ -107,3 +107,23 @@ def plan_candidates(denoiser: nn.Module, errors: dict[str, dict[tuple[str, str],
                           provenance=prov).check(model_blocks=dict(blocks_kinds)))
     return out
 
+
+
+def warmup_of(pattern: str) -> int:
+    """The warm-up of a pattern name (``"M3+W2"`` → 2)."""
+    return int(pattern.rsplit("+W", 1)[1])
+
+
+def shortlist(ranked: list[Policy], n: int = 3) -> list[Policy]:
+    """The candidates worth running: the ``n`` with the least estimated error and, for every warm-up the first ``n``
+    lack, the best-ranked one with that warm-up. Computing the first steps in full (as TaylorSeer does) is where the
+    estimate misleads most: a forecast's error early in sampling shows in the estimate, the benefit of fresh
+    keyframes behind every later forecast does not."""
+    out = list(ranked[: max(1, n)])
+    have = {warmup_of(p.provenance["pattern"]) for p in out}
+    for p in ranked[len(out):]:
+        w = warmup_of(p.provenance["pattern"])
+        if w not in have:
+            out.append(p)
+            have.add(w)
+    return out

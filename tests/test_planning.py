@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import frdiff
-from frdiff.planning import keyframe_pattern, patterns, plan_candidates, reuse_pattern
+from frdiff.planning import keyframe_pattern, patterns, plan_candidates, reuse_pattern, shortlist
 
 
 def test_patterns():
@@ -63,6 +63,18 @@ def test_policy_from_run_plans_and_picks_the_best_measured_candidate(tmp_path, d
     policy = frdiff.Policy.load(out)
     prov = policy.provenance
     tried = prov["candidates"]
-    assert prov["made_by"] == "plan" and 1 <= len(tried) <= 3 and prov["compute_fraction"] <= 0.5 + 1e-9
+    # the 3 best estimates, plus the best of each warm-up (0, 2, 4) they lack
+    assert prov["made_by"] == "plan" and 1 <= len(tried) <= 5 and prov["compute_fraction"] <= 0.5 + 1e-9
     assert prov["pattern"] == max(tried, key=lambda c: c["psnr"])["pattern"]  # measured, not estimated
     assert all(0 < c["psnr"] <= 100 for c in tried) and prov["validated_on_seeds"] == [1000, 1001]
+
+
+def test_shortlist_adds_the_best_candidate_of_each_missing_warm_up():
+    class P:
+        def __init__(self, pattern):
+            self.provenance = {"pattern": pattern}
+
+    ranked = [P(n) for n in ("M2+W0", "R4+W0", "M3+W0", "M2+W2", "M3+W2", "R3+W4", "M2+W4")]
+    assert [p.provenance["pattern"] for p in shortlist(ranked, 3)] == ["M2+W0", "R4+W0", "M3+W0", "M2+W2", "R3+W4"]
+    assert [p.provenance["pattern"] for p in shortlist(ranked[3:], 2)] == ["M2+W2", "M3+W2", "R3+W4"]
+    assert [p.provenance["pattern"] for p in shortlist(ranked[:2], 3)] == ["M2+W0", "R4+W0"]

@@ -5,7 +5,9 @@
    (:func:`workbench.analysis.predictability.option_errors`).
 2. :func:`frdiff.planning.plan_candidates`: for every pattern that fits the budget, the blocks to compute at every
    step and each other block's best mode, ranked by the summed estimated error.
-3. Run the best few candidates on the recorded seeds next to the full run (:func:`workbench.compare.compare`) and
+3. Run the shortlist (:func:`frdiff.planning.shortlist`: the 3 best estimates and the best of each warm-up — 0, 2 or
+   4 steps computed in full first — they lack) on the recorded seeds next to the full run
+   (:func:`workbench.compare.compare`) and
    keep the one with the highest PSNR: the estimates are per block and cannot see how one block's error propagates
    through the next, so the final choice is measured, not estimated. Those seeds are the recording's, never the
    seeds a benchmark evaluates on.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import frdiff
-from frdiff.planning import patterns, plan_candidates
+from frdiff.planning import patterns, plan_candidates, shortlist
 from workbench.analysis.predictability import option_errors
 
 
@@ -38,19 +40,19 @@ def plan_from_run(pipe, store, target: float, granularity: str = "block", modes=
     scheduler = store.manifest["scheduler"]["name"]
     ranked = plan_candidates(frdiff.denoiser_of(pipe), errors, pats, savings, steps, target, granularity,
                              scheduler=scheduler, provenance={"source": str(store.directory)})
-    shortlist = ranked[: max(1, candidates)]
+    short = shortlist(ranked, candidates)
     tried = [{"pattern": p.provenance["pattern"], "compute_fraction": p.provenance["compute_fraction"],
-              "estimated_error": p.provenance["estimated_error"]} for p in shortlist]
-    if len(shortlist) > 1:
+              "estimated_error": p.provenance["estimated_error"]} for p in short]
+    if len(short) > 1:
         labels, seeds = store.manifest["conditions"], store.manifest["seeds"]
-        res = compare(pipe, [Variant(f"candidate {i}", p) for i, p in enumerate(shortlist)], labels, seeds,
+        res = compare(pipe, [Variant(f"candidate {i}", p) for i, p in enumerate(short)], labels, seeds,
                       steps=steps, scheduler=scheduler, guidance_scale=store.manifest.get("guidance_scale"),
                       progress=progress)
         for row, v in zip(tried, res["variants"], strict=True):
             row["psnr"] = v["psnr"]
-        best = max(range(len(shortlist)), key=lambda i: tried[i]["psnr"])
+        best = max(range(len(short)), key=lambda i: tried[i]["psnr"])
     else:
         best = 0
-    policy = shortlist[best]
+    policy = short[best]
     policy.provenance = {**policy.provenance, "candidates": tried, "validated_on_seeds": store.manifest["seeds"]}
     return policy, {"candidates": tried, "errors": errors}
