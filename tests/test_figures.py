@@ -49,3 +49,23 @@ def test_difference_maps_share_a_scale_from_zero_and_titles_fit():
     spec = figures.spectra_over_time_figure(np.array([[1.0, 10.0, 0.0], [1.0, 100.0, 0.0]]), [999, 499], "x")
     z = np.asarray(spec.data[0].z, dtype=float)
     assert np.isnan(z[2]).all() and z[1].tolist() == [1.0, 2.0]  # empty bins blank, not log10(1e-12)
+
+
+def test_no_heatmap_colour_is_one_streamlit_swaps():
+    """st.plotly_chart's theme swaps the colours #000001–#000040 in the browser for theme colours; Inferno and
+    Magma start at #000004, so their zero showed pink. Every heatmap scale here avoids that range and keeps the
+    named scale's look (the zero colour one unit of green away)."""
+    import re
+
+    import plotly.colors as pc
+
+    placeholder = re.compile(r"^#0000[0-9]{2}$")
+    assert pc.get_colorscale("Inferno")[0][1] == "#000004"  # the collision this guards against
+    img = np.zeros((8, 8, 3))
+    grid = figures.image_grid({"reference": img, "M=2": img + 0.5}, reference="reference")
+    spec = figures.spectra_over_time_figure(np.array([[1.0, 10.0, 0.0], [1.0, 100.0, 0.0]]), [999, 499], "x")
+    heat = figures.blocks_steps_heatmap(np.ones((2, 3)), ["a", "b"], [999, 500, 1])
+    scales = [d.colorscale for fig in (grid, spec, heat) for d in fig.data if d.type == "heatmap"]
+    assert scales and all(not placeholder.match(c) for scale in scales for _, c in scale)
+    zero = grid.data[[d.type for d in grid.data].index("heatmap")].colorscale[0][1]
+    assert zero == "#000104"  # Inferno's black, not a theme colour

@@ -5,12 +5,26 @@ Time axes show the step index (0 = noisiest) and the timestep; block names are t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 _FONT = dict(size=16)
+_THEME_PLACEHOLDER = re.compile(r"^#0000[0-9]{2}$")
+
+
+def colour_scale(name: str) -> list[list]:
+    """Plotly's named colour scale as ``[position, colour]`` pairs, safe under Streamlit's chart theme.
+
+    ``st.plotly_chart``'s theme sends placeholder colours ``#000001``–``#000040`` to the browser, which swaps them
+    for theme colours, and Inferno and Magma start at ``#000004``: their zero showed as Streamlit pink (a zero
+    difference map read as high error). A colour in that range is moved by one unit of green (``#000104``), which
+    nobody can see and the browser leaves alone."""
+    import plotly.colors as pc
+
+    return [[pos, "#0001" + c[5:] if _THEME_PLACEHOLDER.match(c) else c] for pos, c in pc.get_colorscale(name)]
 
 
 def _step_ticks(timesteps: Sequence[int], every: int | None = None) -> dict:
@@ -26,7 +40,7 @@ def blocks_steps_heatmap(values: np.ndarray, blocks: Sequence[str], timesteps: S
                          metric: str = "cosine") -> go.Figure:
     """Blocks × steps heatmap of an adjacent-step metric (``values``: [blocks, steps])."""
     fig = go.Figure(go.Heatmap(
-        z=values, x=list(range(len(timesteps))), y=list(blocks), colorscale="Viridis",
+        z=values, x=list(range(len(timesteps))), y=list(blocks), colorscale=colour_scale("Viridis"),
         colorbar=dict(title=metric), customdata=np.broadcast_to(np.asarray(timesteps), np.shape(values)),
         hovertemplate="block %{y}<br>step %{x} (t=%{customdata})<br>" + metric + " %{z:.4f}<extra></extra>",
     ))
@@ -44,7 +58,8 @@ def predictability_heatmap(error: np.ndarray, blocks: Sequence[str], timesteps: 
     z = np.asarray(error, dtype=float)
     top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(len(timesteps))), y=list(blocks), colorscale="Viridis", zmin=0.0, zmax=max(top, 1e-9),
+        z=z, x=list(range(len(timesteps))), y=list(blocks), colorscale=colour_scale("Viridis"), zmin=0.0,
+        zmax=max(top, 1e-9),
         colorbar=dict(title="relative error"), customdata=np.broadcast_to(np.asarray(timesteps), z.shape),
         hovertemplate="block %{y}<br>step %{x} (t=%{customdata})<br>error %{z:.4f}<extra></extra>",
     ))
@@ -71,7 +86,7 @@ def predictability_curves(errors: dict[str, np.ndarray], timesteps: Sequence[int
 
 def steps_matrix(matrix: np.ndarray, timesteps: Sequence[int], block: str, metric: str = "cosine") -> go.Figure:
     """Steps × steps similarity matrix of one block (``matrix``: [steps, steps])."""
-    fig = go.Figure(go.Heatmap(z=matrix, colorscale="Viridis", colorbar=dict(title=metric),
+    fig = go.Figure(go.Heatmap(z=matrix, colorscale=colour_scale("Viridis"), colorbar=dict(title=metric),
                                hovertemplate="step %{y} vs %{x}: %{z:.4f}<extra></extra>"))
     ticks = _step_ticks(timesteps)
     fig.update_layout(title=f"{block}: {metric} between steps", font=_FONT, xaxis=ticks,
@@ -101,7 +116,7 @@ def spectra_over_time_figure(spectra: np.ndarray, timesteps: Sequence[int], titl
     the Nyquist frequency of pooled maps) are left blank instead of stretching the scale to log10(0)."""
     power = np.asarray(spectra, dtype=float).T
     z = np.where(power > 0, np.log10(np.where(power > 0, power, 1.0)), np.nan)
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Magma", colorbar=dict(title="log10 power"),
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colour_scale("Magma"), colorbar=dict(title="log10 power"),
                                hovertemplate="step %{x}<br>frequency %{y}<br>log10 power %{z:.2f}<extra></extra>"))
     fig.update_layout(title=title, font=_FONT, xaxis=_step_ticks(timesteps), xaxis_title="step (timestep)",
                       yaxis_title="radial frequency (cycles / image)")
@@ -161,7 +176,8 @@ def image_grid(images: dict[str, np.ndarray], reference: str | None = None) -> g
         img = np.clip(np.asarray(images[name]), 0, 1)
         fig.add_trace(go.Image(z=(img * 255).astype(np.uint8)), row=1, col=j)
         if reference:
-            fig.add_trace(go.Heatmap(z=diffs[name], colorscale="Inferno", zmin=0, zmax=top, showscale=j == len(names),
+            fig.add_trace(go.Heatmap(z=diffs[name], colorscale=colour_scale("Inferno"), zmin=0, zmax=top,
+                                     showscale=j == len(names),
                                      colorbar=dict(title="|difference|<br>(0–1)", len=0.45, y=0.22)),
                           row=2, col=j)
     fig.update_xaxes(showticklabels=False)
