@@ -204,6 +204,9 @@ class _StepHook(ModelHook):
             return self.wrap(self._eps_key(self.eps[0][0]))
         before = self.state.reused
         if self.step_graphs is not None:  # the phases are the mask's (step 0 is every block's keyframe)
+            if s == 0 and self.step_graphs.start_run(args, kwargs):
+                for h in self.state.hooks:  # new shapes: new buffers, allocated by this run's first keyframe
+                    h.cache = None
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
             out = self.step_graphs(phases, self.fn_ref.original_forward, args, kwargs)
             self.report.block_reuses += phases.count(False)  # a replay runs no Python: counted from the phases

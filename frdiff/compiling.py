@@ -187,6 +187,21 @@ class StepGraphs:
         self.graphs: dict = {}
         self.captures = 0  # configurations captured so far (a run after warm-up captures none)
         self.buffers: list | None = None  # the blocks' cache buffers the graphs were captured with
+        self.inputs: tuple | None = None  # the input signature the buffers were made for
+
+    def start_run(self, args: tuple, kwargs: dict) -> bool:
+        """At a run's first step: whether the inputs' shapes differ from those the graphs and buffers were made for;
+        if so the graphs are dropped (the caller drops the buffers) and this run captures afresh."""
+        from torch.utils._pytree import tree_flatten
+
+        flat, spec = tree_flatten((args, kwargs))
+        sig = (self._signature(flat), spec)
+        changed = self.inputs is not None and sig != self.inputs
+        if changed:
+            self.graphs.clear()
+            self.buffers = None
+        self.inputs = sig
+        return changed
 
     @staticmethod
     def _signature(flat) -> tuple:

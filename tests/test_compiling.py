@@ -222,6 +222,30 @@ def test_step_graphs_replay_the_eager_run_from_static_buffers(make, compile, gra
     assert "_frdiff_step_graphs" not in den.__dict__ and attached_hooks(den) == []
 
 
+def test_step_graphs_capture_afresh_when_the_batch_changes(fake_step_graphs):
+    """The same policy at another batch size: its graphs and cache buffers are made again (a buffer of the old
+    batch would be broadcast into silently), and the output equals the eager run at that size."""
+    den = _dit()
+    policy = _policy(den, "hold", "feature", mix=True)
+    call = _call(den)
+    with torch.no_grad():
+        (ref,), _ = _runs(den, policy, rounds=1)
+        torch.manual_seed(2)
+        x1, y1 = torch.randn(1, 4, 8, 8), torch.tensor([3])
+        t1 = [torch.tensor([900 - 150 * s]) for s in range(STEPS)]
+        with frdiff.apply(den, policy, check_model=False):
+            ref1 = torch.stack([den(x1, timestep=t1[s], class_labels=y1).sample for s in range(STEPS)])
+        got, reports = [], []
+        for one in (False, True, False):
+            with frdiff.apply(den, policy, check_model=False, cuda_graphs="step") as run:
+                got.append(torch.stack([den(x1, timestep=t1[s], class_labels=y1).sample if one else call(s)
+                                        for s in range(STEPS)]))
+            reports.append(run.report().captures_per_run)
+    assert torch.equal(got[0], ref) and torch.equal(got[1], ref1) and torch.equal(got[2], ref)
+    assert reports == [[2], [2], [2]]  # each change of batch captures again
+    frdiff.release_step_graphs(den)
+
+
 def test_step_graphs_refuse_forecasts_and_need_cuda(fake_step_graphs):
     den = _dit()
     with pytest.raises(ValueError, match="captures hold reuse only"):
