@@ -297,13 +297,13 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     state = ReuseState(policy.keyframes, orders=[ORDERS[m] for m in policy.reuse],
                        cache_dtype=getattr(torch, policy.cache_dtype) if policy.cache_dtype else None)
     attached: list[tuple[nn.Module, str]] = []
+    graphs: StepGraphs | None = None
     start = time.perf_counter()
     try:
         step_hook = _StepHook(policy, state, pipe, threading.get_ident(), run._report)
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
         idle = [not r for r in policy.reusing_blocks()]  # never reused at a called step: no hook, no cache
-        graphs = None
         if graph_mode == "step":
             state.static_cache = True
             graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake)
@@ -318,6 +318,13 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
             for hook, cache in zip(state.hooks, graphs.buffers, strict=True):
                 hook.cache = cache
         yield run
+    except BaseException:
+        if graphs is not None:  # a run broken off mid-capture or mid-step: nothing of it is kept
+            kept = denoiser.__dict__.get("_frdiff_step_graphs", {})
+            for key in [k for k, g in kept.items() if g is graphs]:
+                del kept[key]
+            graphs = None
+        raise
     finally:
         if graphs is not None:
             graphs.buffers = [hook.cache for hook in state.hooks]

@@ -246,6 +246,20 @@ def test_step_graphs_capture_afresh_when_the_batch_changes(fake_step_graphs):
     frdiff.release_step_graphs(den)
 
 
+def test_step_graphs_of_a_broken_run_are_dropped(fake_step_graphs):
+    den = _dit()
+    policy = _policy(den)
+    call = _call(den)
+    with pytest.raises(KeyboardInterrupt), torch.no_grad(), frdiff.apply(den, policy, check_model=False,
+                                                                            cuda_graphs="step"):
+        call(0), call(1)
+        raise KeyboardInterrupt  # a user stopping the run between steps
+    assert den.__dict__["_frdiff_step_graphs"] == {} and attached_hooks(den) == []
+    outs, reports = _rounds_in_separate_applies(den, policy, rounds=2, cuda_graphs="step")
+    (ref,), _ = _runs(den, policy, rounds=1)
+    assert all(torch.equal(o, ref) for o in outs) and reports[0].captures_per_run == [2]
+
+
 def test_step_graphs_refuse_forecasts_and_need_cuda(fake_step_graphs):
     den = _dit()
     with pytest.raises(ValueError, match="captures hold reuse only"):
