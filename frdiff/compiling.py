@@ -223,10 +223,12 @@ class StepGraphs:
             if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
                 graph, s_out = (lambda: fn(*s_args, **s_kwargs)), fn(*s_args, **s_kwargs)
             else:
+                device = next(t.device for t in static if isinstance(t, torch.Tensor) and t.is_cuda)
                 graph = torch.cuda.CUDAGraph()
-                torch.cuda.synchronize()
-                with torch.cuda.graph(graph):
-                    s_out = fn(*s_args, **s_kwargs)
+                with torch.cuda.device(device):  # the capture stream is the model's device's, not device 0's
+                    torch.cuda.synchronize()
+                    with torch.cuda.graph(graph):
+                        s_out = fn(*s_args, **s_kwargs)
             self.graphs[key] = (graph, static, s_out)
             self.captures += 1
             return out
