@@ -159,6 +159,10 @@ def test_cli_refuses_cuda_graphs_without_compile(capsys):
     assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
                  "--cuda-graphs"]) != 0
     assert "--cuda-graphs blocks needs --compile regional" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
+                     "--cuda-graphs", "step"]) != 0
+        assert capsys.readouterr().err.strip() == "error: --cuda-graphs needs a CUDA device; this run is on cpu"
 
 
 def test_identical_blocks_share_their_graphs():

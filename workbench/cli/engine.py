@@ -230,6 +230,12 @@ def cmd_run(args: argparse.Namespace) -> dict:
     if args.cuda_graphs == "blocks" and args.compile == "off":
         raise UserError("--cuda-graphs blocks needs --compile regional (the graphs it captures are the compiled "
                         "blocks); --cuda-graphs step captures whole steps with or without it")
+    if args.cuda_graphs:
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not str(device).startswith("cuda"):
+            raise UserError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
     folder_out(args.out)
     if (args.policy is None) == (args.preset is None):
         raise UserError("give exactly one of --policy P.json or --preset NAME")
