@@ -23,7 +23,6 @@ import torch
 
 import frdiff
 from frdiff import make_preset
-from frdiff.apply import release_step_graphs
 from frdiff.blocks import capture_denoiser_call
 from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 
@@ -144,7 +143,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         policy = policies.get(label)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        graphs = graphs_compiled() + _captures(pipe) if kwargs else 0
+        graphs = graphs_compiled() if kwargs else 0
+        captured = 0
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
 
@@ -170,12 +170,12 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
             elapsed = _timed(call, device)
             kinds = ["full"] * steps
         else:
-            with frdiff.apply(pipe, policy, **kwargs):
+            with frdiff.apply(pipe, policy, **kwargs) as applied:
                 elapsed = _timed(call, device)
             kinds = policy.step_kinds()
+            captured = sum(applied.report().captures_per_run)
         if timed:
-            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() + _captures(pipe) - graphs
-                                                            if kwargs else 0)
+            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs + captured if kwargs else 0)
             if device.type == "cuda":
                 peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
         if timed and len(events) == steps + 1:
@@ -200,7 +200,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
             times[label].append(run(label))
     ref = statistics.median(times["none"])
 
-    release_step_graphs(pipe)  # the next mode or image count captures its own
+    frdiff.release_step_graphs(pipe)  # the next mode or image count captures its own
 
     def in_situ(label):
         return {k: statistics.median(v) for k, v in per_step[label].items()} if per_step[label] else None
@@ -245,30 +245,21 @@ def _log(what: str) -> None:
     print(f"[gpu-speed {time.perf_counter() - _T0:7.1f} s] {what}", file=sys.stderr, flush=True)
 
 
-def speed_peers(pipe) -> dict:
-    """The peers timed next to FRDiff in ``gpu-speed`` (eager; their hooks decide per step in Python): the published
-    DeepCache package at N = 2, 3 (UNets), diffusers' FirstBlockCache (τ = 0.1) and TaylorSeer (interval 2, 3)."""
-    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+SPEED_PEERS = ("FirstBlockCache τ=0.1", "TaylorSeer interval 2", "TaylorSeer interval 3")
 
-    from workbench.bench.peers import deepcache_package, deepcache_peer, diffusers_cache_peer
+
+def speed_peers(pipe, steps: int) -> dict:
+    """The peers timed next to FRDiff in ``gpu-speed`` (eager; their hooks decide per step in Python): the published
+    DeepCache package at N = 2, 3 (UNets) and, of the quality benchmarks' diffusers caches
+    (:func:`workbench.bench.peers.peer_candidates`, the same settings), :data:`SPEED_PEERS`."""
+    from workbench.bench.peers import deepcache_package, deepcache_peer, peer_candidates
 
     out = {}
     helper, version = deepcache_package()
     if helper is not None and getattr(pipe, "unet", None) is not None:
         out.update({f"DeepCache {version} N={n}": deepcache_peer(helper, n) for n in (2, 3)})
-    out["FirstBlockCache τ=0.1"] = diffusers_cache_peer("apply_first_block_cache",
-                                                        lambda _t: FirstBlockCacheConfig(0.1))
-    for k in (2, 3):
-        out[f"TaylorSeer interval {k}"] = diffusers_cache_peer("apply_taylorseer_cache", lambda _t, k=k: (
-            TaylorSeerCacheConfig(cache_interval=k, disable_cache_before_step=2, taylor_factors_dtype=torch.float32,
-                                  cache_identifiers=[r"(.*\.)?transformer_blocks\.\d+"])))
+    out.update({name: peer for name, _, _, peer in peer_candidates(pipe, steps) if name in SPEED_PEERS})
     return out
-
-
-def _captures(pipe) -> int:
-    """Whole-step CUDA graphs captured so far on ``pipe``'s denoiser (``cuda_graphs="step"``)."""
-    kept = pipe.denoiser.__dict__.get("_frdiff_step_graphs", {})
-    return sum(g.captures for g in kept.values())
 
 
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
@@ -324,7 +315,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         for n in images:
             _log(f"{name}: {n} images, eager")
             eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,
-                               peers=speed_peers(pipe) if peers else None)
+                               peers=speed_peers(pipe, steps) if peers else None)
             per_mode = {"eager": eager}
             for m in modes:
                 _log(f"{name}: {n} images, {m}")
@@ -337,7 +328,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     _log(traceback.format_exc())
                     per_mode[m] = [{"variant": "all", "images": n, "mode": m,
                                     "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
-                    release_step_graphs(pipe)
+                    frdiff.release_step_graphs(pipe)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
             stock = eager[0]["latency_s"]
