@@ -14,7 +14,8 @@ import torch
 from workbench.conditions import Options, call_kwargs, images_of, takes_prompts
 from workbench.models.schedulers import scheduler_swapped
 
-NOT_AVAILABLE = "not available for this model (the shape classifier judges the shipped class-conditional models)"
+NOT_AVAILABLE = ("not available for this model (the shape classifier judges the shipped class-conditional models, "
+                 "the scene judge tiny-sd's scene captions)")
 
 
 @dataclass
@@ -68,12 +69,23 @@ def _sample_batches(pipe, labels, seeds, steps, guidance_scale, batch_size, prog
 
 
 def judge(result: SampleResult, fd_min_samples: int = 64) -> dict:
-    """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes; for prompts (no
-    classifier for them) ``class_accuracy`` is ``None`` and ``class_metrics`` says why."""
+    """Class accuracy of the samples and, with at least ``fd_min_samples`` of them, FD-shapes.
+
+    Prompts: when every prompt is a scene caption (tiny-sd's grammar) and the images are 64×64, the scene judge
+    gives ``prompt_adherence`` (all four attributes right), each attribute's agreement and FD-scenes; the same
+    adherence is reported as ``class_accuracy`` (the "class" of a scene is its whole caption), so the tables that
+    compare class accuracy compare it. Other prompts: ``class_accuracy`` is ``None`` and ``class_metrics`` says
+    why."""
     from workbench.models.classifier import class_accuracy, fd_shapes
 
     if any(isinstance(c, str) for c in result.labels):
-        return {"class_accuracy": None, "class_metrics": NOT_AVAILABLE}
+        from workbench.models.scene_judge import judge_scenes
+
+        scenes = judge_scenes(result.images, [str(c) for c in result.labels], fd_min_samples)
+        if scenes is None:
+            return {"class_accuracy": None, "class_metrics": NOT_AVAILABLE}
+        return {"class_accuracy": scenes["prompt_adherence"], "class_metrics": "scene judge: prompt adherence",
+                **scenes}
     metrics = {"class_accuracy": class_accuracy(result.images, result.labels)}
     if len(result.labels) >= fd_min_samples:
         metrics["fd_shapes"] = fd_shapes(result.images, result.labels)

@@ -96,8 +96,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
                           ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight)
     except ValueError as exc:
         distributed.refuse(str(exc))
-    if cfg.model == "shape-classifier" and distributed.is_distributed():
-        distributed.refuse("the shape classifier trains in one process; run it without torchrun")
+    if cfg.model in ("shape-classifier", "scene-judge", "tiny-sd") and distributed.is_distributed():
+        distributed.refuse(f"{cfg.model} trains in one process; run it without torchrun")
     out = Path(args.out)
     from tqdm.auto import tqdm
 
@@ -111,6 +111,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
     try:
         if args.model == "shape-classifier":
             record = train_classifier(cfg, out, progress=show)
+        elif args.model == "scene-judge":
+            from workbench.models.scene_judge import train_scene_judge
+
+            record = train_scene_judge(cfg, out, progress=show)
+        elif args.model == "tiny-sd":
+            from workbench.models.tiny_sd import train_tiny_sd
+
+            record = train_tiny_sd(cfg, out, vae_minutes=args.vae_minutes, progress=show)
         else:
             record = train_diffusion(cfg, out, progress=show)
     finally:
@@ -118,6 +126,18 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if not args.json:
         print(json.dumps(record, indent=2))
     return record
+
+
+def cmd_scenes(args: argparse.Namespace) -> dict:
+    """Print evaluation captions of the scene grammar, one per line (the prompts tiny-sd is judged on)."""
+    from workbench.models.scenes import eval_prompts
+
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise UserError(f"--n must lie in 1..{MAX_SAMPLES}")
+    prompts = eval_prompts(args.n, args.seed)
+    if not args.json:
+        print("\n".join(prompts))
+    return {"prompts": prompts, "n": args.n, "seed": args.seed}
 
 
 def cmd_blocks(args: argparse.Namespace) -> dict:
@@ -190,7 +210,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train", help="train an embedded model or the shape classifier (CUDA when present)")
-    p.add_argument("--model", required=True, choices=["tiny-unet", "tiny-dit", "shape-classifier"])
+    p.add_argument("--model", required=True,
+                   choices=["tiny-unet", "tiny-dit", "tiny-sd", "shape-classifier", "scene-judge"])
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=256, help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
@@ -212,9 +233,18 @@ def add_commands(sub) -> None:
     p.add_argument("--teacher", default=None, help="pipeline (embedded name or folder) to distil from")
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="share of the teacher's predicted noise in the target, 0-1 (needs --teacher)")
+    p.add_argument("--vae-minutes", type=float, default=2.0,
+                   help="tiny-sd: minutes of the VAE stage before the text encoder and UNet (skipped with --init-from)")
     p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("scenes", help="print N scene captions (tiny-sd's evaluation prompts: shape i mod 6, the "
+                                      "other attributes drawn from --seed), one per line, for --prompts-file")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_scenes)
 
     p = sub.add_parser("blocks", help="table of the denoiser's hookable blocks with shapes and FLOP shares")
     p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")

@@ -25,7 +25,7 @@ class ModelSpec:
     """An embedded model: its name, architecture and the denoiser config it is built from."""
 
     name: str
-    architecture: str  # "unet" or "dit"
+    architecture: str  # "unet" or "dit" (class-conditional ShapesPipeline), "sd" (a StableDiffusionPipeline folder)
     description: str
     denoiser_config: dict
     class_tokens: int = 4  # UNet only: tokens per class for cross-attention
@@ -67,7 +67,19 @@ TINY_DIT = ModelSpec(
         num_embeds_ada_norm=len(CLASSES),
     ),
 )
-EMBEDDED: dict[str, ModelSpec] = {s.name: s for s in (TINY_UNET, TINY_DIT)}
+# A text-to-image model of SD's own kind: its configs live in workbench/models/tiny_sd.py (which needs torch); the
+# folder is a stock StableDiffusionPipeline (issue 20).
+TINY_SD = ModelSpec(
+    name="tiny-sd",
+    architecture="sd",
+    description="StableDiffusionPipeline in miniature: AutoencoderKL (64 px → 4×16×16 latents), CLIPTextModel, "
+    "UNet2DConditionModel with SD's block types; prompts like 'a red star at the top left on a blue background'.",
+    denoiser_config={},
+    default_guidance_scale=7.5,  # StableDiffusionPipeline's own default; nothing in the folder changes it
+)
+EMBEDDED: dict[str, ModelSpec] = {s.name: s for s in (TINY_UNET, TINY_DIT, TINY_SD)}
+CLASS_CONDITIONAL: tuple[str, ...] = tuple(s.name for s in EMBEDDED.values() if s.architecture != "sd")
+SCENE_JUDGE_NAME = "scene-judge"
 
 
 def embedded_path(name: str) -> Path:
@@ -92,10 +104,12 @@ def list_models() -> list[dict]:
 
 
 def count_parameters(name: str) -> int | None:
-    """Parameters of an embedded model's trained components, summed from their safetensors headers (the 8-byte
-    header length, then the JSON that lists each tensor's shape); ``None`` when its weights are missing."""
+    """Parameters of an embedded model's trained components (denoiser, class or text encoder, VAE), summed from
+    their safetensors headers (the 8-byte header length, then the JSON that lists each tensor's shape); ``None``
+    when its weights are missing."""
     folder = embedded_path(name)
-    files = [folder / c / "diffusion_pytorch_model.safetensors" for c in ("unet", "transformer", "class_encoder")]
+    files = [folder / c / f for c in ("unet", "transformer", "class_encoder", "text_encoder", "vae")
+             for f in ("diffusion_pytorch_model.safetensors", "model.safetensors")]
     files = [f for f in files if f.exists()]
     return sum(safetensors_parameters(f) for f in files) if files else None
 

@@ -57,6 +57,13 @@ def default_scheduler() -> DDIMScheduler:
 def build_pipeline(name: str, seed: int = 0) -> ShapesPipeline:
     """A randomly initialised pipeline of an embedded architecture (what training starts from)."""
     spec = _spec(name)
+    if spec.architecture == "sd":
+        import tempfile
+
+        from workbench.models.tiny_sd import build_tiny_sd
+
+        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's files are read into memory
+            return build_tiny_sd(Path(tmp), seed=seed)
     torch.manual_seed(seed)
     if spec.architecture == "unet":
         unet = UNet2DConditionModel(**spec.denoiser_config)
