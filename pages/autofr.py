@@ -4,6 +4,7 @@ import streamlit as st
 
 from workbench.app import autofr as app_autofr
 from workbench.app import policy as app_policy
+from workbench.app import runs as app_runs
 from workbench.app.state import cached_savings, load_model, readable_errors
 from workbench.models.zoo import EMBEDDED
 
@@ -27,6 +28,11 @@ reuse = c7.selectbox("Reuse", ["hold", "taylor1", "taylor2"], key="autofr_reuse"
 train_images = int(c8.number_input("Training images", 1, 64, 4, key="autofr_train"))
 batch = int(c9.number_input("Images per iteration", 1, 16, 2, key="autofr_batch"))
 pipe = load_model(model)
+prompts = None
+if not app_runs.is_class_pipeline(pipe):  # text-to-image: the training images' prompts, cycled over the seeds
+    text = st.text_area("Prompts (one per line, cycled over the training images)",
+                        "\n".join(app_runs.example_prompts(pipe, 4)), key="autofr_prompts")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
 
 if st.button("Learn", type="primary", key="autofr_run"):
     best: dict = {}
@@ -45,7 +51,8 @@ if st.button("Learn", type="primary", key="autofr_run"):
 
     with readable_errors("Auto-FR"):
         result = app_autofr.learn(pipe, steps, target, gates, granularity, reuse, iterations, train_images, batch,
-                                  savings=cached_savings(model), progress=show, best=best, model_name=model)
+                                  savings=cached_savings(model), progress=show, best=best, model_name=model,
+                                  prompts=prompts)
     bar.empty()
     st.session_state["autofr_result"] = result.policy
 

@@ -30,8 +30,8 @@ options = None
 if class_model:
     classes = c1.multiselect("Classes (cycled over the images)", names, default=[names[-1]], key="compare_classes")
 else:  # a text-to-image pipeline: prompts cycled over the images, its own size and scheduler by default
-    text = c1.text_area("Prompts (one per line, cycled over the images)", "a photograph of an astronaut riding a "
-                        "horse", key="compare_prompts")
+    text = c1.text_area("Prompts (one per line, cycled over the images)", "\n".join(app_runs.example_prompts(pipe, 2)),
+                        key="compare_prompts")
     classes = [line.strip() for line in text.splitlines() if line.strip()]
     o1, o2, o3 = st.columns([2, 1, 1])
     negative = o1.text_input("Negative prompt", "", key="compare_negative")

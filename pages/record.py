@@ -28,7 +28,7 @@ if class_model:
     cls = c1.selectbox("Class", app_runs.class_names(pipe), index=0, key="record_class")
     prompt = None
 else:
-    prompt = c1.text_input("Prompt", "a photograph of an astronaut riding a horse", key="record_prompt")
+    prompt = c1.text_input("Prompt", app_runs.example_prompts(pipe)[0], key="record_prompt")
     cls = None
 sched_names = [s for s in SCHEDULERS if s != "ddpm"]
 scheduler = c2.selectbox("Scheduler", sched_names, key="record_scheduler")

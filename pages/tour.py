@@ -1,4 +1,5 @@
-"""Tour: temporal redundancy in three live steps on the shipped tiny-unet (for teaching; large figures)."""
+"""Tour: temporal redundancy in three live steps on a shipped model — tiny-unet with a class, or tiny-sd with a
+prompt (for teaching; large figures)."""
 
 import streamlit as st
 
@@ -11,23 +12,39 @@ from workbench.app.state import DEFAULT_MODEL, load_model, readable_errors  # no
 from workbench.figures import blocks_steps_heatmap, error_spectra_figure, image_grid  # noqa: E402
 from workbench.models.data import CLASSES  # noqa: E402
 
+TOUR_MODELS = [DEFAULT_MODEL, "tiny-sd"]
+
 STEPS = ["1 · Watch an image form", "2 · Adjacent steps barely change", "3 · Reuse instead of recompute"]
 
 with st.expander("Settings (the defaults work)"):
-    c1, c2, c3, c4 = st.columns(4)
-    cls = c1.selectbox("Class", list(CLASSES), index=CLASSES.index("star"), key="tour_class")
+    c0, c1, c2, c3, c4 = st.columns([1, 2, 1, 1, 1])
+    model = c0.selectbox("Model", TOUR_MODELS, key="tour_model",
+                         help="tiny-unet: class-conditional, pixel space; tiny-sd: Stable Diffusion's kind — a prompt, "
+                              "a text encoder, a UNet on VAE latents")
+    if model == "tiny-sd":
+        label = c1.text_input("Prompt", "a red star at the top left on a blue background", key="tour_prompt",
+                              help="shape, colour, position and background from the scenes it was trained on")
+    else:
+        cls = c1.selectbox("Class", list(CLASSES), index=CLASSES.index("star"), key="tour_class")
+        label = CLASSES.index(cls)
     steps = c2.slider("Sampling steps", 4, 50, 30, key="tour_steps")
     images = c3.slider("Images in the comparison", 1, 8, 4, key="tour_images")
     seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="tour_seed")
-label = CLASSES.index(cls)
 step = st.radio("Step", STEPS, horizontal=True, key="tour_step", label_visibility="collapsed")
-pipe = load_model(DEFAULT_MODEL)
+if st.session_state.get("tour_results_model") != model:  # results of the other model are not this one's
+    for key in ("tour_x0", "tour_heatmap", "tour_compare_result"):
+        st.session_state.pop(key, None)
+    st.session_state["tour_results_model"] = model
+pipe = load_model(model)
 
 if step == STEPS[0]:
     st.markdown(
         f"A diffusion model starts from pure noise and removes a little of it at each of **{steps} steps**. At every "
         "step its network also predicts what the clean image will be (x̂0). Watch that prediction: the big "
         "shapes settle within the first few steps, and after that each step changes very little."
+        + (" tiny-sd works like Stable Diffusion: the prompt is encoded once by a text encoder, the UNet denoises a "
+           "small latent (4×16×16), and the VAE decodes each x̂0 to the 64×64 image shown." if model == "tiny-sd"
+           else "")
     )
     if st.button("Sample and watch", type="primary", key="tour_watch"):
         live, caption = st.empty(), st.empty()
@@ -59,7 +76,7 @@ elif step == STEPS[1]:
         bar = st.progress(0.0, text="recording…")
         with readable_errors("Recording"):
             st.session_state["tour_heatmap"] = app_runs.quick_heatmap(
-                pipe, DEFAULT_MODEL, label, [int(seed), int(seed) + 1], steps,
+                pipe, model, label, [int(seed), int(seed) + 1], steps,
                 progress=lambda d, n: bar.progress(d / n, text=f"step {d} of {n}"))
         bar.empty()
     heat = st.session_state.get("tour_heatmap")

@@ -66,6 +66,28 @@ def test_tour_runs_its_three_live_steps():
     assert len(at.metric) == 4 and all(m.value.endswith("dB") for m in at.metric)
 
 
+def test_tour_shows_a_prompt_becoming_an_image_on_tiny_sd():
+    at = open_page("tour")
+    at.selectbox(key="tour_model").set_value("tiny-sd").run()
+    ok(at)
+    assert at.text_input(key="tour_prompt").value == "a red star at the top left on a blue background"
+    at.slider(key="tour_steps").set_value(4)
+    at.slider(key="tour_images").set_value(1)
+    at.button(key="tour_watch").click().run()
+    ok(at)
+    x0 = at.session_state["tour_x0"]
+    assert x0["x0"].shape == (4, 64, 64, 3) and x0["image"].shape == (64, 64, 3)  # decoded by the VAE
+    assert any("text encoder" in m.value for m in at.markdown)
+
+    at.radio(key="tour_step").set_value("2 · Adjacent steps barely change").run()
+    at.button(key="tour_record").click().run()
+    ok(at)
+    assert at.session_state["tour_heatmap"]["cosine"].shape[1] == 4
+    at.selectbox(key="tour_model").set_value("tiny-unet").run()  # another model: the shown results go
+    ok(at)
+    assert "tour_heatmap" not in at.session_state and "tour_x0" not in at.session_state
+
+
 def test_record_then_browse_similarity_frequency_and_delete(folders):
     at = open_page("record")
     at.number_input(key="record_steps").set_value(4)

@@ -3,12 +3,12 @@ import time
 
 import pytest
 
-from workbench.models.catalog import count_parameters
-from workbench.models.zoo import EMBEDDED, ModelLoadError, build_pipeline, embedded_path, load_pipeline
+from workbench.models.catalog import CLASS_CONDITIONAL, count_parameters
+from workbench.models.zoo import ModelLoadError, build_pipeline, embedded_path, load_pipeline
 
 
-def test_embedded_models_are_small_enough():
-    for name in EMBEDDED:
+def test_embedded_models_are_small_enough():  # tiny-sd: tests/test_tiny_sd.py (each weights file ≤ 8 MB)
+    for name in CLASS_CONDITIONAL:
         assert count_parameters(name) <= 8_000_000
         pipe = build_pipeline(name)  # the count read from the weights' headers is the architecture's
         built = sum(p.numel() for m in (pipe.denoiser, pipe.class_encoder) if m is not None for p in m.parameters())

@@ -20,9 +20,10 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", granulari
           reuse: str = "hold", iterations: int = 10,
           train_images: int = 4, batch_size: int = 2, savings: dict | None = None,
           progress: Callable[[dict], None] | None = None, cancel: Callable[[], bool] | None = None,
-          best: dict | None = None, model_name: str | None = None):
-    """Run Auto-FR; ``best`` (a dict) is updated in place with ``{"mask", "iteration", "compute_fraction"}``
-    whenever an iteration's hard mask meets the target. Returns the :class:`frdiff.autofr.AutoFRResult`."""
+          best: dict | None = None, model_name: str | None = None, prompts: list[str] | None = None):
+    """Run Auto-FR (``prompts``: a text-to-image pipeline's, cycled over the training images); ``best`` (a dict) is
+    updated in place with ``{"mask", "iteration", "compute_fraction"}`` whenever an iteration's hard mask meets the
+    target. Returns the :class:`frdiff.autofr.AutoFRResult`."""
     from frdiff.autofr import AutoFRConfig
     from workbench.autofr import learn_for_pipeline
 
@@ -43,7 +44,7 @@ def learn(pipe, steps: int, target: float | None, gates: str = "step", granulari
             progress(info)
 
     return learn_for_pipeline(pipe, config, steps, list(range(train_images)), None, None, savings, on_iteration,
-                              cancel, model_name=model_name)
+                              cancel, model_name=model_name, prompts=prompts)
 
 
 def policy_from_mask(pipe, mask: torch.Tensor, steps: int, granularity: str = "feature", reuse: str = "hold",

@@ -48,22 +48,27 @@ def to_hwc(images: torch.Tensor) -> np.ndarray:
 
 
 # ---- sampling while watching x0 -------------------------------------------------------------------------------------
-def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: str | None = "ddim",
+def sample_watching_x0(pipe, label: int | str, seed: int, steps: int = 30, scheduler: str | None = "ddim",
                        on_step: Callable[[int, int, np.ndarray, int], None] | None = None,
                        cancel: Callable[[], bool] | None = None) -> dict:
-    """Sample one image and, at every step, the model's current estimate of the clean image x̂0.
+    """Sample one image of ``label`` (a class index, or a prompt for a text-to-image pipeline) and, at every step,
+    the model's current estimate of the clean image x̂0.
 
     x̂0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t from the denoiser's input and its guided output (DDPM eq. 15 / DDIM eq. 12);
-    ``on_step(step, steps, x0 [H, W, 3] in [0, 1], timestep)`` is called after each step. Returns ``{"x0": [steps,
-    H, W, 3], "timesteps": [...], "image": [H, W, 3]}``.
+    a latent model's x̂0 is decoded by its VAE for display. ``on_step(step, steps, x0 [H, W, 3] in [0, 1],
+    timestep)`` is called after each step. Returns ``{"x0": [steps, H, W, 3], "timesteps": [...], "image": [H, W,
+    3]}``.
     """
     from workbench.models.schedulers import make_scheduler
     from workbench.sampling import sample
 
-    if not is_class_pipeline(pipe):
-        raise ValueError("watching x0 needs one of the shipped class-conditional models")
-    guidance = float(pipe.config.default_guidance_scale)
-    channels = pipe.denoiser.config.in_channels
+    latent = not is_class_pipeline(pipe)
+    if latent and (not isinstance(label, str) or getattr(pipe, "vae", None) is None
+                   or getattr(pipe, "unet", None) is None):
+        raise ValueError("watching x̂0 needs a shipped class-conditional model with a class, or a UNet latent "
+                         "text-to-image pipeline (Stable Diffusion's kind) with a prompt")
+    guidance = guidance_of(pipe)
+    channels = (pipe.unet if latent else pipe.denoiser).config.in_channels
     frames: list[np.ndarray] = []
     timesteps: list[int] = []
     sched = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else pipe.scheduler
@@ -81,8 +86,12 @@ def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: 
             eps = uncond + guidance * (cond - uncond)
             x = x[: x.shape[0] // 2]
         a = alphas[t]
-        x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-        frame = to_hwc(x0.float())[0]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if latent:  # the VAE shows what the latent estimate looks like
+            vae = pipe.vae
+            with torch.no_grad():
+                x0 = vae.decode((x0 / vae.config.scaling_factor).to(vae.dtype)).sample.double()
+        frame = to_hwc(x0.clamp(-1, 1).float())[0]
         frames.append(frame)
         timesteps.append(t)
         if on_step is not None:
@@ -92,7 +101,8 @@ def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: 
     with frdiff.exclusive(pipe):
         handle = den.register_forward_hook(hook, with_kwargs=True)
         try:
-            result = sample(pipe, [int(label)], [int(seed)], steps=steps, scheduler=scheduler)
+            condition = label if latent else int(label)
+            result = sample(pipe, [condition], [int(seed)], steps=steps, scheduler=scheduler)
         finally:
             handle.remove()
     return {"x0": np.stack(frames), "timesteps": timesteps, "image": to_hwc(result.images)[0],
@@ -101,7 +111,22 @@ def sample_watching_x0(pipe, label: int, seed: int, steps: int = 30, scheduler: 
 
 # ---- recording ------------------------------------------------------------------------------------------------------
 def guidance_of(pipe) -> float:
+    """The guidance a sample of ``pipe`` uses by default: the shipped models' own, 7.5 (diffusers' SD default)
+    otherwise."""
     return float(getattr(pipe.config, "default_guidance_scale", 7.5))
+
+
+def example_prompts(pipe, n: int = 1) -> list[str]:
+    """Prompts to start a text-to-image page with: scene captions for tiny-sd (the prompts it was trained on),
+    else a generic one."""
+    from workbench.models.catalog import embedded_path
+
+    folder = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    if folder and Path(str(folder)).resolve() == embedded_path("tiny-sd").resolve():
+        from workbench.models.scenes import eval_prompts
+
+        return eval_prompts(n)
+    return ["a photograph of an astronaut riding a horse"] * n
 
 
 def plan_store(pipe, seeds: list[int], steps: int, scheduler: str, reduction: str, blocks: list[str] | None = None,
@@ -185,17 +210,19 @@ def adjacent_values(store, metric: str = "cosine", stats: dict | None = None) ->
         return np.nanmean(values, axis=2).T
 
 
-def quick_heatmap(pipe, model_id: str, label: int, seeds: list[int], steps: int = 20,
+def quick_heatmap(pipe, model_id: str, label: int | str, seeds: list[int], steps: int = 20,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: Callable[[], bool] | None = None) -> dict:
     """A statistics-only recording in a temporary folder, reduced to the blocks × steps adjacent cosine (the Tour's
-    heatmap). The folder is deleted afterwards."""
+    heatmap; ``label``: a class index, or a prompt). The folder is deleted afterwards."""
     from workbench.record.store import FeatureStore
 
     tmp = Path(tempfile.mkdtemp(prefix="frdiff-tour-"))
     try:
-        record(pipe, model_id, tmp / "run", seeds, steps, "ddim", "stats", labels=[int(label)] * len(seeds),
-               progress=progress, cancel=cancel)
+        conditions = {"prompts": [label] * len(seeds)} if isinstance(label, str) else \
+            {"labels": [int(label)] * len(seeds)}
+        record(pipe, model_id, tmp / "run", seeds, steps, "ddim", "stats", progress=progress, cancel=cancel,
+               **conditions)
         store = FeatureStore.open(tmp / "run")
         return {"cosine": adjacent_values(store, "cosine"), "rel_l1": adjacent_values(store, "rel_l1"),
                 "blocks": store.blocks, "timesteps": store.timesteps}

@@ -21,19 +21,22 @@ from workbench.models.data import make_shapes
 
 def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
     """Sampling latency of the shipped models (50 DDIM steps, 4 images, CFG) and data generation throughput."""
+    from workbench.models.scenes import eval_prompts
     from workbench.models.zoo import EMBEDDED, load_pipeline
 
     models = {}
     for name in EMBEDDED:
         pipe = load_pipeline(name, device=device)
+        # class-conditional: classes 0-3; tiny-sd: four scene captions, its VAE decode and text encoding included
+        conditions = eval_prompts(4) if EMBEDDED[name].architecture == "sd" else [0, 1, 2, 3]
 
-        def run(pipe=pipe):
+        def run(pipe=pipe, conditions=conditions):
             gens = [torch.Generator().manual_seed(i) for i in range(4)]
-            return pipe([0, 1, 2, 3], num_inference_steps=50, generator=gens)
+            return pipe(conditions, num_inference_steps=50, generator=gens)
 
         med, times = median_time(run, repeats)
         models[name] = dict(sample_4_images_50_steps_cfg_s=med, runs_s=times,
-                            guidance_scale=pipe.config.default_guidance_scale)
+                            guidance_scale=getattr(pipe.config, "default_guidance_scale", 7.5))
     med, times = median_time(lambda: make_shapes(4096, seed=0), repeats)
     return dict(suite="foundation", machine=machine_info(), device=device, models=models,
                 data=dict(images=4096, median_s=med, images_per_s=4096 / med))
@@ -50,13 +53,14 @@ def bench_record_overhead(repeats: int = 5, device: str = "cpu", steps: int = 50
     import tempfile
     from pathlib import Path
 
-    from workbench.models.zoo import EMBEDDED, load_pipeline
+    from workbench.models.catalog import CLASS_CONDITIONAL
+    from workbench.models.zoo import load_pipeline
     from workbench.record.recorder import record_run
     from workbench.record.store import FeatureStore
 
     reductions = ("stats", "pool16", "full")
     report: dict = dict(suite="record-overhead", machine=machine_info(), device=device, steps=steps, models={})
-    for name in EMBEDDED:
+    for name in CLASS_CONDITIONAL:
         pipe = load_pipeline(name, device=device)
 
         def plain(pipe=pipe):

@@ -66,6 +66,11 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     finally:
         bar.close()
     default_guidance = getattr(pipe.config, "default_guidance_scale", None)
+    if default_guidance is None:  # a diffusers text-to-image pipeline: its __call__'s own default
+        import inspect
+
+        param = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+        default_guidance = param.default if param is not None and param.default is not param.empty else None
     condition = {"prompts": sorted(set(labels), key=labels.index)} if options is not None else {"cls": args.cls}
     report = dict(model=args.model, **condition, n=args.n, steps=args.steps, seed=args.seed,
                   scheduler=args.scheduler or scheduler_name(pipe.scheduler),

@@ -136,10 +136,10 @@ def render_pool(n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, vae_pool: int = 65_536,
-                  latent_pool: int = 262_144) -> dict:
+                  latent_pool: int = 262_144, vae_eval: int = 512) -> dict:
     """Train tiny-sd (``cfg``: :class:`workbench.models.train.TrainConfig`; ``time_limit_min`` bounds the diffusion
     stage, ``vae_minutes`` the VAE stage; ``init_from`` continues a trained folder, skipping the VAE stage) and save
-    the EMA pipeline to ``out_dir``.
+    the EMA pipeline to ``out_dir``. ``vae_eval`` scenes measure the VAE's reconstruction PSNR and latent scale.
 
     Both stages draw from pools held on the device: ``vae_pool`` rendered scenes for the VAE; ``latent_pool`` scenes
     encoded once by the trained VAE (posterior mean and standard deviation, a fresh latent sampled from them at every
@@ -164,7 +164,7 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
     start = time.time()
     vae = pipe.vae.to(device)
     if not cfg.init_from:
-        record["vae"] = _train_vae(vae, cfg, device, vae_minutes, use_bf16, progress, vae_pool)
+        record["vae"] = _train_vae(vae, cfg, device, vae_minutes, use_bf16, progress, vae_pool, vae_eval)
     vae.train(False).requires_grad_(False)
 
     # --- stage 2: text encoder + UNet on the frozen VAE's latents
@@ -228,7 +228,7 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
         with torch.no_grad():  # EMA with diffusers' warm-up, so a short run's average is not mostly its start
             torch._foreach_lerp_(ema_params, params, 1 - min(cfg.ema_decay, (1 + step) / (10 + step)))
         if step % 50 == 0:
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress({"step": step, "loss": losses[-1]})
     pipe.text_encoder, pipe.unet = ema
@@ -250,7 +250,7 @@ def _previous(cfg) -> dict | None:
     return None
 
 
-def _train_vae(vae, cfg, device, minutes: float, use_bf16: bool, progress, pool: int) -> dict:
+def _train_vae(vae, cfg, device, minutes: float, use_bf16: bool, progress, pool: int, n_eval: int) -> dict:
     """Stage 1: the VAE on a pool of scenes (L1 + KL·1e-6, batch 128, a cosine learning rate over the time given),
     then its latent scaling factor."""
     vae.train()
@@ -273,14 +273,14 @@ def _train_vae(vae, cfg, device, minutes: float, use_bf16: bool, progress, pool:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 100 == 0:
-            l1 = float(l1_t)
+            l1 = float(l1_t.detach())
             if progress is not None:
                 progress({"step": step, "loss": l1})
         step += 1
     del images
     vae.train(False)
     with torch.no_grad():
-        x = make_scenes(512, 777_000, device=device).images
+        x = make_scenes(n_eval, 777_000, device=device).images
         lat = torch.cat([vae.encode(c).latent_dist.mode() for c in x.split(128)])
         rec = torch.cat([vae.decode(c).sample for c in lat.split(128)])
         std = float(lat.float().std())
