@@ -59,3 +59,32 @@ def test_engine_quality_suite_small():
     assert calls["reduced-nfe M=2"] == 2 and calls["FR M=2"] == 4
     assert all(0 < v["ssim"] <= 1 for v in main["variants"])
     assert set(r["models"]["tiny-unet"]["schedulers"]) == {"euler"}
+
+
+def test_engine_quality_suite_on_tiny_sd_scene_prompts():
+    from workbench.models.scenes import eval_prompts
+
+    r = bench_engine_quality(seeds=2, steps=4, models=("tiny-sd",), schedulers=())
+    entry = r["models"]["tiny-sd"]
+    main = entry["ddim"]
+    assert "class-conditional" not in entry["prompts"] and main["reference"]["prompt_adherence"] is not None
+    names = [v["name"] for v in main["variants"]]
+    assert names[:7] == ["reduced-nfe M=2", "reduced-nfe M=3", "FR M=2", "FR M=2 + mixing", "FR M=3",
+                         "FR M=3 + mixing", "deepcache M=3"]
+    equal = [v for v in main["variants"] if v["name"].startswith("DDIM ")]
+    assert equal and all(v["denoiser_calls"] == v["steps"] and v["steps"] not in (2, 4) for v in equal)
+    assert all(len(v["error_spectrum"]) == 33 and set(v["band_errors"]) == {"low", "high"} and "images" not in v
+               for v in main["variants"])
+    assert "images" not in main["reference"] and eval_prompts(2)[0].startswith("a ")
+
+
+def test_engine_quality_command_names_models_only_when_given():
+    import argparse
+
+    from workbench.cli.bench import bench_command
+
+    args = argparse.Namespace(models=None, repeats=1, seeds=64, scheduler_seeds=16)
+    assert bench_command(args, "engine-quality") == \
+        "python -m workbench bench engine-quality --repeats 1 --seeds 64 --scheduler-seeds 16"
+    args.models = "tiny-sd"
+    assert "--models tiny-sd --repeats 1" in bench_command(args, "engine-quality")

@@ -384,8 +384,17 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
                          steps: int = 50, schedulers: tuple[str, ...] = ("ddim", "dpmpp", "euler", "unipc"),
                          scheduler_seeds: int | None = None, progress=None) -> dict:
     """The paper's comparison on the shipped models: every variant against the full ``steps``-step run from the
-    same ``seeds`` (classes cycling), under DDIM; then a subset of variants under each of ``schedulers``."""
-    from workbench.compare import Variant, compare
+    same ``seeds`` (classes cycling), under DDIM; then a subset of variants under each of ``schedulers``.
+
+    A text-to-image model (``tiny-sd``) samples the scene judge's evaluation captions
+    (:func:`workbench.models.scenes.eval_prompts`, caption i for seed i) and its DDIM entry has two additions, the
+    rest of the paper's SD comparison: ``equal_compute``, plain DDIM at the step count whose compute equals each of
+    FR M=2 and FR M=2 + mixing (``round(steps / predicted speedup)``; reduced NFE M=2 and M=3 already stand at
+    FR M=3 + mixing's and beyond), and ``error_spectra`` with ``band_errors`` (mean error power in the lowest and
+    highest third of the radial frequencies, :mod:`workbench.analysis.frequency`) of every variant against the
+    reference: fewer steps keep low frequencies, FR keeps high ones, says the paper."""
+    from workbench.compare import Variant, compare, measure_savings
+    from workbench.conditions import takes_prompts
     from workbench.models.zoo import load_pipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -394,21 +403,34 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
     for name in models:
         pipe = load_pipeline(name, device=device)
         pipe.set_progress_bar_config(disable=True)
-        labels = [s % pipe.num_classes for s in range(seeds)]
+        prompts = takes_prompts(pipe)
+        if prompts:
+            from workbench.models.scenes import eval_prompts
+
+            labels = eval_prompts(seeds)
+        else:
+            labels = [s % pipe.num_classes for s in range(seeds)]
 
         def variants(sched, only=None, pipe=pipe):
             out = []
             for label, kw in QUALITY_VARIANTS:
                 if only is None or label in only:
-                    pol = make_preset(kw["preset"], pipe.denoiser, steps, scheduler=sched, interval=kw["interval"],
-                                      mix=kw.get("mix", False))
+                    pol = make_preset(kw["preset"], frdiff.denoiser_of(pipe), steps, scheduler=sched,
+                                      interval=kw["interval"], mix=kw.get("mix", False))
                     out.append(Variant(label, pol, scheduler=sched))
             return out
 
-        main = compare(pipe, variants("ddim"), labels, list(range(seeds)), steps=steps, scheduler="ddim",
-                       repeats=repeats, progress=progress)
+        main_variants = variants("ddim")
+        if prompts:
+            main_variants += equal_compute_variants(main_variants, measure_savings(pipe, condition=labels[0]), steps)
+        main = compare(pipe, main_variants, labels, list(range(seeds)), steps=steps, scheduler="ddim",
+                       repeats=repeats, progress=progress, keep_images=prompts)
         main.pop("savings")
+        if prompts:
+            add_error_spectra(main)
         entry = {"ddim": main, "schedulers": {}}
+        if prompts:
+            entry["prompts"] = "workbench.models.scenes.eval_prompts(seeds): caption i for seed i"
         n_s = scheduler_seeds or seeds
         for sched in schedulers:
             res = compare(pipe, variants(sched, SCHEDULER_VARIANTS), labels[:n_s], list(range(n_s)), steps=steps,
@@ -417,3 +439,35 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
             entry["schedulers"][sched] = res
         report["models"][name] = entry
     return report
+
+
+EQUAL_COMPUTE_OF = ("FR M=2", "FR M=2 + mixing")
+
+
+def equal_compute_variants(variants: list, savings: dict, steps: int) -> list:
+    """Plain DDIM at the compute of each of :data:`EQUAL_COMPUTE_OF`: ``round(steps / predicted speedup)`` steps
+    (no two at the same count, none at a count a reduced-NFE variant already runs)."""
+    from workbench.compare import Variant
+
+    taken = {v.policy.denoiser_calls() for v in variants if v.name.startswith("reduced-nfe")}
+    out = []
+    for v in variants:
+        if v.name in EQUAL_COMPUTE_OF:
+            k = max(1, round(sum(frdiff.step_costs(v.policy, savings))))
+            if k not in taken:
+                taken.add(k)
+                out.append(Variant(f"DDIM {k} steps (= {v.name}'s compute)", None, steps=k, scheduler="ddim"))
+    return out
+
+
+def add_error_spectra(result: dict) -> None:
+    """Each variant's error spectrum against the reference (radial, averaged over images and channels) and its mean
+    error power in the low and high thirds of the frequencies; the images are dropped afterwards."""
+    from workbench.analysis.frequency import error_spectrum
+
+    ref = result["reference"].pop("images").numpy()
+    for v in result["variants"]:
+        spec = error_spectrum(v.pop("images").numpy(), ref)
+        k = max(1, len(spec) // 3)
+        v["error_spectrum"] = [float(x) for x in spec]
+        v["band_errors"] = {"low": float(spec[:k].mean()), "high": float(spec[-k:].mean())}

@@ -16,7 +16,7 @@ BENCH_OPTIONS = {
     "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "no_peers"],
-    "engine-quality": ["repeats", "seeds", "scheduler_seeds"],
+    "engine-quality": ["models", "repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
     "memory": ["device"],
@@ -34,7 +34,7 @@ def bench_command(args: argparse.Namespace, suite: str) -> str:
     parts = ["python -m workbench bench", suite]
     for name in BENCH_OPTIONS.get(suite, ["repeats"]):
         value = getattr(args, name, None)
-        if name == "models" and value is None:
+        if name == "models" and value is None and suite != "engine-quality":  # its command names models if given
             value = default_models(suite)
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -79,7 +79,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
 
             extra["checkpoint"] = checkpoint
     elif suite == "engine-quality":
-        extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds}
+        extra = {"seeds": args.seeds or 64, "scheduler_seeds": args.scheduler_seeds,
+                 **({"models": models} if args.models else {})}
     elif suite == "quality-vs-latency":
         extra = {"seeds": args.seeds or (4 if small else 64), "steps": args.steps or (6 if small else 50),
                  "models": models, "device": args.device, "autofr": not args.no_autofr,
@@ -182,7 +183,8 @@ def add_commands(sub) -> None:
                    help="quality-vs-latency: steps of the DDIM reference (default 50; sweeps scale with it)")
     p.add_argument("--scheduler-steps", default=None, help="schedulers: step counts (default 20,50)")
     p.add_argument("--models", default=None,
-                   help="quality-vs-latency, schedulers, autofr: models (default tiny-unet,tiny-dit); "
+                   help="quality-vs-latency, schedulers, autofr, engine-quality: models (default "
+                        "tiny-unet,tiny-dit; engine-quality also tiny-sd, on the scene captions); "
                         "gpu-speed: sd15-unet,dit-xl-2")
     p.add_argument("--images", default=None, help="gpu-speed: images per call, e.g. 1,8 (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
