@@ -123,11 +123,20 @@ def test_scene_judge_reads_real_scenes_and_refuses_other_prompts():
     assert torch.equal(predict(batch.images), batch.attributes)
     out = judge_scenes(batch.images, batch.captions)
     assert out["prompt_adherence"] == 1.0 and set(out["attribute_agreement"].values()) == {1.0}
+    assert set(out["adherence_by_shape"].values()) == {1.0}
     assert out["fd_scenes"] < 5.0
     # a wrong caption for each image: the colour swapped with the background
     swapped = [scenes.caption(s, b, p, c) for s, c, p, b in batch.attributes.tolist()]
     wrong = judge_scenes(batch.images, swapped)
     assert wrong["prompt_adherence"] == 0.0 and wrong["attribute_agreement"]["shape"] == 1.0
+    # half the captions right: adherence 0.5, and per shape the share of that shape's captions that are right
+    half = batch.captions[:32] + swapped[32:]
+    mixed = judge_scenes(batch.images, half)
+    assert mixed["prompt_adherence"] == 0.5
+    shapes = batch.attributes[:, 0]
+    for k, name in enumerate(scenes.SHAPES):
+        expect = float((torch.arange(64)[shapes == k] < 32).float().mean())
+        assert mixed["adherence_by_shape"][name] == pytest.approx(expect)
     assert judge_scenes(batch.images, ["a photo of a cat"] * 64) is None
     assert judge_scenes(torch.zeros(2, 3, 32, 32), batch.captions[:2]) is None
 

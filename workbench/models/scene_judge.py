@@ -121,7 +121,7 @@ def scene_attributes(prompts: list[str]) -> torch.Tensor | None:
 def judge_scenes(images: torch.Tensor, prompts: list[str], fd_min_samples: int = 64,
                  model: SceneJudge | None = None) -> dict | None:
     """Prompt adherence of scene images: the share whose four predicted attributes all equal the prompt's, each
-    attribute's own agreement, and FD-scenes from ``fd_min_samples`` images on. ``None`` when the prompts are not
+    attribute's own agreement, the adherence of the prompts of each shape, and FD-scenes from ``fd_min_samples`` images on. ``None`` when the prompts are not
     all scene captions or the images are not 64×64."""
     attrs = scene_attributes(prompts)
     if attrs is None or tuple(images.shape[-2:]) != (SCENE_SIZE, SCENE_SIZE):
@@ -129,8 +129,12 @@ def judge_scenes(images: torch.Tensor, prompts: list[str], fd_min_samples: int =
     model = model or load_scene_judge()
     feats, pred = _run(model, images)
     agree = pred == attrs
-    out = {"prompt_adherence": float(agree.all(1).float().mean()),
-           "attribute_agreement": {a: float(agree[:, i].float().mean()) for i, a in enumerate(ATTRIBUTES)}}
+    every = agree.all(1).float()
+    shapes = ATTRIBUTE_VALUES["shape"]
+    out = {"prompt_adherence": float(every.mean()),
+           "attribute_agreement": {a: float(agree[:, i].float().mean()) for i, a in enumerate(ATTRIBUTES)},
+           "adherence_by_shape": {shapes[k]: float(every[attrs[:, 0] == k].mean())
+                                  for k in range(len(shapes)) if (attrs[:, 0] == k).any()}}
     if len(prompts) >= fd_min_samples:
         out["fd_scenes"] = fd_scenes(feats, attrs, model)
     return out
