@@ -175,3 +175,23 @@ def test_training_writes_a_stock_folder(tmp_path):
     jrec = train_scene_judge(TrainConfig(model="scene-judge", steps=2, batch_size=4, device="cpu"), tmp_path / "j")
     assert set(jrec["validation_accuracy"]["clean"]) == {"all", *scenes.ATTRIBUTES}
     assert (tmp_path / "j" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_quality_vs_latency_takes_tiny_sd():
+    """bench quality-vs-latency on a text-to-image pipeline: the scene captions of the seeds, judged by the scene
+    judge; the no-reuse reference equals a plain pipeline run."""
+    from workbench.bench.methods import seed_conditions
+    from workbench.bench.quality import bench_quality_latency
+    from workbench.models.zoo import load_pipeline
+
+    pipe = load_pipeline("tiny-sd")
+    assert seed_conditions(pipe, [0, 1]) == scenes.eval_prompts(2)
+    report = bench_quality_latency(seeds=1, models=("tiny-sd",), steps=4, device="cpu", autofr=False, plans=False,
+                                   thresholds=(), peers=False, flop_seeds=1, small=True)
+    entry = report["models"]["tiny-sd"]
+    assert entry["denoiser"] == "UNet2DConditionModel"
+    names = [m["name"] for m in entry["methods"]]
+    assert "FR M=2" in names and "DDIM 2" in names
+    fr = next(m for m in entry["methods"] if m["name"] == "FR M=2")
+    assert 0 < fr["compute_fraction"] < 1 and fr["psnr"] > 10
+    assert all("prompt_adherence" in m for m in entry["methods"])

@@ -49,12 +49,26 @@ def attached(pipe, method: Method) -> Iterator:
             yield
 
 
+def seed_conditions(pipe, seeds: list[int]) -> list:
+    """What image i of a run samples: class ``seed mod classes`` for the class-conditional models; for a
+    text-to-image pipeline the scene caption ``eval_prompts(...)[seed]`` (tiny-sd's evaluation prompts, judged by
+    the scene judge; any other text-to-image model samples the same captions, unjudged)."""
+    from workbench.conditions import takes_prompts
+
+    if not takes_prompts(pipe):
+        return [s % pipe.num_classes for s in seeds]
+    from workbench.models.scenes import eval_prompts
+
+    captions = eval_prompts(max(seeds) + 1)
+    return [captions[s] for s in seeds]
+
+
 def run_method(pipe, method: Method, labels: list[int], seeds: list[int], batch_size: int = 64):
     """Sample ``method``: ``(SampleResult, denoiser calls per image)``."""
     from workbench.sampling import SampleResult, sample
 
     calls = [0]  # module calls (a peer that skips blocks still calls the denoiser); policies: the engine's count
-    handle = pipe.denoiser.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    handle = frdiff.denoiser_of(pipe).register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     parts, engine_calls = [], 0
     try:
         for start in range(0, len(seeds), batch_size):

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import torch
 
+import frdiff
 from frdiff import make_preset
-from workbench.bench.methods import TRAIN_SEEDS, Method, NotApplicable, run_method
+from workbench.bench.methods import TRAIN_SEEDS, Method, NotApplicable, run_method, seed_conditions
 
 DEEPCACHE_INTERVALS = (2, 3, 5)
 
@@ -78,7 +79,7 @@ def diffusers_cache_peer(apply_name: str, make_config: Callable):
         import diffusers.hooks as hooks
         from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
 
-        den = pipe.denoiser
+        den = frdiff.denoiser_of(pipe)
         current = {"t": 999}
 
         def note_timestep(_module, args, kwargs):
@@ -124,7 +125,7 @@ def _calibrated_mag_ratios(pipe, steps: int, seeds: list[int]) -> list[float]:
                                                                             num_inference_steps=steps))
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        run_method(pipe, Method("calibrate", "", False, steps, peer=peer), [s % pipe.num_classes for s in seeds],
+        run_method(pipe, Method("calibrate", "", False, steps, peer=peer), seed_conditions(pipe, seeds),
                    seeds, batch_size=len(seeds))
     lines = [ln for ln in buf.getvalue().splitlines() if ln.strip().startswith("[")]
     if not lines:
@@ -193,7 +194,8 @@ def peer_candidates(pipe, steps: int) -> list[tuple[str, str, dict, Callable]]:
 
 def _no_op(pipe, peer, steps: int) -> str | None:
     """Why ``peer`` does nothing on ``pipe`` (it runs but the images equal the stock run's), else ``None``."""
-    seeds, labels = [TRAIN_SEEDS], [TRAIN_SEEDS % pipe.num_classes]
+    seeds = [TRAIN_SEEDS]
+    labels = seed_conditions(pipe, seeds)
     stock, _ = run_method(pipe, Method("stock", "", False, steps), labels, seeds)
     cached, _ = run_method(pipe, Method("peer", "", False, steps, peer=peer), labels, seeds)
     if torch.equal(stock.images, cached.images):
@@ -203,7 +205,7 @@ def _no_op(pipe, peer, steps: int) -> str | None:
 
 def peer_methods(pipe, steps: int, deepcache: bool = True) -> tuple[list[Method], list[dict]]:
     """The peers that run on ``pipe`` and, for each that does not, ``{"name", "family", "reason"}``."""
-    den = pipe.denoiser
+    den = frdiff.denoiser_of(pipe)
     methods, skipped = [], []
     helper, info = deepcache_package() if deepcache else (None, "not requested")
     for m in DEEPCACHE_INTERVALS:

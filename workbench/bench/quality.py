@@ -169,6 +169,13 @@ def forecast_methods(den, steps: int) -> list[Method]:
     return out
 
 
+def _record_conditions(pipe, seeds: list[int]) -> dict:
+    from workbench.bench.methods import seed_conditions
+
+    conditions = seed_conditions(pipe, seeds)
+    return {"prompts": conditions} if conditions and isinstance(conditions[0], str) else {"labels": conditions}
+
+
 def plan_methods(pipe, model: str, steps: int, targets=PLAN_TARGETS, record_seeds: int = 4) -> list[Method]:
     """``policy from-run --target-compute`` at each target: keyframes and reuse mode per block planned from a
     ``pool16`` recording of ``record_seeds`` training seeds, the best of 3 candidates measured on those seeds."""
@@ -181,8 +188,8 @@ def plan_methods(pipe, model: str, steps: int, targets=PLAN_TARGETS, record_seed
     savings = measure_savings(pipe)
     out, errors = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        run = record_run(pipe, model, Path(tmp) / "run", labels=[s % pipe.num_classes for s in seeds], seeds=seeds,
-                         steps=steps, reduction="pool16")
+        run = record_run(pipe, model, Path(tmp) / "run", seeds=seeds, steps=steps, reduction="pool16",
+                         **_record_conditions(pipe, seeds))
         store = FeatureStore.open(run)
         for target in targets:
             try:
@@ -206,12 +213,13 @@ def threshold_methods(pipe, model: str, steps: int, thresholds=THRESHOLDS, recor
 
     seeds = list(range(TRAIN_SEEDS, TRAIN_SEEDS + record_seeds))
     with tempfile.TemporaryDirectory() as tmp:
-        out = record_run(pipe, model, Path(tmp) / "run", labels=[s % pipe.num_classes for s in seeds], seeds=seeds,
-                         steps=steps, reduction="stats")
+        out = record_run(pipe, model, Path(tmp) / "run", seeds=seeds, steps=steps, reduction="stats",
+                         **_record_conditions(pipe, seeds))
         store = FeatureStore.open(out)
         rel = {b: torch.as_tensor(store.stats(b)["rel_l1"]).double().reshape(steps, -1).mean(1) for b in store.blocks}
+    den = frdiff.denoiser_of(pipe)
     return [Method(f"threshold δ={d:g}", "FRDiff threshold (per block)", True, steps,
-                   policy=frdiff.threshold_policy(pipe.denoiser, rel, steps, d, source=f"{model} seeds {seeds[0]}-"
+                   policy=frdiff.threshold_policy(den, rel, steps, d, source=f"{model} seeds {seeds[0]}-"
                                                   f"{seeds[-1]}"), params={"threshold": d, "record_seeds": seeds})
             for d in thresholds]
 
@@ -239,7 +247,12 @@ def autofr_methods(pipe, model: str, steps: int, targets: tuple[float, ...] | No
     for g, granularity, reuse, target in runs:
         config = AutoFRConfig(gates=g, granularity=granularity, reuse=reuse, target_compute=target,
                               iterations=iterations)
-        result = learn_for_pipeline(pipe, config, steps, train, savings=savings, model_name=model, progress=progress)
+        from workbench.bench.methods import seed_conditions
+
+        conditions = seed_conditions(pipe, train)
+        prompts = conditions if isinstance(conditions[0], str) else None
+        result = learn_for_pipeline(pipe, config, steps, train, savings=savings, model_name=model, progress=progress,
+                                    prompts=prompts)
         hold = reuse == "hold" and granularity == "feature"
         name = f"Auto-FR per {g}, target {target:g}" + ("" if hold else f", {granularity} {reuse}")
         family = f"Auto-FR (per {g})" + ("" if hold else f" {granularity} {reuse}")
@@ -283,7 +296,7 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
     for model in models:
         pipe = load_pipeline(model, device=device)
         pipe.set_progress_bar_config(disable=True)
-        den = pipe.denoiser
+        den = frdiff.denoiser_of(pipe)
         methods = stock_methods(steps) + frdiff_methods(den, steps) + forecast_methods(den, steps)
         if thresholds:
             methods += threshold_methods(pipe, model, steps, thresholds)
@@ -297,7 +310,9 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
             methods += more
         if small:
             methods = first_of_each_family(methods, 1, keep_two=("DDIM (fewer steps)", "reduced NFE (output reuse)"))
-        labels = [s % pipe.num_classes for s in eval_seeds]
+        from workbench.bench.methods import seed_conditions
+
+        labels = seed_conditions(pipe, eval_seeds)
         result = measure(pipe, methods, labels, eval_seeds, steps, repeats, flop_seeds, batch_size, progress)
         skipped += result.pop("failed")
         report["models"][model] = {"denoiser": type(den).__name__, **result, "not_applicable": skipped,
@@ -333,14 +348,16 @@ def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] 
     for model in models:
         pipe = load_pipeline(model, device=device)
         pipe.set_progress_bar_config(disable=True)
-        labels = [s % pipe.num_classes for s in range(seeds)]
+        from workbench.bench.methods import seed_conditions
+
+        labels = seed_conditions(pipe, list(range(seeds)))
         entry: dict = {}
         for n_steps in steps:
             for sched in schedulers:
                 variants = [Variant(f"{sched} {n_steps // 2} steps", None, steps=n_steps // 2)]
                 for label, preset, m, mix, reuse, gran in SCHEDULER_VARIANTS:
-                    policy = make_preset(preset, pipe.denoiser, n_steps, scheduler=sched, interval=m, mix=mix,
-                                         reuse=reuse)
+                    policy = make_preset(preset, frdiff.denoiser_of(pipe), n_steps, scheduler=sched, interval=m,
+                                         mix=mix, reuse=reuse)
                     if gran:
                         policy = policy.replaced(granularity=[gran] * len(policy.blocks))
                     variants.append(Variant(label, policy))
