@@ -107,6 +107,22 @@ def test_run_gathers_metrics_equal_to_single_process(tmp_path, capsys):
     assert len(two["latency_per_rank_s"]) == 2 and two["latency_s"] == max(two["latency_per_rank_s"])
 
 
+def test_run_with_prompts_shards_them_like_seeds(tmp_path, capsys):
+    """A text-to-image pipeline under torchrun: image i gets seed i and prompt i mod P on whichever rank samples it,
+    so the gathered metrics equal one process's (4 seeds a rank: the same batches of 2 on either side)."""
+    args = ("run", "--model", "tiny-sd", "--preset", "uniform", "--steps", "2", "--seeds", "0-7", "--batch-size",
+            "2", "--prompt", "a red star at the top left on a blue background",
+            "--prompt", "a white ring at the center on a black background",
+            "--prompt", "a green square at the bottom right on a yellow background", "--json")
+    proc = torchrun(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    one = single(capsys, *args)
+    for key in ("psnr", "ssim", "max_abs_diff", "class_accuracy", "reference_class_accuracy", "denoiser_calls", "n"):
+        assert two[key] == one[key], key
+    assert two["n"] == 8 and two["ranks"] == 2
+
+
 def test_ddp_autofr_equals_single_process_autofr(tmp_path, capsys):
     args = ("autofr", "--steps", "6", "--train-seeds", "0-7", "--iterations", "3", "--batch-size", "4", "--lr", "0.2",
             "--no-measure", "--quiet", "--json")
