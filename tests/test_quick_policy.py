@@ -21,7 +21,7 @@ from workbench.models import meta
 from workbench.models.catalog import embedded_path
 from workbench.models.zoo import load_pipeline
 
-MODELS = ("tiny-unet", "tiny-dit")
+MODELS = ("tiny-unet", "tiny-dit", "tiny-sd")
 PRESETS = ("none", "uniform", "reduced-nfe", "deepcache")
 
 
@@ -47,7 +47,7 @@ def test_shipped_metadata_is_what_the_loaded_model_gives(model, pipes):
     den = frdiff.denoiser_of(pipes[model])
     assert card["model"] == {"architecture": type(den).__name__, "fingerprint": frdiff.model_fingerprint(den)}
     assert [tuple(b) for b in card["blocks"]] == frdiff.find_blocks(den)
-    assert len(card["blocks"]) == {"tiny-unet": 18, "tiny-dit": 6}[model]
+    assert len(card["blocks"]) == {"tiny-unet": 18, "tiny-dit": 6, "tiny-sd": 18}[model]
 
 
 def test_meta_check_passes_on_the_shipped_files(capsys):
