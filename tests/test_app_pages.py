@@ -294,6 +294,23 @@ def test_autofr_learns_and_sends_the_policy_to_the_builder():
     assert at.session_state["policy"].provenance["made_by"] == "autofr"
 
 
+def test_autofr_learns_on_tiny_sd_from_prompts():
+    at = open_page("autofr")
+    at.selectbox(key="autofr_model").set_value("tiny-sd").run()
+    ok(at)
+    prompts = at.text_area(key="autofr_prompts").value.splitlines()
+    assert len(prompts) == 4 and all(p.endswith("background") for p in prompts)  # scene captions to start from
+    at.text_area(key="autofr_prompts").set_value("a red star at the top left on a blue background")
+    at.number_input(key="autofr_steps").set_value(4)
+    at.number_input(key="autofr_iterations").set_value(1)
+    at.number_input(key="autofr_train").set_value(1)
+    at.number_input(key="autofr_batch").set_value(1)
+    at.button(key="autofr_run").click().run()
+    ok(at)
+    policy = at.session_state["autofr_result"]
+    assert policy.steps == 4 and policy.provenance["prompts"] == ["a red star at the top left on a blue background"]
+
+
 def test_an_unknown_model_is_a_readable_message():
     at = open_page("record")
     at.selectbox(key="record_model_choice").select("local folder or hub id…").run()
