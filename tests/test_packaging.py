@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ("tiny-unet", "tiny-dit", "shape-classifier")
+SHIPPED = ("tiny-unet", "tiny-dit", "tiny-sd", "shape-classifier", "scene-judge")
 
 
 def readme_snippet() -> str:
@@ -62,6 +62,7 @@ def test_wheel_holds_both_packages_and_the_shipped_weights(installed):
     assert "frdiff/__init__.py" in names and "workbench/cli/__init__.py" in names
     for model in SHIPPED:
         assert any(n.startswith(f"workbench/models/{model}/") and n.endswith(".safetensors") for n in names), model
+    assert "workbench/models/tiny-sd/tokenizer/tokenizer.json" in names  # tiny-sd's tokenizer travels too
     assert not [n for n in names if n.startswith(("tests/", "pages/", "docs/"))]
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(installed["wheel"]).read(meta).decode()
@@ -83,7 +84,7 @@ def test_readme_snippet_runs_against_the_installed_wheel(installed):
 def test_console_script_lists_the_shipped_models_with_their_weights(installed):
     proc = run([str(installed["bin"] / "frdiff-workbench"), "models", "--json"], installed["cwd"], installed["env"])
     rows = {r["name"]: r for r in json.loads(proc.stdout)["models"]}
-    assert set(rows) == {"tiny-unet", "tiny-dit"}
+    assert set(rows) == {"tiny-unet", "tiny-dit", "tiny-sd"}
     for row in rows.values():
         assert row["weights"] and Path(row["weights"]).resolve().is_relative_to(installed["venv"].resolve())
         assert row["parameters"] > 1_000_000
