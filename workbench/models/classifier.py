@@ -22,26 +22,32 @@ from workbench.models.data import CLASSES, make_shapes
 REAL_STATS_SEED = 900_000  # seed of the real images FD-shapes compares against; never used for training
 
 
+def conv_body(in_channels: int, width: int, feature_dim: int) -> nn.Sequential:
+    """The judges' body: four stages of two 3×3 convolutions with GroupNorm (8 groups) and SiLU (widths ``width``,
+    2·``width``, 4·``width``, ``feature_dim``), average pooling between them, global average pooling at the end."""
+
+    def stage(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
+        )
+
+    return nn.Sequential(
+        stage(in_channels, width), nn.AvgPool2d(2),
+        stage(width, width * 2), nn.AvgPool2d(2),
+        stage(width * 2, width * 4), nn.AvgPool2d(2),
+        stage(width * 4, feature_dim),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
 class ShapeClassifier(ModelMixin, ConfigMixin):
     """Four conv stages (GroupNorm + SiLU), global average pooling to ``feature_dim`` features, a linear head."""
 
     @register_to_config
     def __init__(self, num_classes: int = len(CLASSES), width: int = 32, feature_dim: int = 128):
         super().__init__()
-
-        def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-            )
-
-        self.body = nn.Sequential(
-            stage(3, width), nn.AvgPool2d(2),
-            stage(width, width * 2), nn.AvgPool2d(2),
-            stage(width * 2, width * 4), nn.AvgPool2d(2),
-            stage(width * 4, feature_dim),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
+        self.body = conv_body(3, width, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,19 +64,24 @@ def classifier_path() -> Path:
     return MODELS_DIR / CLASSIFIER_NAME
 
 
+def load_judge(cls, path: Path, name: str, device: str):
+    """A shipped judge (``cls``, a ``ModelMixin``) from its folder, checked and in inference mode; one
+    :class:`ModelLoadError` that says how to train it when its weights are missing."""
+    from workbench.models.zoo import ModelLoadError, _check_safetensors
+
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not weights.exists():
+        raise ModelLoadError(f"the {name.replace('-', ' ')} has no weights at {path}; "
+                             f"train it with `python -m workbench train --model {name}`")
+    _check_safetensors(weights)
+    model = cls.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
+    return model.to(device).train(False)  # inference mode
+
+
 @lru_cache(maxsize=2)
 def load_classifier(device: str = "cpu") -> ShapeClassifier:
     """The shipped classifier, in eval mode (cached per device)."""
-    from workbench.models.zoo import ModelLoadError, _check_safetensors
-
-    path = classifier_path()
-    weights = path / "diffusion_pytorch_model.safetensors"
-    if not weights.exists():
-        raise ModelLoadError(f"the shape classifier has no weights at {path}; "
-                             "train it with `python -m workbench train --model shape-classifier`")
-    _check_safetensors(weights)
-    model = ShapeClassifier.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
-    return model.to(device).train(False)  # inference mode
+    return load_judge(ShapeClassifier, classifier_path(), "shape-classifier", device)
 
 
 @torch.no_grad()

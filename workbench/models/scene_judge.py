@@ -43,20 +43,9 @@ class SceneJudge(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, head_sizes: tuple[int, ...] = HEAD_SIZES, width: int = 32, feature_dim: int = 128):
         super().__init__()
+        from workbench.models.classifier import conv_body
 
-        def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-            )
-
-        self.body = nn.Sequential(
-            stage(5, width), nn.AvgPool2d(2),
-            stage(width, width * 2), nn.AvgPool2d(2),
-            stage(width * 2, width * 4), nn.AvgPool2d(2),
-            stage(width * 4, feature_dim),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
+        self.body = conv_body(5, width, feature_dim)  # RGB + the two coordinate channels
         self.head = nn.Linear(feature_dim, sum(head_sizes))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -84,16 +73,9 @@ def judge_path() -> Path:
 @lru_cache(maxsize=2)
 def load_scene_judge(device: str = "cpu") -> SceneJudge:
     """The shipped scene judge, in inference mode (cached per device)."""
-    from workbench.models.zoo import ModelLoadError, _check_safetensors
+    from workbench.models.classifier import load_judge
 
-    path = judge_path()
-    weights = path / "diffusion_pytorch_model.safetensors"
-    if not weights.exists():
-        raise ModelLoadError(f"the scene judge has no weights at {path}; "
-                             "train it with `python -m workbench train --model scene-judge`")
-    _check_safetensors(weights)
-    model = SceneJudge.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
-    return model.to(device).train(False)
+    return load_judge(SceneJudge, judge_path(), JUDGE_NAME, device)
 
 
 @torch.no_grad()
@@ -121,8 +103,8 @@ def scene_attributes(prompts: list[str]) -> torch.Tensor | None:
 def judge_scenes(images: torch.Tensor, prompts: list[str], fd_min_samples: int = 64,
                  model: SceneJudge | None = None) -> dict | None:
     """Prompt adherence of scene images: the share whose four predicted attributes all equal the prompt's, each
-    attribute's own agreement, the adherence of the prompts of each shape, and FD-scenes from ``fd_min_samples`` images on. ``None`` when the prompts are not
-    all scene captions or the images are not 64×64."""
+    attribute's own agreement, the adherence of the prompts of each shape, and FD-scenes from ``fd_min_samples``
+    images on. ``None`` when the prompts are not all scene captions or the images are not 64×64."""
     attrs = scene_attributes(prompts)
     if attrs is None or tuple(images.shape[-2:]) != (SCENE_SIZE, SCENE_SIZE):
         return None
