@@ -195,3 +195,13 @@ def test_quality_vs_latency_takes_tiny_sd():
     fr = next(m for m in entry["methods"] if m["name"] == "FR M=2")
     assert 0 < fr["compute_fraction"] < 1 and fr["psnr"] > 10
     assert all("prompt_adherence" in m for m in entry["methods"])
+
+
+def test_bad_training_input_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "workbench", "train", "--model", "tiny-sd", "--init-from",
+                          str(tmp_path / "nope"), "--out", str(out), "--steps", "1"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and not out.exists()
+    assert res.stderr.strip().splitlines()[-1] == f"error: --init-from {tmp_path / 'nope'} is not a tiny-sd folder " \
+                                                   "(no model_index.json in it)"

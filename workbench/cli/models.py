@@ -103,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
         distributed.refuse(str(exc))
     if cfg.model in ("shape-classifier", "scene-judge", "tiny-sd") and distributed.is_distributed():
         distributed.refuse(f"{cfg.model} trains in one process; run it without torchrun")
+    if args.model == "tiny-sd" and args.init_from and not (Path(args.init_from) / "model_index.json").is_file():
+        raise UserError(f"--init-from {args.init_from} is not a tiny-sd folder (no model_index.json in it)")
     out = Path(args.out)
     from tqdm.auto import tqdm
 

@@ -148,6 +148,8 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
 
     from workbench.models.train import _device, _lr_at, loss_weights
 
+    if cfg.init_from and not (Path(cfg.init_from) / "model_index.json").is_file():
+        raise ValueError(f"--init-from {cfg.init_from} is not a tiny-sd folder (no model_index.json in it)")
     device = _device(cfg)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
