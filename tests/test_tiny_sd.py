@@ -167,11 +167,12 @@ def test_training_writes_a_stock_folder(tmp_path):
 
     cfg = TrainConfig(model="tiny-sd", steps=2, batch_size=2, warmup=1, device="cpu")
     record = train_tiny_sd(cfg, tmp_path / "sd", vae_minutes=1e-4, vae_pool=8, latent_pool=8, vae_eval=4)
-    assert record["steps_done"] == 1 and record["vae"]["steps"] == 1  # the last step index; one VAE step
+    assert record["steps_done"] == 2 and record["schedule_steps"] == 2 and record["vae"]["steps"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sd"]  # nothing left beside the output
     assert record["vae"]["scaling_factor"] == pytest.approx(1 / record["vae"]["latent_std"])
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "sd")
     assert pipe.vae.config.scaling_factor == pytest.approx(record["vae"]["scaling_factor"])
-    assert json.loads((tmp_path / "sd" / "training.json").read_text())["steps_done"] == 1
+    assert json.loads((tmp_path / "sd" / "training.json").read_text())["steps_done"] == 2
     jrec = train_scene_judge(TrainConfig(model="scene-judge", steps=2, batch_size=4, device="cpu"), tmp_path / "j")
     assert set(jrec["validation_accuracy"]["clean"]) == {"all", *scenes.ATTRIBUTES}
     assert (tmp_path / "j" / "diffusion_pytorch_model.safetensors").exists()

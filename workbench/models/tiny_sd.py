@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -155,12 +156,12 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     use_bf16 = device.type == "cuda" and cfg.bf16
-    work = out_dir.parent / (out_dir.name + "-work")
     if cfg.init_from:
         pipe = StableDiffusionPipeline.from_pretrained(cfg.init_from, safety_checker=None, feature_extractor=None,
                                                        requires_safety_checker=False)
     else:
-        pipe = build_tiny_sd(work, seed=cfg.seed)
+        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's files, read into memory and saved with the rest
+            pipe = build_tiny_sd(Path(tmp), seed=cfg.seed)
     record: dict = dict(config=asdict(cfg), device=str(device), vae_pool=vae_pool, latent_pool=latent_pool,
                         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     start = time.time()
@@ -195,7 +196,7 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
     scale = vae.config.scaling_factor
     total = cfg.steps
     fit = cfg.lr_schedule == "cosine" and cfg.time_limit_min is not None
-    t_stage, t100, losses, step = time.time(), time.time(), [], 0
+    t_stage, t100, losses, done = time.time(), time.time(), [], 0
     for step in range(cfg.steps):
         elapsed = time.time() - t_stage
         if cfg.time_limit_min is not None and elapsed > cfg.time_limit_min * 60:
@@ -229,6 +230,7 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
         opt.step()
         with torch.no_grad():  # EMA with diffusers' warm-up, so a short run's average is not mostly its start
             torch._foreach_lerp_(ema_params, params, 1 - min(cfg.ema_decay, (1 + step) / (10 + step)))
+        done = step + 1
         if step % 50 == 0:
             losses.append(float(loss.detach()))
             if progress is not None:
@@ -239,7 +241,7 @@ def train_tiny_sd(cfg, out_dir: Path, vae_minutes: float = 2.0, progress=None, v
     pipe.unet.to(torch.float16)  # 3.7 M parameters: 7.4 MB in fp16 (the text encoder and VAE stay fp32, < 4 MB)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    record.update(steps_done=step, schedule_steps=total, final_loss=sum(losses[-5:]) / max(len(losses[-5:]), 1),
+    record.update(steps_done=done, schedule_steps=total, final_loss=sum(losses[-5:]) / max(len(losses[-5:]), 1),
                   diffusion_minutes=(time.time() - t_stage) / 60, train_minutes=(time.time() - start) / 60,
                   previous_run=_previous(cfg))
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
