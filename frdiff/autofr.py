@@ -392,7 +392,8 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
     scheduler with a differentiable ``step`` (a copy is used); train / val: noise and conditioning of the training
     and held-out images; savings: :func:`frdiff.measure_savings` output (measured here when None).
     progress: called after every iteration with ``{"iteration", "iterations", "loss", "mse", "compute_fraction",
-    "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds"}``
+    "target", "mu", "keyframes", "mask" (bool [blocks, steps], the rounded mask this iteration ran), "seconds",
+    "skipped_nonfinite" (the run overflowed to a non-finite loss or gradient: the gates were left as they were)}``
     and, with a target, ``"projected_mask"`` / ``"projected_compute_fraction"``: what stopping now would export.
     cancel: polled before every iteration; when it returns True the run stops and exports what it learned so far.
     data_parallel: train on several processes, each its share of every minibatch (:class:`DataParallel`); ``train``
@@ -506,9 +507,15 @@ def learn_policy(denoiser: nn.Module, denoise: Callable, scheduler, train: Sampl
                 loss_value = quality_value + mu * (comp_hard - target)
             else:
                 loss_value = mse_value + config.penalty * float(pen.detach())
-            opt.step()
+            finite = math.isfinite(mse_value) and bool(torch.isfinite(logits.grad).all())
+            if finite:
+                opt.step()
+            elif mu is not None and not math.isfinite(mu):  # a NaN gradient met the dual's first estimate
+                mu = None
+            # else: a forward that overflowed (a forecast run away over a long reuse stretch) does not move the gates
             record = {"iteration": it, "loss": loss_value, "mse": mse_value, "compute_fraction": comp_hard,
-                      "mu": mu, "keyframes": int(hard.sum()), "seconds": time.perf_counter() - t_start}
+                      "mu": mu, "keyframes": int(hard.sum()), "seconds": time.perf_counter() - t_start,
+                      "skipped_nonfinite": not finite}
             history.append(record)
             if progress is not None:
                 info = {**record, "iterations": config.iterations, "target": target, "mask": hard}

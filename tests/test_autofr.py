@@ -212,6 +212,33 @@ def test_cancel_stops_and_exports_what_was_learned_so_far(dit_pipe):
     assert frdiff.attached_hooks(dit_pipe) == []
 
 
+def test_a_non_finite_iteration_leaves_the_gates_as_they_were(dit_pipe, monkeypatch):
+    """A forward that overflows (measured: whole-block taylor2 with per-block gates on tiny-unet ran to NaN and every
+    later iteration stayed NaN) must not move the gates: the iteration is recorded as skipped and training goes on."""
+    import frdiff.autofr as autofr
+
+    calls, seen = [0], []
+    real = autofr.sample
+
+    def overflowing(denoise, scheduler, noise, cond, steps, state=None, checkpoint=False):
+        x = real(denoise, scheduler, noise, cond, steps, state, checkpoint)
+        if state is None:  # the references and the warm-up run stay finite
+            return x
+        calls[0] += 1
+        return x * float("nan") if calls[0] == 2 else x  # the second training forward overflows
+
+    monkeypatch.setattr(autofr, "sample", overflowing)
+    cfg = AutoFRConfig(target_compute=0.7, iterations=4, batch_size=1)
+    res = learn_policy(dit_pipe.denoiser, shapes_task(dit_pipe), dit_pipe.scheduler, shapes_samples(dit_pipe, [0]),
+                       6, cfg, progress=lambda info: seen.append(info["projected_mask"].clone()))
+    skipped = [h["skipped_nonfinite"] for h in res.history]
+    assert skipped == [False, True, False, False] and math.isnan(res.history[1]["mse"])
+    assert torch.equal(seen[0], seen[1])  # the skipped iteration changed nothing the run would export
+    assert all(math.isfinite(h["mse"]) for i, h in enumerate(res.history) if i != 1)
+    assert all(math.isfinite(h["mu"]) for h in res.history if h["mu"] is not None)
+    assert res.policy.keyframes[:, 0].all()
+
+
 def test_learn_policy_restores_the_models_flags(dit_pipe):
     den = dit_pipe.denoiser
     before = [p.requires_grad for p in den.parameters()]
