@@ -21,7 +21,18 @@ def test_models_page_lists_the_shipped_models():
     assert not at.exception
     assert at.title[0].value == "Shipped models"
     table = at.dataframe[0].value
-    assert set(table["model"]) == {"tiny-unet", "tiny-dit"}
+    assert set(table["model"]) == {"tiny-unet", "tiny-dit", "tiny-sd"}
+
+
+def test_models_page_samples_tiny_sd_from_a_prompt():
+    at = models_page(180)
+    at.selectbox(key="models_model").select("tiny-sd").run()
+    assert at.text_input(key="models_prompt").value == "a red star at the top left on a blue background"
+    at.slider(key="models_steps").set_value(5)
+    at.button(key="models_run").click().run()
+    assert not at.exception and not at.error
+    assert at.metric[0].label == "Prompt adherence (scene judge)" and at.metric[0].value.endswith("%")
+    assert len(at.image) >= 1  # the eight samples
 
 
 def test_models_page_samples_and_judges():
