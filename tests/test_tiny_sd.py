@@ -161,9 +161,8 @@ def test_sample_command_judges_scene_prompts(tmp_path):
 def test_training_writes_a_stock_folder(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from workbench.models.scene_judge import train_scene_judge
-    from workbench.models.tiny_sd import train_tiny_sd
     from workbench.models.train import TrainConfig
+    from workbench.models.train_sd import train_scene_judge, train_tiny_sd
 
     cfg = TrainConfig(model="tiny-sd", steps=2, batch_size=2, warmup=1, device="cpu")
     record = train_tiny_sd(cfg, tmp_path / "sd", vae_minutes=1e-4, vae_pool=8, latent_pool=8, vae_eval=4)

@@ -119,11 +119,11 @@ def cmd_train(args: argparse.Namespace) -> dict:
         if args.model == "shape-classifier":
             record = train_classifier(cfg, out, progress=show)
         elif args.model == "scene-judge":
-            from workbench.models.scene_judge import train_scene_judge
+            from workbench.models.train_sd import train_scene_judge
 
             record = train_scene_judge(cfg, out, progress=show)
         elif args.model == "tiny-sd":
-            from workbench.models.tiny_sd import train_tiny_sd
+            from workbench.models.train_sd import train_tiny_sd
 
             record = train_tiny_sd(cfg, out, vae_minutes=args.vae_minutes, progress=show)
         else:

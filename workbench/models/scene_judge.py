@@ -6,22 +6,18 @@ four heads name what the caption names. Two coordinate channels are appended to 
 know where the shape is. Its pooled features give FD-scenes, the Fréchet distance to real scenes of the same
 captions (the FID analogue, as FD-shapes is for the class-conditional models).
 
-Training (``python -m workbench train --model scene-judge``) renders scenes on the device each step, and degrades
-half of them as an autoencoder would (a light blur, a little noise), so that decoded samples are judged by their
-content, not by their sharpness.
+Training (``python -m workbench train --model scene-judge``, :mod:`workbench.models.train_sd`) renders scenes on the
+device each step, and degrades half of them as an autoencoder would (a light blur, a little noise), so that decoded
+samples are judged by their content, not by their sharpness.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
@@ -32,8 +28,6 @@ JUDGE_NAME = "scene-judge"
 REAL_SCENES_SEED = 910_000  # seed of the real scenes FD-scenes compares against; never a training seed
 VAL_SEED = 810_000  # held-out scenes for the judge's accuracy
 HEAD_SIZES = tuple(len(ATTRIBUTE_VALUES[a]) for a in ATTRIBUTES)
-NOT_SCENES = "not available for these prompts (the scene judge reads only scene captions, e.g. 'a red star at the " \
-             "top left on a blue background', on 64×64 images)"
 
 
 class SceneJudge(ModelMixin, ConfigMixin):
@@ -139,64 +133,3 @@ def fd_scenes(features: torch.Tensor, attrs: torch.Tensor, model: SceneJudge | N
     f = features.double().numpy()
     mu_r, cov_r = _real_stats(tuple(sorted(tuple(r) for r in attrs.tolist())))
     return frechet_distance(f.mean(0), np.cov(f, rowvar=False), mu_r, cov_r)
-
-
-def degrade(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Half the images blurred (σ 0.4-1.2 px) with a little Gaussian noise, as decoded samples look."""
-    n, dev = images.shape[0], images.device
-    sigma = (0.4 + 0.8 * torch.rand(n, generator=generator, device=dev))[:, None]
-    x = torch.arange(-2, 3, device=dev, dtype=images.dtype)[None]
-    k = torch.exp(-x**2 / (2 * sigma**2))
-    k = k / k.sum(1, keepdim=True)  # [n, 5]
-    c = images.shape[1]
-    flat = images.reshape(1, n * c, *images.shape[2:])
-    kx = k.repeat_interleave(c, 0)[:, None, None, :]
-    ky = k.repeat_interleave(c, 0)[:, None, :, None]
-    blurred = F.conv2d(F.pad(flat, (2, 2, 0, 0), mode="replicate"), kx, groups=n * c)
-    blurred = F.conv2d(F.pad(blurred, (0, 0, 2, 2), mode="replicate"), ky, groups=n * c).reshape_as(images)
-    noisy = blurred + 0.03 * torch.randn(images.shape, generator=generator, device=dev)
-    pick = torch.rand(n, generator=generator, device=dev)[:, None, None, None] < 0.5
-    return torch.where(pick, noisy.clamp(-1, 1), images)
-
-
-def train_scene_judge(cfg, out_dir: Path, progress=None) -> dict:
-    """Train the scene judge (``cfg``: :class:`workbench.models.train.TrainConfig`; lr, steps, batch size, time
-    limit, seeds) and save it with its held-out accuracy per attribute to ``out_dir``."""
-    from workbench.models.train import _device, _lr_at
-
-    device = _device(cfg)
-    torch.manual_seed(cfg.seed)
-    model = SceneJudge().to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    start, step = time.time(), 0
-    for step in range(cfg.steps):
-        if cfg.time_limit_min is not None and time.time() - start > cfg.time_limit_min * 60:
-            break
-        batch = make_scenes(cfg.batch_size, cfg.data_seed * 1_000_000 + step, device=device)
-        x = degrade(batch.images, gen)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
-            logits = model(x)
-        heads = model.split(logits.float())
-        loss = sum(F.cross_entropy(h, batch.attributes[:, i]) for i, h in enumerate(heads))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress is not None and step % 50 == 0:
-            progress({"step": step, "loss": float(loss)})
-    model.train(False)
-    val = make_scenes(2048, VAL_SEED, device=device)
-    accuracy = {}
-    for name, images in (("clean", val.images), ("degraded", degrade(val.images, gen))):
-        pred = _run(model, images)[1]
-        agree = pred == val.attributes.cpu()
-        accuracy[name] = {"all": float(agree.all(1).float().mean()),
-                          **{a: float(agree[:, i].float().mean()) for i, a in enumerate(ATTRIBUTES)}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
-    record = dict(config=asdict(cfg), steps_done=step + 1, train_minutes=(time.time() - start) / 60,
-                  validation_accuracy=accuracy, val_seed=VAL_SEED, device=str(device))
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
-    return record
