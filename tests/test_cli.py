@@ -25,7 +25,7 @@ def test_models_json(capsys):
     assert main(["models", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     names = {m["name"]: m for m in report["models"]}
-    assert set(names) == {"tiny-unet", "tiny-dit"}
+    assert set(names) == {"tiny-unet", "tiny-dit", "tiny-sd"}
     assert all(0 < m["parameters"] <= 8_000_000 and m["weights"] for m in names.values())
 
 
