@@ -158,11 +158,11 @@ def test_the_cli_prints_and_writes_the_same_either_way(model, argv, capsys, tmp_
 def test_the_fast_path_imports_neither_torch_nor_diffusers(tmp_path):
     code = ("import json, sys\nfrom workbench.cli import main\n"
             f"rc = [main(['policy', 'make', '--model', m, '--steps', '20', '--out', {str(tmp_path)!r} + '/' + m]) "
-            "for m in ('tiny-unet', 'tiny-dit')]\n"
+            f"for m in {MODELS!r}]\n"
             "print(json.dumps({'rc': rc, 'heavy': sorted(k for k in ('torch', 'diffusers') if k in sys.modules)}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"rc": [0, 0], "heavy": []}
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"rc": [0] * len(MODELS), "heavy": []}
     for model in MODELS:
         shipped = json.loads((embedded_path(model) / meta.FILE).read_text())
         assert frdiff.Policy.load(tmp_path / model).model == shipped["model"]
