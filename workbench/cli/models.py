@@ -101,8 +101,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
                           ema_decay=args.ema_decay, teacher=args.teacher, distill_weight=args.distill_weight)
     except ValueError as exc:
         distributed.refuse(str(exc))
-    if cfg.model in ("shape-classifier", "scene-judge", "tiny-sd") and distributed.is_distributed():
-        distributed.refuse(f"{cfg.model} trains in one process; run it without torchrun")
+    one_process = {"shape-classifier": "the shape classifier", "scene-judge": "the scene judge", "tiny-sd": "tiny-sd"}
+    if cfg.model in one_process and distributed.is_distributed():
+        distributed.refuse(f"{one_process[cfg.model]} trains in one process; run it without torchrun")
     if args.model == "tiny-sd" and args.init_from and not (Path(args.init_from) / "model_index.json").is_file():
         raise UserError(f"--init-from {args.init_from} is not a tiny-sd folder (no model_index.json in it)")
     out = Path(args.out)
