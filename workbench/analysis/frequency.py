@@ -86,6 +86,14 @@ def error_spectrum(variant: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return spec.reshape(-1, spec.shape[-1]).mean(0)
 
 
+def band_errors(spectrum: np.ndarray) -> dict[str, float]:
+    """Mean error power in the low (first third of the radial bins, structure) and high (last third, fine detail)
+    frequencies of an error spectrum (the Tour's reading and ``bench engine-quality`` use it)."""
+    s = np.asarray(spectrum, dtype=float)
+    k = max(1, len(s) // 3)
+    return {"low": float(s[:k].mean()), "high": float(s[-k:].mean())}
+
+
 def predicted_x0(latents: np.ndarray, output: np.ndarray, timesteps: list[int], alphas_cumprod: np.ndarray,
                  prediction_type: str = "epsilon") -> np.ndarray:
     """The denoiser's estimate of the clean sample at each step, ``[steps, batch, ...]``.

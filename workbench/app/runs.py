@@ -251,14 +251,6 @@ def tour_variants(pipe, steps: int) -> list[Variant]:
     ]
 
 
-def band_errors(spectrum: np.ndarray) -> dict[str, float]:
-    """Mean error power in the low (first third of the radial bins, structure) and high (last third, fine detail)
-    frequencies of an error spectrum."""
-    s = np.asarray(spectrum, dtype=float)
-    k = max(1, len(s) // 3)
-    return {"low": float(s[:k].mean()), "high": float(s[-k:].mean())}
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}×" if b > 0 else "∞×"
 
@@ -272,6 +264,8 @@ def tour_reading(result: dict) -> list[str]:
     ranked = sorted(result["variants"], key=lambda x: -x["psnr"])
     lines = ["Closest to the full run: " + ", ".join(f"**{x['name']}** {x['psnr']:.1f} dB" for x in ranked) + "."]
     if TOUR_FEWER in spectra and TOUR_FR in spectra:
+        from workbench.analysis.frequency import band_errors
+
         few, fr = band_errors(spectra[TOUR_FEWER]), band_errors(spectra[TOUR_FR])
         if fr["high"] < few["high"]:
             lines.append(f"At high frequencies (fine detail) feature reuse errs {_ratio(few['high'], fr['high'])} less "

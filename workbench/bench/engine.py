@@ -393,6 +393,7 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
     FR M=3 + mixing's and beyond), and ``error_spectra`` with ``band_errors`` (mean error power in the lowest and
     highest third of the radial frequencies, :mod:`workbench.analysis.frequency`) of every variant against the
     reference: fewer steps keep low frequencies, FR keeps high ones, says the paper."""
+    from workbench.bench.methods import seed_conditions
     from workbench.compare import Variant, compare, measure_savings
     from workbench.conditions import takes_prompts
     from workbench.models.zoo import load_pipeline
@@ -404,12 +405,7 @@ def bench_engine_quality(repeats: int = 1, seeds: int = 64, models: tuple[str, .
         pipe = load_pipeline(name, device=device)
         pipe.set_progress_bar_config(disable=True)
         prompts = takes_prompts(pipe)
-        if prompts:
-            from workbench.models.scenes import eval_prompts
-
-            labels = eval_prompts(seeds)
-        else:
-            labels = [s % pipe.num_classes for s in range(seeds)]
+        labels = seed_conditions(pipe, list(range(seeds)))  # classes cycling, or scene caption i for seed i
 
         def variants(sched, only=None, pipe=pipe):
             out = []
@@ -463,11 +459,10 @@ def equal_compute_variants(variants: list, savings: dict, steps: int) -> list:
 def add_error_spectra(result: dict) -> None:
     """Each variant's error spectrum against the reference (radial, averaged over images and channels) and its mean
     error power in the low and high thirds of the frequencies; the images are dropped afterwards."""
-    from workbench.analysis.frequency import error_spectrum
+    from workbench.analysis.frequency import band_errors, error_spectrum
 
     ref = result["reference"].pop("images").numpy()
     for v in result["variants"]:
         spec = error_spectrum(v.pop("images").numpy(), ref)
-        k = max(1, len(spec) // 3)
         v["error_spectrum"] = [float(x) for x in spec]
-        v["band_errors"] = {"low": float(spec[:k].mean()), "high": float(spec[-k:].mean())}
+        v["band_errors"] = band_errors(spec)

@@ -21,14 +21,14 @@ from workbench.models.data import make_shapes
 
 def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
     """Sampling latency of the shipped models (50 DDIM steps, 4 images, CFG) and data generation throughput."""
-    from workbench.models.scenes import eval_prompts
+    from workbench.bench.methods import seed_conditions
     from workbench.models.zoo import EMBEDDED, load_pipeline
 
     models = {}
     for name in EMBEDDED:
         pipe = load_pipeline(name, device=device)
         # class-conditional: classes 0-3; tiny-sd: four scene captions, its VAE decode and text encoding included
-        conditions = eval_prompts(4) if EMBEDDED[name].architecture == "sd" else [0, 1, 2, 3]
+        conditions = seed_conditions(pipe, [0, 1, 2, 3])
 
         def run(pipe=pipe, conditions=conditions):
             gens = [torch.Generator().manual_seed(i) for i in range(4)]
