@@ -28,3 +28,29 @@ def test_machine_info_names_the_shipped_weights():
     dit = MODELS_DIR / "tiny-dit" / "transformer" / "diffusion_pytorch_model.safetensors"
     assert weights["tiny-dit"] == hashlib.sha256(dit.read_bytes()).hexdigest()[:16]
     assert len(set(weights.values())) == len(weights)  # different models, different digests
+
+
+def test_foundation_interleaves_the_models(monkeypatch):
+    """Every model warms up once, then each round times every model once, in catalogue order."""
+    from types import SimpleNamespace
+
+    import workbench.bench.foundation as foundation
+    import workbench.bench.methods as methods
+    import workbench.models.zoo as zoo
+
+    calls = []
+
+    def fake_pipeline(name, device="cpu"):
+        def pipe(conditions, num_inference_steps, generator):
+            calls.append(name)
+        pipe.config = SimpleNamespace(default_guidance_scale={"a": 2.0}.get(name, 7.5))
+        return pipe
+
+    monkeypatch.setattr(zoo, "EMBEDDED", ("a", "b"))
+    monkeypatch.setattr(zoo, "load_pipeline", fake_pipeline)
+    monkeypatch.setattr(methods, "seed_conditions", lambda pipe, seeds: seeds)
+    monkeypatch.setattr(foundation, "make_shapes", lambda n, seed: None)
+    report = foundation.bench_foundation(repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert report["interleaved"] and [len(m["runs_s"]) for m in report["models"].values()] == [3, 3]
+    assert report["models"]["a"]["guidance_scale"] == 2.0 and report["models"]["b"]["guidance_scale"] == 7.5

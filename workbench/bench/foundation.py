@@ -20,11 +20,14 @@ from workbench.models.data import make_shapes
 
 
 def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
-    """Sampling latency of the shipped models (50 DDIM steps, 4 images, CFG) and data generation throughput."""
+    """Sampling latency of the shipped models (50 DDIM steps, 4 images, CFG) and data generation throughput.
+
+    The models run interleaved — one warm-up each, then round r times every model once — so that a drift of a shared
+    machine hits them alike (``runs_s`` lists each model's times in round order)."""
     from workbench.bench.methods import seed_conditions
     from workbench.models.zoo import EMBEDDED, load_pipeline
 
-    models = {}
+    runners = {}
     for name in EMBEDDED:
         pipe = load_pipeline(name, device=device)
         # class-conditional: classes 0-3; tiny-sd: four scene captions, its VAE decode and text encoding included
@@ -34,11 +37,18 @@ def bench_foundation(repeats: int = 3, device: str = "cpu") -> dict:
             gens = [torch.Generator().manual_seed(i) for i in range(4)]
             return pipe(conditions, num_inference_steps=50, generator=gens)
 
-        med, times = median_time(run, repeats)
-        models[name] = dict(sample_4_images_50_steps_cfg_s=med, runs_s=times,
-                            guidance_scale=getattr(pipe.config, "default_guidance_scale", 7.5))
-    med, times = median_time(lambda: make_shapes(4096, seed=0), repeats)
-    return dict(suite="foundation", machine=machine_info(), device=device, models=models,
+        run()  # warm-up
+        runners[name] = (run, getattr(pipe.config, "default_guidance_scale", 7.5))
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, (run, _) in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    models = {name: dict(sample_4_images_50_steps_cfg_s=statistics.median(times[name]), runs_s=times[name],
+                         guidance_scale=guidance) for name, (_, guidance) in runners.items()}
+    med, data_times = median_time(lambda: make_shapes(4096, seed=0), repeats)
+    return dict(suite="foundation", machine=machine_info(), device=device, models=models, interleaved=True,
                 data=dict(images=4096, median_s=med, images_per_s=4096 / med))
 
 
