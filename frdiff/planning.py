@@ -16,6 +16,8 @@ least total estimated error comes first. ``workbench.plan`` then runs the best f
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -24,13 +26,17 @@ from .policy import REUSE_MODES, Mixing, Policy, model_ref
 
 INTERVALS = (1, 2, 3, 4, 5, 6)
 WARMUPS = (0, 2, 4)
+_PATTERN = re.compile(r"^(?P<kind>[MR])(?P<every>\d+)\+W(?P<warmup>\d+)(?P<last>\+L)?$")
 
 
-def keyframe_pattern(steps: int, interval: int, warmup: int = 0) -> torch.Tensor:
-    """bool ``[steps]``: the first ``warmup`` steps (and step 0), then every ``interval``-th step from there."""
+def keyframe_pattern(steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
+    """bool ``[steps]``: the first ``warmup`` steps (and step 0), then every ``interval``-th step from there — or,
+    with ``last``, every ``interval``-th step counted back from the last step, so that the last step is a keyframe
+    (TaylorSeer's schedule: its warm-up, then computed steps that end on the last one)."""
     mask = torch.zeros(steps, dtype=torch.bool)
     mask[:warmup] = True
-    mask[warmup::interval] = True
+    step = torch.arange(steps)
+    mask |= (step >= warmup) & ((steps - 1 - step if last else step - warmup) % interval == 0)
     mask[0] = True
     return mask
 
@@ -45,11 +51,12 @@ def reuse_pattern(steps: int, every: int, warmup: int = 0) -> torch.Tensor:
 
 
 def patterns(steps: int, intervals=INTERVALS, warmups=WARMUPS, reuse_every=(3, 4, 5)) -> dict[str, torch.Tensor]:
-    """Named keyframe patterns: ``"M3+W2"`` computes steps 0–1, then every 3rd step; ``"R4+W0"`` reuses every 4th
-    step and computes the others. Identical masks appear once."""
+    """Named keyframe patterns: ``"M3+W2"`` computes steps 0–1, then every 3rd step; ``"M3+W2+L"`` likewise but
+    with the grid aligned on the last step (computed); ``"R4+W0"`` reuses every 4th step and computes the others.
+    Identical masks appear once."""
     out: dict[str, torch.Tensor] = {}
-    candidates = [(f"M{m}+W{w}", keyframe_pattern(steps, m, w)) for m in intervals
-                  for w in (warmups if m > 1 else (0,))]
+    candidates = [(f"M{m}+W{w}{'+L' if last else ''}", keyframe_pattern(steps, m, w, last)) for m in intervals
+                  for w in (warmups if m > 1 else (0,)) for last in (False, True)]
     candidates += [(f"R{r}+W{w}", reuse_pattern(steps, r, w)) for r in reuse_every for w in warmups]
     for name, mask in candidates:
         if not any(torch.equal(mask, other) for other in out.values()):
@@ -109,21 +116,57 @@ def plan_candidates(denoiser: nn.Module, errors: dict[str, dict[tuple[str, str],
 
 
 
+def skip_candidates(denoiser: nn.Module, pats: dict[str, torch.Tensor], steps: int, target: float,
+                    scheduler: str = "ddim", modes=("taylor1", "taylor2"), provenance: dict | None = None,
+                    tol: float = 1e-9) -> list[Policy]:
+    """Whole-step candidates at compute ≤ ``target``: the denoiser is called only at the keyframes of one keyframe
+    pattern (λ = 0 elsewhere, reduced NFE) and ε at the other steps is forecast from the last calls by each of
+    ``modes``. The pattern is the densest ``M…`` pattern that fits (its compute is its share of steps); among equally
+    dense ones, one whose grid ends on the last step, then the shortest warm-up. The recorded feature maps say
+    nothing about ε, so there is no estimate to rank these by: they are run next to the shortlist and measured."""
+    fitting = [(int(m.sum()), n) for n, m in pats.items()
+               if n.startswith("M") and not m.all() and int(m.sum()) / steps <= target + tol]
+    if not fitting:
+        return []
+    _, name = max(fitting, key=lambda c: (c[0], pattern_kind(c[1])[1], -pattern_kind(c[1])[0]))
+    blocks = find_blocks(denoiser)
+    names, kinds = [b for b, _ in blocks], [k for _, k in blocks]
+    mask = pats[name].unsqueeze(0).repeat(len(names), 1)
+    compute = float(pats[name].sum()) / steps
+    return [Policy(blocks=names, keyframes=mask.clone(), steps=steps, scheduler=scheduler,
+                   granularity=["block" if k == "generic" else "feature" for k in kinds], kinds=kinds,
+                   mixing=Mixing(enabled=True, schedule="constant", value=0.0), skip_reuse=mode,
+                   model=model_ref(denoiser),
+                   provenance={"made_by": "plan", "target_compute": target, "compute_fraction": compute,
+                               "pattern": name, "skip": mode, "computed_blocks": [], "estimated_error": None,
+                               **(provenance or {})}).check(model_blocks=dict(blocks))
+            for mode in modes]
+
+
+def pattern_kind(pattern: str) -> tuple[int, bool]:
+    """The warm-up of a pattern name and whether its grid ends on the last step (``"M3+W2+L"`` → ``(2, True)``)."""
+    m = _PATTERN.match(pattern)
+    if m is None:
+        raise ValueError(f"not a pattern name: {pattern!r}")
+    return int(m["warmup"]), m["last"] is not None
+
+
 def warmup_of(pattern: str) -> int:
     """The warm-up of a pattern name (``"M3+W2"`` → 2)."""
-    return int(pattern.rsplit("+W", 1)[1])
+    return pattern_kind(pattern)[0]
 
 
 def shortlist(ranked: list[Policy], n: int = 3) -> list[Policy]:
-    """The candidates worth running: the ``n`` with the least estimated error and, for every warm-up the first ``n``
-    lack, the best-ranked one with that warm-up. Computing the first steps in full (as TaylorSeer does) is where the
-    estimate misleads most: a forecast's error early in sampling shows in the estimate, the benefit of fresh
-    keyframes behind every later forecast does not."""
+    """The candidates worth running: the ``n`` with the least estimated error and, for every kind of pattern —
+    warm-up × whether the last step is a keyframe — the first ``n`` lack, the best-ranked one of that kind.
+    Computing the first steps in full (as TaylorSeer does) and computing the last step are where the estimate
+    misleads most: the estimate weighs every step's error alike, while a forecast's benefit from fresh keyframes
+    behind it, and an error at the last step (which no later step corrects), do not show in it."""
     out = list(ranked[: max(1, n)])
-    have = {warmup_of(p.provenance["pattern"]) for p in out}
+    have = {pattern_kind(p.provenance["pattern"]) for p in out}
     for p in ranked[len(out):]:
-        w = warmup_of(p.provenance["pattern"])
-        if w not in have:
+        kind = pattern_kind(p.provenance["pattern"])
+        if kind not in have:
             out.append(p)
-            have.add(w)
+            have.add(kind)
     return out

@@ -10,18 +10,22 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
+from .planning import keyframe_pattern
 from .policy import FORECAST_AXES, REUSE_MODES, Mixing, Policy, model_ref
 
 PRESETS = ("none", "uniform", "reduced-nfe", "deepcache", "threshold")
 
 
-def uniform_mask(n_blocks: int, steps: int, interval: int) -> torch.Tensor:
-    """Keyframes at steps 0, M, 2M, … for every block (the paper's uniform policy)."""
+def uniform_mask(n_blocks: int, steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
+    """Keyframes at steps 0, M, 2M, … for every block (the paper's uniform policy); with ``warmup`` W the first W
+    steps are keyframes and the grid starts at step W; with ``last`` the grid is counted back from the last step,
+    which is then a keyframe (:func:`frdiff.planning.keyframe_pattern`; W = 2 with ``last`` at M = 2 is
+    TaylorSeer's schedule)."""
     if interval < 1:
         raise ValueError(f"interval must be ≥ 1, got {interval}")
-    mask = torch.zeros(n_blocks, steps, dtype=torch.bool)
-    mask[:, ::interval] = True
-    return mask
+    if warmup < 0:
+        raise ValueError(f"warmup must be ≥ 0, got {warmup}")
+    return keyframe_pattern(steps, interval, warmup, last).unsqueeze(0).repeat(n_blocks, 1)
 
 
 def _policy(denoiser: nn.Module, blocks, mask, steps, scheduler, provenance, granularity=None, mixing=None,
@@ -53,7 +57,8 @@ def reuse_settings(reuse: str = "hold", skip_reuse: str | None = None, forecast_
 
 def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "ddim", interval: int = 2,
                 mix: bool = False, mixing: Mixing | None = None, reuse: str = "hold", skip_reuse: str | None = None,
-                forecast_axis: str = "step", cache_dtype: str | None = None) -> Policy:
+                forecast_axis: str = "step", cache_dtype: str | None = None, warmup: int = 0,
+                last: bool = False) -> Policy:
     """Build preset ``name`` (one of :data:`PRESETS` except ``threshold``, see :func:`threshold_policy`).
 
     - ``none``: every block computed at every step; runs exactly as the stock pipeline.
@@ -67,6 +72,8 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
 
     ``reuse``: every block's reuse mode (``hold``, ``taylor1``, ``taylor2``); ``skip_reuse``: ε_key's at skipped and
     mixed steps (default: ``reuse``); ``forecast_axis`` and ``cache_dtype`` as in :class:`~frdiff.policy.Policy`.
+    ``warmup`` and ``last`` place the keyframes of ``uniform``, ``reduced-nfe`` and ``deepcache`` as in
+    :func:`uniform_mask` (the defaults are the paper's grid; provenance names them only when set).
     """
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
@@ -75,25 +82,26 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
     settings = reuse_settings(reuse, skip_reuse, forecast_axis, cache_dtype)
     params = {"preset": name, "steps": steps, "scheduler": scheduler,
               **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
+    placement = {**({"warmup": warmup} if warmup else {}), **({"last_keyframe": True} if last else {})}
     if name == "none":
         return _policy(denoiser, blocks, torch.ones(nb, steps, dtype=torch.bool), steps, scheduler, params,
                        reuse=settings)
     if name == "uniform":
         mixing = mixing or Mixing(enabled=mix)
-        params |= {"interval": interval, "mixing": mixing.enabled}
-        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params, mixing=mixing,
-                       reuse=settings)
+        params |= {"interval": interval, "mixing": mixing.enabled, **placement}
+        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval, warmup, last), steps, scheduler, params,
+                       mixing=mixing, reuse=settings)
     if name == "reduced-nfe":
-        params |= {"interval": interval}
-        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval), steps, scheduler, params,
+        params |= {"interval": interval, **placement}
+        return _policy(denoiser, blocks, uniform_mask(nb, steps, interval, warmup, last), steps, scheduler, params,
                        mixing=Mixing(enabled=True, schedule="constant", value=0.0), reuse=settings)
     if name == "deepcache":
         shallow = shallow_blocks([b for b, _ in blocks])
-        mask = uniform_mask(nb, steps, interval)
+        mask = uniform_mask(nb, steps, interval, warmup, last)
         for i, (b, _) in enumerate(blocks):
             if b in shallow:
                 mask[i] = True
-        params |= {"interval": interval, "always_computed": sorted(shallow)}
+        params |= {"interval": interval, "always_computed": sorted(shallow), **placement}
         return _policy(denoiser, blocks, mask, steps, scheduler, params, granularity=["block"] * nb,
                        reuse=settings)
     if name == "threshold":

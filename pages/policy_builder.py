@@ -56,9 +56,14 @@ with st.expander("Start from a preset or a recorded run", expanded=False):
     interval = int(c3.number_input("Keyframe every M steps", 1, 50, 2, key="builder_interval"))
     scheduler = c4.selectbox("Scheduler", [s for s in SCHEDULERS if s != "ddpm"], key="builder_scheduler")
     mix = c5.checkbox("Score mixing", key="builder_mix")
+    w1, w2 = st.columns(2)
+    warmup = int(w1.number_input("Warm-up: first steps computed in full", 0, MAX_STEPS, 0, key="builder_warmup"))
+    last = w2.checkbox("Last step a keyframe (grid counted back from it)", key="builder_last",
+                       help="With warm-up 2 and M = 2: TaylorSeer's schedule")
     if st.button("Apply preset", type="primary", key="builder_apply_preset"):
         with readable_errors("The preset"):
-            set_base(frdiff.make_preset(preset, den, steps, scheduler=scheduler, interval=interval, mix=mix))
+            set_base(frdiff.make_preset(preset, den, steps, scheduler=scheduler, interval=interval, mix=mix,
+                                        warmup=warmup, last=last))
         st.rerun()
     st.divider()
     store = pick_run("builder_run")

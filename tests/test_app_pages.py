@@ -137,6 +137,18 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     speed = next(m for m in at.metric if m.label == "Predicted speedup")
     assert float(speed.value.rstrip("×")) > 1.0
 
+    # a warm-up and the last step as keyframe: steps 0-1, then the grid counted back from step 5
+    at.number_input(key="builder_warmup").set_value(2)
+    at.checkbox(key="builder_last").check()
+    at.button(key="builder_apply_preset").click().run()
+    ok(at)
+    placed = at.session_state["policy"]
+    assert placed.keyframes[:, [0, 1, 2, 5]].all() and not placed.keyframes[:, [3, 4]].any()
+    at.number_input(key="builder_warmup").set_value(0)
+    at.checkbox(key="builder_last").uncheck()
+    at.button(key="builder_apply_preset").click().run()
+    ok(at)
+
     # whole row: the first block computed at every step again
     rev = at.session_state["builder_rev"]
     at.multiselect(key=f"builder_rows_{rev}").set_value([policy.blocks[0]])

@@ -77,7 +77,7 @@ def test_the_plain_python_copies_of_frdiffs_constants_are_frdiffs():
 # ---- the fast path against the slow one -----------------------------------------------------------------------------
 def _args(**kw) -> argparse.Namespace:
     base = dict(preset="uniform", steps=20, scheduler="ddim", interval=2, mix=False, reuse="hold", skip_reuse=None,
-                forecast_axis="step", cache_dtype=None, granularity=None)
+                forecast_axis="step", cache_dtype=None, granularity=None, warmup=0, last_keyframe=False)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -86,7 +86,9 @@ GRID = [dict(preset=p, steps=s, interval=i, mix=m) for p, s, i, m in itertools.p
 OPTIONS = [dict(), dict(granularity="block"), dict(granularity="feature"), dict(reuse="taylor1"),
            dict(reuse="taylor2", skip_reuse="hold", forecast_axis="timestep"), dict(skip_reuse="taylor2"),
            dict(cache_dtype="float16"), dict(cache_dtype="bfloat16", reuse="taylor1"), dict(cache_dtype="float32"),
-           dict(scheduler="dpmpp"), dict(scheduler="unipc", granularity="block", reuse="taylor2")]
+           dict(scheduler="dpmpp"), dict(scheduler="unipc", granularity="block", reuse="taylor2"),
+           dict(warmup=2), dict(last_keyframe=True), dict(warmup=2, last_keyframe=True, reuse="taylor2"),
+           dict(warmup=7, last_keyframe=True, granularity="block"), dict(warmup=60)]
 CASES = GRID + [dict(preset=p, steps=s, interval=i, mix=m, **o) for (p, s, i, m), o in zip(
     itertools.cycle(itertools.product(PRESETS, (9, 20, 50), (2, 3), (False, True))), OPTIONS * 8)]
 
@@ -105,7 +107,7 @@ def test_fast_policy_is_the_slow_policy_byte_for_byte_with_the_same_report(model
         fast = quickpolicy.make(card, args.preset, args.steps, scheduler=args.scheduler, interval=args.interval,
                                 mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                                 forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
-                                granularity=args.granularity)
+                                granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe)
         assert quickpolicy.to_json(fast) == slow.to_json(), case
         expected = {"blocks": len(slow.blocks), "steps": slow.steps, "denoiser_calls": slow.denoiser_calls(),
                     "step_kinds": engine._kinds_line(slow),
@@ -144,6 +146,7 @@ def _make(capsys, out: Path, *argv) -> tuple[int, str, str, bytes | None]:
     ("--preset", "none", "--steps", "5", "--json"),
     ("--steps", "25", "--reuse", "taylor2", "--skip-reuse", "taylor1", "--forecast-axis", "timestep",
      "--cache-dtype", "float16", "--granularity", "block", "--scheduler", "euler"),
+    ("--preset", "reduced-nfe", "--interval", "4", "--warmup", "2", "--last-keyframe", "--reuse", "taylor2"),
 ])
 def test_the_cli_prints_and_writes_the_same_either_way(model, argv, capsys, tmp_path, monkeypatch, pipes):
     served = _spy(monkeypatch)

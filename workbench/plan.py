@@ -5,9 +5,10 @@
    (:func:`workbench.analysis.predictability.option_errors`).
 2. :func:`frdiff.planning.plan_candidates`: for every pattern that fits the budget, the blocks to compute at every
    step and each other block's best mode, ranked by the summed estimated error.
-3. Run the shortlist (:func:`frdiff.planning.shortlist`: the 3 best estimates and the best of each warm-up — 0, 2 or
-   4 steps computed in full first — they lack) on the recorded seeds next to the full run
-   (:func:`workbench.compare.compare`) and
+3. Run the shortlist (:func:`frdiff.planning.shortlist`: the 3 best estimates and the best of each kind of
+   pattern — 0, 2 or 4 steps computed in full first, × the last step a keyframe or not — they lack) on the recorded
+   seeds next to the full run (:func:`workbench.compare.compare`), with the whole-step candidates
+   (:func:`frdiff.planning.skip_candidates`: no call at the reuse steps, ε forecast), and
    keep the one with the highest PSNR: the estimates are per block and cannot see how one block's error propagates
    through the next, so the final choice is measured, not estimated. Those seeds are the recording's, never the
    seeds a benchmark evaluates on.
@@ -18,16 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import frdiff
-from frdiff.planning import patterns, plan_candidates, shortlist
+from frdiff.planning import patterns, plan_candidates, shortlist, skip_candidates
 from workbench.analysis.predictability import option_errors
 
 
 def plan_from_run(pipe, store, target: float, granularity: str = "block", modes=frdiff.REUSE_MODES,
                   candidates: int = 3, savings: dict | None = None, errors: dict | None = None,
-                  progress: Callable[[dict], None] | None = None) -> tuple[frdiff.Policy, dict]:
+                  progress: Callable[[dict], None] | None = None, skip: bool = True) -> tuple[frdiff.Policy, dict]:
     """The planned policy for ``pipe`` from the recorded run ``store`` at compute ≤ ``target`` and what was tried:
     ``(policy, {"candidates": [{pattern, compute_fraction, estimated_error, psnr}], "errors": ...})``.
-    ``errors``: the estimates of an earlier call on the same run (they do not depend on the target)."""
+    ``errors``: the estimates of an earlier call on the same run (they do not depend on the target); ``skip``: run
+    the whole-step candidates too (:func:`frdiff.planning.skip_candidates`: reduced NFE on the densest pattern that
+    fits, ε forecast by taylor1 and taylor2)."""
     from workbench.compare import Variant, compare, measure_savings
 
     if not store.complete:
@@ -38,11 +41,19 @@ def plan_from_run(pipe, store, target: float, granularity: str = "block", modes=
     errors = errors if errors is not None else option_errors(store, pats, modes)
     savings = savings if savings is not None else measure_savings(pipe)
     scheduler = store.manifest["scheduler"]["name"]
-    ranked = plan_candidates(frdiff.denoiser_of(pipe), errors, pats, savings, steps, target, granularity,
-                             scheduler=scheduler, provenance={"source": str(store.directory)})
-    short = shortlist(ranked, candidates)
+    den, source = frdiff.denoiser_of(pipe), {"source": str(store.directory)}
+    skips = skip_candidates(den, pats, steps, target, scheduler=scheduler, provenance=source) if skip else []
+    try:
+        ranked = plan_candidates(den, errors, pats, savings, steps, target, granularity, scheduler=scheduler,
+                                 provenance=source)
+    except ValueError:
+        if not skips:
+            raise
+        ranked = []
+    short = shortlist(ranked, candidates) + skips if ranked else skips
     tried = [{"pattern": p.provenance["pattern"], "compute_fraction": p.provenance["compute_fraction"],
-              "estimated_error": p.provenance["estimated_error"]} for p in short]
+              "estimated_error": p.provenance["estimated_error"],
+              **({"skip": p.provenance["skip"]} if "skip" in p.provenance else {})} for p in short]
     if len(short) > 1:
         labels, seeds = store.manifest["conditions"], store.manifest["seeds"]
         res = compare(pipe, [Variant(f"candidate {i}", p) for i, p in enumerate(short)], labels, seeds,

@@ -32,7 +32,7 @@ CENTER, SLOPE = 0.5, 30.0
 
 
 def _served(meta: dict, preset, steps, scheduler, interval, reuse, skip_reuse, forecast_axis, cache_dtype,
-            granularity) -> bool:
+            granularity, warmup=0, last=False) -> bool:
     """Whether the input is valid (else the slow path reports why, in its words)."""
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -43,6 +43,7 @@ def _served(meta: dict, preset, steps, scheduler, interval, reuse, skip_reuse, f
             and reuse in REUSE_MODES and (skip_reuse is None or skip_reuse in REUSE_MODES)
             and forecast_axis in FORECAST_AXES and (cache_dtype is None or cache_dtype in CACHE_DTYPES)
             and (granularity is None or granularity in GRANULARITIES)
+            and whole(warmup) and warmup >= 0 and isinstance(last, bool)
             and all(kind in KINDS for _, kind in meta["blocks"]))
 
 
@@ -59,19 +60,23 @@ def shallow_blocks(names: list[str]) -> set[str]:
 
 def make(meta: dict, preset: str, steps: int, scheduler: str = "ddim", interval: int = 2, mix: bool = False,
          reuse: str = "hold", skip_reuse: str | None = None, forecast_axis: str = "step",
-         cache_dtype: str | None = None, granularity: str | None = None) -> dict | None:
+         cache_dtype: str | None = None, granularity: str | None = None, warmup: int = 0,
+         last: bool = False) -> dict | None:
     """The policy ``policy make`` writes (as :meth:`frdiff.Policy.to_dict` gives it), or ``None`` when the input
     is not valid. Arguments as :func:`frdiff.make_preset`'s; ``granularity``: the CLI's ``--granularity``."""
     if not _served(meta, preset, steps, scheduler, interval, reuse, skip_reuse, forecast_axis, cache_dtype,
-                   granularity):
+                   granularity, warmup, last):
         return None
     names, kinds = [b for b, _ in meta["blocks"]], [k for _, k in meta["blocks"]]
     settings = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "forecast_axis": forecast_axis,
                 "cache_dtype": cache_dtype}
     params = {"preset": preset, "steps": steps, "scheduler": scheduler,
               **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
+    placement = {**({"warmup": warmup} if warmup else {}), **({"last_keyframe": True} if last else {})}
     every = [[True] * steps for _ in names]
-    uniform = [[s % interval == 0 for s in range(steps)] for _ in names] if preset != "none" else every
+    # frdiff.planning.keyframe_pattern: the warm-up, then the grid (counted back from the last step with ``last``)
+    grid = [s == 0 or s < warmup or (steps - 1 - s if last else s - warmup) % interval == 0 for s in range(steps)]
+    uniform = [list(grid) for _ in names] if preset != "none" else every
     grans = ["block" if k == "generic" else "feature" for k in kinds]
     mixing = {"enabled": False, "schedule": "linear", "center": CENTER, "slope": SLOPE, "value": 0.0}
     if preset == "none":
@@ -79,15 +84,15 @@ def make(meta: dict, preset: str, steps: int, scheduler: str = "ddim", interval:
     elif preset == "uniform":
         mask = uniform
         mixing["enabled"] = mix
-        params |= {"interval": interval, "mixing": mix}
+        params |= {"interval": interval, "mixing": mix, **placement}
     elif preset == "reduced-nfe":
         mask = uniform
         mixing |= {"enabled": True, "schedule": "constant", "value": 0.0}
-        params |= {"interval": interval}
+        params |= {"interval": interval, **placement}
     else:  # deepcache
         shallow = shallow_blocks(names)
         mask = [every[i] if b in shallow else uniform[i] for i, b in enumerate(names)]
-        params |= {"interval": interval, "always_computed": sorted(shallow)}
+        params |= {"interval": interval, "always_computed": sorted(shallow), **placement}
         grans = ["block"] * len(names)
     if granularity and preset != "deepcache":  # the CLI's --granularity (DeepCache-style policies skip blocks)
         grans = [granularity if k != "generic" else "block" for k in kinds]

@@ -149,7 +149,9 @@ PLAN_TARGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 def forecast_methods(den, steps: int) -> list[Method]:
     """Forecast reuse (policy version 2) at M = 2…5: feature and whole-block reuse with ``taylor1`` / ``taylor2``,
-    ``taylor2`` with score mixing, and reduced NFE with ε forecast from the last full steps."""
+    ``taylor2`` with score mixing, and reduced NFE with ε forecast from the last full steps; whole-block and
+    reduced-NFE forecasts again with TaylorSeer's keyframe placement (2 warm-up steps, the grid ending on the last
+    step: ``--warmup 2 --last-keyframe``)."""
     out = []
     for mode in FORECASTS:
         for m in FORECAST_INTERVALS:
@@ -162,6 +164,17 @@ def forecast_methods(den, steps: int) -> list[Method]:
             out.append(Method(f"reduced NFE M={m}, ε {mode}", f"reduced NFE + ε forecast ({mode})", True, steps,
                               policy=make_preset("reduced-nfe", den, steps, interval=m, reuse=mode),
                               params={"interval": m, "skip_reuse": mode}))
+    for mode in FORECASTS:  # TaylorSeer's placement: 2 warm-up steps, then a grid that ends on the last step
+        for m in FORECAST_INTERVALS:
+            block = make_preset("uniform", den, steps, interval=m, reuse=mode, warmup=2, last=True)
+            block = block.replaced(granularity=["block"] * len(block.blocks))
+            out.append(Method(f"FR M={m} {mode}, whole blocks, W2+last", f"FRDiff {mode} (block, W2+last)", True,
+                              steps, policy=block, params={"interval": m, "reuse": mode, "granularity": "block",
+                                                           "warmup": 2, "last_keyframe": True}))
+            out.append(Method(f"reduced NFE M={m} W2+last, ε {mode}", f"reduced NFE + ε forecast ({mode}, W2+last)",
+                              True, steps, policy=make_preset("reduced-nfe", den, steps, interval=m, reuse=mode,
+                                                              warmup=2, last=True),
+                              params={"interval": m, "skip_reuse": mode, "warmup": 2, "last_keyframe": True}))
     for m in FORECAST_INTERVALS:
         out.append(Method(f"FR M={m} taylor2 + mixing", "FRDiff taylor2 + mixing (feature)", True, steps,
                           policy=make_preset("uniform", den, steps, interval=m, mix=True, reuse="taylor2"),

@@ -33,7 +33,8 @@ def _preset(args, pipe, steps: int):
         scheduler = args.scheduler or scheduler_name(pipe.scheduler)  # the pipeline's own where none is named
         policy = frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=scheduler,
                                     interval=args.interval, mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
-                                    forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype)
+                                    forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
+                                    warmup=args.warmup, last=args.last_keyframe)
         if args.granularity and args.preset != "deepcache":  # DeepCache-style policies skip whole blocks by design
             policy = policy.replaced(granularity=[args.granularity if k != "generic" else "block"
                                                   for k in policy.kinds]).check()
@@ -95,7 +96,7 @@ def _quick_make(args: argparse.Namespace) -> dict | None:
     policy = quickpolicy.make(card, args.preset, args.steps, scheduler=args.scheduler, interval=args.interval,
                               mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                               forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
-                              granularity=args.granularity)
+                              granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe)
     if policy is None:
         return None
     quickpolicy.save(policy, args.out)
@@ -307,7 +308,14 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 
 def _reuse_arguments(p) -> None:
-    """The reuse settings of a preset (``policy make``, ``run --preset``; docs/policy-format.md)."""
+    """The keyframe placement and reuse settings of a preset (``policy make``, ``run --preset``;
+    docs/policy-format.md)."""
+    p.add_argument("--warmup", type=int, default=0,
+                   help="compute the first W steps in full, then start the keyframe grid (uniform, reduced-nfe, "
+                        "deepcache)")
+    p.add_argument("--last-keyframe", action="store_true",
+                   help="count the keyframe grid back from the last step, so the last step is computed "
+                        "(with --warmup 2 --interval 2: TaylorSeer's schedule)")
     p.add_argument("--reuse", default="hold", choices=["hold", "taylor1", "taylor2"],
                    help="what a reusing block uses: its last keyframe value (hold, FRDiff) or a forecast from its "
                         "last 2 / 3 keyframes (taylor1 / taylor2)")
