@@ -6,7 +6,9 @@ reference (50-step DDIM); per method PSNR/SSIM against the reference, class accu
 latency (median of interleaved rounds), denoiser FLOPs per image counted with ``FlopCounterMode`` over whole sampling
 runs (so policies and peers whose savings are not known in advance sit on the same axis) and denoiser calls.
 Methods: fewer DDIM steps, DPM-Solver++ at fewer steps, reduced NFE (ε reuse), FRDiff uniform M = 2, 3, 4 with and
-without score mixing (and M = 2 + mixing at fewer steps), threshold policies from a recorded run, Auto-FR per step
+without score mixing (and M = 2 + mixing at fewer steps), forecasts (taylor1/taylor2 per block and for ε, M = 2–5,
+also with TaylorSeer's placement: 2 warm-up steps and the last step computed), threshold policies and planned policies
+(``policy from-run --target-compute``) from a recorded run, Auto-FR per step
 and per block (trained on seeds disjoint from the evaluation seeds), DeepCache (the published ``DeepCache`` package
 where it runs, and the engine's ``deepcache`` preset) and diffusers' built-in caches (``diffusers.hooks``). Peers
 that do not apply to a model are listed with the reason (the exception they raise, or that they hook nothing).
