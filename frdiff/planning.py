@@ -1,17 +1,20 @@
 """Choosing a policy from measured forecast errors under a compute budget (``policy from-run --target-compute``).
 
 The reusing blocks of a planned policy share one keyframe pattern — every M-th step after computing the first W
-steps — and each block either follows it with its own reuse mode (hold, taylor1, taylor2) or is computed at every
+steps, counted from step W or back from the last step (``+L``: the last step computed, as TaylorSeer does) — and each
+block either follows it with its own reuse mode (hold, taylor1, taylor2) or is computed at every
 step. Keyframes are shared because a block recomputed while the blocks before it reuse caches a value made from
 forecast inputs, and a forecast extrapolating from such values drifts: on the shipped tiny-dit, letting every block
 pick its own interval from the same error estimates lost 10–25 dB against one shared pattern at equal compute.
 
 Given, per block, pattern and mode, an estimate of the error its reuse steps make
 (``workbench.analysis.predictability.option_errors`` on a recorded run) and the FLOP share a reuse step of the block
-skips, :func:`plan_policy` tries every pattern that fits the budget: each block takes its best mode for the pattern,
+skips, :func:`plan_candidates` tries every pattern that fits the budget: each block takes its best mode for the pattern,
 then blocks are switched to always-computed in the order of the most error avoided per unit of compute while the
 compute fraction C = 1 − (1/S)·Σ_b share_b·(reuse steps of b) stays at or under the target; the pattern with the
-least total estimated error comes first. ``workbench.plan`` then runs the best few and keeps the best measured one.
+least total estimated error comes first. :func:`skip_candidates` adds whole-step policies (reduced NFE with a
+forecast ε), which the recorded feature maps cannot estimate. ``workbench.plan`` then runs the best few and the
+whole-step ones and keeps the best measured one.
 """
 
 from __future__ import annotations
