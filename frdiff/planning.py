@@ -26,22 +26,11 @@ from torch import nn
 
 from .blocks import find_blocks
 from .policy import REUSE_MODES, Mixing, Policy, model_ref
+from .presets import keyframe_pattern, make_preset
 
 INTERVALS = (1, 2, 3, 4, 5, 6)
 WARMUPS = (0, 2, 4)
 _PATTERN = re.compile(r"^(?P<kind>[MR])(?P<every>\d+)\+W(?P<warmup>\d+)(?P<last>\+L)?$")
-
-
-def keyframe_pattern(steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
-    """bool ``[steps]``: the first ``warmup`` steps (and step 0), then every ``interval``-th step from there — or,
-    with ``last``, every ``interval``-th step counted back from the last step, so that the last step is a keyframe
-    (TaylorSeer's schedule: its warm-up, then computed steps that end on the last one)."""
-    mask = torch.zeros(steps, dtype=torch.bool)
-    mask[:warmup] = True
-    step = torch.arange(steps)
-    mask |= (step >= warmup) & ((steps - 1 - step if last else step - warmup) % interval == 0)
-    mask[0] = True
-    return mask
 
 
 def reuse_pattern(steps: int, every: int, warmup: int = 0) -> torch.Tensor:
@@ -132,18 +121,11 @@ def skip_candidates(denoiser: nn.Module, pats: dict[str, torch.Tensor], steps: i
     if not fitting:
         return []
     _, name = max(fitting, key=lambda c: (c[0], pattern_kind(c[1])[1], -pattern_kind(c[1])[0]))
-    blocks = find_blocks(denoiser)
-    names, kinds = [b for b, _ in blocks], [k for _, k in blocks]
-    mask = pats[name].unsqueeze(0).repeat(len(names), 1)
-    compute = float(pats[name].sum()) / steps
-    return [Policy(blocks=names, keyframes=mask.clone(), steps=steps, scheduler=scheduler,
-                   granularity=["block" if k == "generic" else "feature" for k in kinds], kinds=kinds,
-                   mixing=Mixing(enabled=True, schedule="constant", value=0.0), skip_reuse=mode,
-                   model=model_ref(denoiser),
-                   provenance={"made_by": "plan", "target_compute": target, "compute_fraction": compute,
-                               "pattern": name, "skip": mode, "computed_blocks": [], "estimated_error": None,
-                               **(provenance or {})}).check(model_blocks=dict(blocks))
-            for mode in modes]
+    mask = pats[name].unsqueeze(0).repeat(len(find_blocks(denoiser)), 1)
+    prov = {"made_by": "plan", "target_compute": target, "compute_fraction": float(pats[name].sum()) / steps,
+            "pattern": name, "computed_blocks": [], "estimated_error": None, **(provenance or {})}
+    return [make_preset("reduced-nfe", denoiser, steps, scheduler=scheduler, skip_reuse=mode)
+            .replaced(keyframes=mask, provenance={**prov, "skip": mode}).check() for mode in modes]
 
 
 def pattern_kind(pattern: str) -> tuple[int, bool]:
@@ -152,11 +134,6 @@ def pattern_kind(pattern: str) -> tuple[int, bool]:
     if m is None:
         raise ValueError(f"not a pattern name: {pattern!r}")
     return int(m["warmup"]), m["last"] is not None
-
-
-def warmup_of(pattern: str) -> int:
-    """The warm-up of a pattern name (``"M3+W2"`` → 2)."""
-    return pattern_kind(pattern)[0]
 
 
 def shortlist(ranked: list[Policy], n: int = 3) -> list[Policy]:

@@ -10,16 +10,27 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
-from .planning import keyframe_pattern
 from .policy import FORECAST_AXES, REUSE_MODES, Mixing, Policy, model_ref
 
 PRESETS = ("none", "uniform", "reduced-nfe", "deepcache", "threshold")
 
 
+def keyframe_pattern(steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
+    """bool ``[steps]``: the first ``warmup`` steps (and step 0), then every ``interval``-th step from there — or,
+    with ``last``, every ``interval``-th step counted back from the last step, so that the last step is a keyframe
+    (TaylorSeer's schedule: its warm-up, then computed steps that end on the last one)."""
+    mask = torch.zeros(steps, dtype=torch.bool)
+    mask[:warmup] = True
+    step = torch.arange(steps)
+    mask |= (step >= warmup) & ((steps - 1 - step if last else step - warmup) % interval == 0)
+    mask[0] = True
+    return mask
+
+
 def uniform_mask(n_blocks: int, steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
     """Keyframes at steps 0, M, 2M, … for every block (the paper's uniform policy); with ``warmup`` W the first W
     steps are keyframes and the grid starts at step W; with ``last`` the grid is counted back from the last step,
-    which is then a keyframe (:func:`frdiff.planning.keyframe_pattern`; W = 2 with ``last`` at M = 2 is
+    which is then a keyframe (:func:`keyframe_pattern`; W = 2 with ``last`` at M = 2 is
     TaylorSeer's schedule)."""
     if interval < 1:
         raise ValueError(f"interval must be ≥ 1, got {interval}")

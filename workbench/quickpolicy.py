@@ -74,7 +74,7 @@ def make(meta: dict, preset: str, steps: int, scheduler: str = "ddim", interval:
               **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
     placement = {**({"warmup": warmup} if warmup else {}), **({"last_keyframe": True} if last else {})}
     every = [[True] * steps for _ in names]
-    # frdiff.planning.keyframe_pattern: the warm-up, then the grid (counted back from the last step with ``last``)
+    # frdiff.presets.keyframe_pattern: the warm-up, then the grid (counted back from the last step with ``last``)
     grid = [s == 0 or s < warmup or (steps - 1 - s if last else s - warmup) % interval == 0 for s in range(steps)]
     uniform = [list(grid) for _ in names] if preset != "none" else every
     grans = ["block" if k == "generic" else "feature" for k in kinds]
