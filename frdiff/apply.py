@@ -37,6 +37,7 @@ from torch import nn
 from .blocks import denoiser_of, find_blocks, first_tensor
 from .compiling import StepGraphs, attach_compiled, check_compile, graphs_compiled
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
+from .prediction import data_coefficients, from_data, to_data
 from .reuse import (
     HOOK_PREFIX,
     History,
@@ -122,7 +123,8 @@ class RunReport:
 
 class _StepHook(ModelHook):
     """Denoiser-level control: step counting, skipping and score mixing (``new_forward``), with ε_key held or
-    forecast from the last full steps' outputs (the policy's ``skip_reuse``)."""
+    forecast from the last full steps' outputs (the policy's ``skip_reuse``) — as outputs, or as the data
+    predictions x̂₀ they imply (``skip_space`` ``"data"``, :mod:`frdiff.prediction`)."""
 
     _is_stateful = True
 
@@ -135,6 +137,8 @@ class _StepHook(ModelHook):
         self.order = ORDERS[policy.skip_reuse]
         self.calls = 0
         self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
+        self.data: list[tuple[float, float]] | None = None  # skip_space "data": per step, x̂₀ = a·x_t + b·output
+        self.x_t: torch.Tensor | None = None  # skip_space "data": the current call's noisy input
         self.wrap = None
         self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
         self.count_graphs = False  # compile mode: count the graphs dynamo compiles per run (eager: no dynamo import)
@@ -167,6 +171,8 @@ class _StepHook(ModelHook):
         self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
             if self.policy.forecast_axis == "timestep" else None
+        self.data = data_coefficients(scheduler, self.policy.steps) \
+            if self.needs_eps and self.policy.skip_space == "data" else None  # read once per run: no sync per step
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
@@ -179,7 +185,10 @@ class _StepHook(ModelHook):
             self.report.captures_per_run.append(self.step_graphs.captures - self.captures_at_start)
 
     def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
-        return forecast(self.eps, self.state.x(), like.dtype)
+        key = forecast(self.eps, self.state.x(), like.dtype)
+        if self.data is None:
+            return key
+        return from_data(key, self.x_t, self.data[self.state.step], like.dtype)
 
     @torch.compiler.disable(recursive=False)  # Python-side control flow: torch.compile traces the model it calls
     def new_forward(self, module, *args, **kwargs):
@@ -198,10 +207,15 @@ class _StepHook(ModelHook):
         self.report.step_kinds.append(kind)
         self.report.lambdas.append(lam)
         self.state.step = s
+        if self.data is not None:
+            self.x_t = kwargs["sample"] if "sample" in kwargs else kwargs["hidden_states"] \
+                if "hidden_states" in kwargs else args[0]
         if kind == "skip":
             if self.calls == self.policy.steps:
                 self._end_run()
-            return self.wrap(self._eps_key(self.eps[0][0]))
+            out = self.wrap(self._eps_key(self.eps[0][0]))
+            self.x_t = None
+            return out
         before = self.state.reused
         if self.step_graphs is not None:  # the phases are the mask's (step 0 is every block's keyframe)
             if s == 0 and self.step_graphs.start_run(args, kwargs):
@@ -220,11 +234,14 @@ class _StepHook(ModelHook):
         if kind == "full" or self.eps is None:
             self.wrap = wrapper(out)
             if self.needs_eps:
-                self._set_eps(remember(self.eps, eps, self.state.x(), self.order, self.state.cache_dtype))
+                value = eps if self.data is None else to_data(eps, self.x_t, self.data[s])
+                self._set_eps(remember(self.eps, value, self.state.x(), self.order, self.state.cache_dtype))
+            self.x_t = None
             return out
         if lam < 1.0:
             mixed = torch.lerp(self._eps_key(eps), eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
-            return wrapper(out)(mixed)
+            out = wrapper(out)(mixed)
+        self.x_t = None
         return out
 
 

@@ -17,6 +17,12 @@ A policy holds, for one denoiser, scheduler and step count:
   denoiser output is ε̂ = λ(r)·ε_FR + (1 − λ(r))·ε_key, r = step / steps. Where λ = 0 the denoiser is not called.
 - ``skip_reuse``: ε_key at such steps — ``hold`` (the last full step's output, as in the paper) or forecast from the
   last full steps' outputs (``taylor1``/``taylor2``), so multistep solvers see a changing ε.
+- ``skip_space``: what ε_key is held or forecast *as*: ``"output"`` (the denoiser's output itself) or ``"data"``
+  (the data prediction x̂₀ the output implies at its step, e.g. x̂₀ = (x_t − σ_t·ε)/α_t; ε_key is the output that
+  gives the held or forecast x̂₀ at the current step's x_t). A multistep solver (DPM-Solver++, UniPC) builds its
+  update from x̂₀; forecasting x̂₀ keeps its difference terms consistent with the step's own x_t. Needs a scheduler
+  whose noise levels the engine can read (``alphas_cumprod``, VE ``sigmas`` or flow-matching ``sigmas``).
+  Written to the file only when ``"data"``, so every other policy's bytes are those of earlier builds.
 - ``forecast_axis``: what forecasts extrapolate in: ``"step"`` (the step index) or ``"timestep"`` (the scheduler's
   timestep values; the same weights wherever the timesteps are evenly spaced, e.g. 10, 20 or 50 trailing-spaced
   steps of 1000).
@@ -52,6 +58,7 @@ GRANULARITIES = ("feature", "block")
 REUSE_MODES = ("hold", "taylor1", "taylor2")
 ORDERS = {"hold": 0, "taylor1": 1, "taylor2": 2}  # polynomial order of each reuse mode's forecast
 FORECAST_AXES = ("step", "timestep")
+SKIP_SPACES = ("output", "data")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 # Which granularities each block kind supports (kinds come from frdiff.blocks.find_blocks).
 KIND_GRANULARITIES = {
@@ -71,7 +78,7 @@ MAX_STEPS = 10_000
 MAX_SLOPE = 1e4
 MAX_NAME = 512
 TOP_KEYS = {"format", "version", "model", "scheduler", "steps", "blocks", "mixing", "provenance"}
-TOP_KEYS_V2 = TOP_KEYS | {"skip_reuse", "forecast_axis", "cache_dtype"}
+TOP_KEYS_V2 = TOP_KEYS | {"skip_reuse", "skip_space", "forecast_axis", "cache_dtype"}
 BLOCK_KEYS = {"name", "kind", "granularity", "keyframes"}
 BLOCK_KEYS_V2 = BLOCK_KEYS | {"reuse"}
 MIX_KEYS = {"enabled", "schedule", "center", "slope", "value"}
@@ -150,6 +157,7 @@ class Policy:
     provenance: dict = field(default_factory=dict)
     reuse: list[str] | None = None  # per block: hold | taylor1 | taylor2; None → hold everywhere
     skip_reuse: str = "hold"  # ε at skipped steps (λ = 0) and ε_key in mixing: hold or forecast
+    skip_space: str = "output"  # ε_key held/forecast as the denoiser output or as the data prediction x̂₀
     forecast_axis: str = "step"  # step | timestep
     cache_dtype: str | None = None  # dtype of the caches; None: the model's
     load_notes: list[str] = field(default_factory=list, repr=False, compare=False)  # what loading ignored
@@ -197,7 +205,8 @@ class Policy:
                 counts[mode] = counts.get(mode, 0) + 1
         text = ", ".join(f"{m} ({n} block{'s' if n > 1 else ''})" for m, n in sorted(counts.items(),
                                                                                      key=lambda kv: -kv[1]))
-        return (text or "no block reuses") + (f"; ε_key: {self.skip_reuse}" if self.uses_eps_key() else "")
+        space = " of x̂₀" if self.skip_space == "data" else ""
+        return (text or "no block reuses") + (f"; ε_key: {self.skip_reuse}{space}" if self.uses_eps_key() else "")
 
     def reusing_blocks(self) -> list[bool]:
         """Per block: whether it ever reuses at a step where the denoiser is called (an FR step). Others need no
@@ -254,6 +263,8 @@ class Policy:
                     out.append(f"block {b}: reuse {_short(m)} is not one of {', '.join(REUSE_MODES)}")
         if self.skip_reuse not in REUSE_MODES:
             out.append(f"skip_reuse {_short(self.skip_reuse)} is not one of {', '.join(REUSE_MODES)}")
+        if self.skip_space not in SKIP_SPACES:
+            out.append(f"skip_space {_short(self.skip_space)} is not one of {', '.join(SKIP_SPACES)}")
         if self.forecast_axis not in FORECAST_AXES:
             out.append(f"forecast_axis {_short(self.forecast_axis)} is not one of {', '.join(FORECAST_AXES)}")
         if self.cache_dtype is not None and self.cache_dtype not in CACHE_DTYPES:
@@ -300,6 +311,7 @@ class Policy:
             "mixing": {"enabled": self.mixing.enabled, "schedule": self.mixing.schedule,
                        "center": self.mixing.center, "slope": self.mixing.slope, "value": self.mixing.value},
             "skip_reuse": self.skip_reuse,
+            **({"skip_space": self.skip_space} if self.skip_space != "output" else {}),
             "forecast_axis": self.forecast_axis,
             "cache_dtype": self.cache_dtype,
             "provenance": self.provenance,
@@ -394,11 +406,12 @@ class Policy:
             rows.append([c == "1" for c in mask])
         mixing = _mixing_from(data.get("mixing", {}), problems, notes)
         for key, kind in (("model", dict), ("provenance", dict), ("scheduler", str), ("skip_reuse", str),
-                          ("forecast_axis", str)):
+                          ("skip_space", str), ("forecast_axis", str)):
             if key in data and not isinstance(data[key], kind):
                 problems.append(f"\"{key}\" must be {'an object' if kind is dict else 'a string'}, got "
                                 f"{_json_type(data[key])}")
-        extra = {k: data[k] for k in ("skip_reuse", "forecast_axis") if v2 and isinstance(data.get(k), str)}
+        extra = {k: data[k] for k in ("skip_reuse", "skip_space", "forecast_axis")
+                 if v2 and isinstance(data.get(k), str)}
         if v2 and data.get("cache_dtype") is not None:
             if isinstance(data["cache_dtype"], str):
                 extra["cache_dtype"] = data["cache_dtype"]
@@ -499,7 +512,8 @@ class Policy:
                       scheduler=self.scheduler, granularity=list(self.granularity),
                       kinds=list(self.kinds) if self.kinds else None, mixing=Mixing(**vars(self.mixing)),
                       model=dict(self.model), provenance=dict(self.provenance), reuse=list(self.reuse),
-                      skip_reuse=self.skip_reuse, forecast_axis=self.forecast_axis, cache_dtype=self.cache_dtype)
+                      skip_reuse=self.skip_reuse, skip_space=self.skip_space, forecast_axis=self.forecast_axis,
+                      cache_dtype=self.cache_dtype)
         return Policy(**{**fields, **changes})
 
 

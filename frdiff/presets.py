@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks
-from .policy import FORECAST_AXES, REUSE_MODES, Mixing, Policy, model_ref
+from .policy import FORECAST_AXES, REUSE_MODES, SKIP_SPACES, Mixing, Policy, model_ref
 
 PRESETS = ("none", "uniform", "reduced-nfe", "deepcache", "threshold")
 
@@ -53,23 +53,25 @@ def _policy(denoiser: nn.Module, blocks, mask, steps, scheduler, provenance, gra
 
 
 def reuse_settings(reuse: str = "hold", skip_reuse: str | None = None, forecast_axis: str = "step",
-                   cache_dtype: str | None = None) -> dict:
-    """The reuse fields of a preset: every block's mode, ε_key's (the blocks' unless given), the forecast axis and
-    the cache dtype; only what differs from a version-1 policy is recorded in the provenance."""
-    out = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "forecast_axis": forecast_axis,
-           "cache_dtype": cache_dtype}
+                   cache_dtype: str | None = None, skip_space: str = "output") -> dict:
+    """The reuse fields of a preset: every block's mode, ε_key's (the blocks' unless given) and what it is held or
+    forecast as, the forecast axis and the cache dtype; only what differs from a version-1 policy is recorded in the
+    provenance."""
+    out = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "skip_space": skip_space,
+           "forecast_axis": forecast_axis, "cache_dtype": cache_dtype}
     bad = [f"{k} {v!r}" for k, v, ok in (("reuse", reuse, REUSE_MODES), ("skip_reuse", out["skip_reuse"], REUSE_MODES),
+                                         ("skip_space", skip_space, SKIP_SPACES),
                                          ("forecast_axis", forecast_axis, FORECAST_AXES)) if v not in ok]
     if bad:
-        raise ValueError(f"unknown {', '.join(bad)}; reuse modes: {', '.join(REUSE_MODES)}; forecast axes: "
-                         f"{', '.join(FORECAST_AXES)}")
+        raise ValueError(f"unknown {', '.join(bad)}; reuse modes: {', '.join(REUSE_MODES)}; skip spaces: "
+                         f"{', '.join(SKIP_SPACES)}; forecast axes: {', '.join(FORECAST_AXES)}")
     return out
 
 
 def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "ddim", interval: int = 2,
                 mix: bool = False, mixing: Mixing | None = None, reuse: str = "hold", skip_reuse: str | None = None,
                 forecast_axis: str = "step", cache_dtype: str | None = None, warmup: int = 0,
-                last: bool = False) -> Policy:
+                last: bool = False, skip_space: str = "output") -> Policy:
     """Build preset ``name`` (one of :data:`PRESETS` except ``threshold``, see :func:`threshold_policy`).
 
     - ``none``: every block computed at every step; runs exactly as the stock pipeline.
@@ -82,7 +84,8 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
       output between keyframes every ``interval`` steps.
 
     ``reuse``: every block's reuse mode (``hold``, ``taylor1``, ``taylor2``); ``skip_reuse``: ε_key's at skipped and
-    mixed steps (default: ``reuse``); ``forecast_axis`` and ``cache_dtype`` as in :class:`~frdiff.policy.Policy`.
+    mixed steps (default: ``reuse``); ``skip_space`` what ε_key is held or forecast as (``output`` or ``data``,
+    :mod:`frdiff.prediction`); ``forecast_axis`` and ``cache_dtype`` as in :class:`~frdiff.policy.Policy`.
     ``warmup`` and ``last`` place the keyframes of ``uniform``, ``reduced-nfe`` and ``deepcache`` as in
     :func:`uniform_mask` (the defaults are the paper's grid; provenance names them only when set).
     """
@@ -90,9 +93,9 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     blocks = find_blocks(denoiser)
     nb = len(blocks)
-    settings = reuse_settings(reuse, skip_reuse, forecast_axis, cache_dtype)
+    settings = reuse_settings(reuse, skip_reuse, forecast_axis, cache_dtype, skip_space)
     params = {"preset": name, "steps": steps, "scheduler": scheduler,
-              **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
+              **{k: v for k, v in settings.items() if v not in ("hold", "step", "output", None)}}
     placement = {**({"warmup": warmup} if warmup else {}), **({"last_keyframe": True} if last else {})}
     if name == "none":
         return _policy(denoiser, blocks, torch.ones(nb, steps, dtype=torch.bool), steps, scheduler, params,

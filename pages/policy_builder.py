@@ -7,7 +7,7 @@ import streamlit as st
 
 import frdiff
 from frdiff import Mixing
-from frdiff.policy import MAX_SLOPE, MAX_STEPS
+from frdiff.policy import MAX_SLOPE, MAX_STEPS, SKIP_SPACES
 from workbench.app import policy as app_policy
 from workbench.app.state import cached_savings, error_message, load_model, model_picker, policy_library, readable_errors
 from workbench.app.widgets import pick_run
@@ -122,6 +122,11 @@ set_all = e2.selectbox("Set every block to", all_modes, key=f"builder_reuse_all_
 skip_reuse = e2.selectbox("ε at skipped steps and in mixing", list(frdiff.REUSE_MODES),
                           index=list(frdiff.REUSE_MODES).index(base.skip_reuse), key=f"builder_skip_reuse_{rev}",
                           help="hold: the last full step's output; taylor1/2: forecast from the last full steps")
+spaces = list(SKIP_SPACES)
+skip_space = e2.selectbox("… held or forecast as", spaces, index=spaces.index(base.skip_space),
+                          key=f"builder_skip_space_{rev}",
+                          help="output: the denoiser's output; data: the data prediction x̂₀ it implies, turned back "
+                               "into an output at the current step (better under DPM-Solver++ and UniPC)")
 axis = e2.selectbox("Forecast axis", ["step", "timestep"], index=["step", "timestep"].index(base.forecast_axis),
                     key=f"builder_axis_{rev}")
 dtypes = ["model's", "float32", "float16", "bfloat16"]
@@ -129,7 +134,8 @@ cache_dtype = e2.selectbox("Cache dtype", dtypes, index=dtypes.index(base.cache_
                            key=f"builder_cache_dtype_{rev}")
 if set_all != "(per block)":
     reuse_edit = reuse_edit.assign(reuse=set_all)
-policy = app_policy.with_reuse(policy, reuse_edit, skip_reuse, axis, None if cache_dtype == "model's" else cache_dtype)
+policy = app_policy.with_reuse(policy, reuse_edit, skip_reuse, axis, None if cache_dtype == "model's" else cache_dtype,
+                               skip_space)
 
 st.subheader("Score mixing")
 m = base.mixing

@@ -167,10 +167,12 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     # reuse modes: every block forecasts, ε too; the check shows the caches' memory and the modes
     rev = at.session_state["builder_rev"]
     at.selectbox(key=f"builder_reuse_all_{rev}").select("taylor2")
-    at.selectbox(key=f"builder_skip_reuse_{rev}").select("taylor1").run()
+    at.selectbox(key=f"builder_skip_reuse_{rev}").select("taylor1")
+    at.selectbox(key=f"builder_skip_space_{rev}").select("data").run()
     ok(at)
     forecasting = at.session_state["policy"]
     assert set(forecasting.reuse) == {"taylor2"} and forecasting.skip_reuse == "taylor1"
+    assert forecasting.skip_space == "data"
     memory = next(m for m in at.metric if m.label == "Cache memory (1 image)")
     assert float(memory.value.split()[0]) > 0
     assert any("Reuse: taylor2 (" in c.value for c in at.caption)
@@ -183,6 +185,7 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     saved = folders / "policies" / "mine.json"
     assert json.loads(saved.read_text())["steps"] == 6
     assert {b["reuse"] for b in json.loads(saved.read_text())["blocks"]} == {"taylor2"}
+    assert json.loads(saved.read_text())["skip_space"] == "data"
 
     download = at.get("download_button")[0]
     assert download.proto.label == "Download JSON"

@@ -5,6 +5,7 @@ mean what they say (FLOP fractions of reduced NFE, engine predictions, identical
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def test_report_generated_from_the_jsons(bench_dir, tmp_path):
             assert f"| {m['name']} |" in text
     assert quality["command"] in text and "NVIDIA H200" in text and "## Summary" in text
     assert "at matched denoiser FLOPs" in text  # the generated summary
+    # issue 18's second result, one line per forecast reduced-NFE variant over the 2 multistep solvers at 4 steps
+    assert re.search(r"- reduced NFE M=2, x̂₀ taylor1: within 0.5 dB of S/2 steps \(or above\) in [0-2] of 2 "
+                     r"multistep settings; worst (dpmpp|unipc) 4 steps, [+-][0-9.]+ dB\.", text)
     pngs = sorted(bench_dir.glob("quality-vs-latency-*.png"))
     assert len(pngs) == 4  # 2 models × PSNR vs latency and vs compute (FD-shapes needs 64 seeds: no FD plot)
     with Image.open(pngs[0]) as img:

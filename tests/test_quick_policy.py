@@ -62,6 +62,7 @@ def test_the_plain_python_copies_of_frdiffs_constants_are_frdiffs():
     assert (quickpolicy.FORMAT, quickpolicy.VERSION) == (frdiff_policy.FORMAT, frdiff_policy.VERSION)
     assert quickpolicy.REUSE_MODES == frdiff_policy.REUSE_MODES and quickpolicy.ORDERS == frdiff_policy.ORDERS
     assert quickpolicy.FORECAST_AXES == frdiff_policy.FORECAST_AXES
+    assert quickpolicy.SKIP_SPACES == frdiff_policy.SKIP_SPACES
     assert quickpolicy.GRANULARITIES == frdiff_policy.GRANULARITIES
     assert quickpolicy.KINDS == tuple(frdiff_policy.KIND_GRANULARITIES)
     assert tuple(quickpolicy.CACHE_DTYPES) == frdiff_policy.CACHE_DTYPES
@@ -77,7 +78,8 @@ def test_the_plain_python_copies_of_frdiffs_constants_are_frdiffs():
 # ---- the fast path against the slow one -----------------------------------------------------------------------------
 def _args(**kw) -> argparse.Namespace:
     base = dict(preset="uniform", steps=20, scheduler="ddim", interval=2, mix=False, reuse="hold", skip_reuse=None,
-                forecast_axis="step", cache_dtype=None, granularity=None, warmup=0, last_keyframe=False)
+                forecast_axis="step", cache_dtype=None, granularity=None, warmup=0, last_keyframe=False,
+                skip_space="output")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -88,7 +90,8 @@ OPTIONS = [dict(), dict(granularity="block"), dict(granularity="feature"), dict(
            dict(cache_dtype="float16"), dict(cache_dtype="bfloat16", reuse="taylor1"), dict(cache_dtype="float32"),
            dict(scheduler="dpmpp"), dict(scheduler="unipc", granularity="block", reuse="taylor2"),
            dict(warmup=2), dict(last_keyframe=True), dict(warmup=2, last_keyframe=True, reuse="taylor2"),
-           dict(warmup=7, last_keyframe=True, granularity="block"), dict(warmup=60)]
+           dict(warmup=7, last_keyframe=True, granularity="block"), dict(warmup=60),
+           dict(skip_reuse="taylor1", skip_space="data"), dict(scheduler="unipc", reuse="taylor2", skip_space="data")]
 CASES = GRID + [dict(preset=p, steps=s, interval=i, mix=m, **o) for (p, s, i, m), o in zip(
     itertools.cycle(itertools.product(PRESETS, (9, 20, 50), (2, 3), (False, True))), OPTIONS * 8)]
 
@@ -107,7 +110,8 @@ def test_fast_policy_is_the_slow_policy_byte_for_byte_with_the_same_report(model
         fast = quickpolicy.make(card, args.preset, args.steps, scheduler=args.scheduler, interval=args.interval,
                                 mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                                 forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
-                                granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe)
+                                granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe,
+                                skip_space=args.skip_space)
         assert quickpolicy.to_json(fast) == slow.to_json(), case
         expected = {"blocks": len(slow.blocks), "steps": slow.steps, "denoiser_calls": slow.denoiser_calls(),
                     "step_kinds": engine._kinds_line(slow),

@@ -23,6 +23,7 @@ PRESETS = ("none", "uniform", "reduced-nfe", "deepcache")  # the ones policy mak
 REUSE_MODES = ("hold", "taylor1", "taylor2")
 ORDERS = {"hold": 0, "taylor1": 1, "taylor2": 2}
 FORECAST_AXES = ("step", "timestep")
+SKIP_SPACES = ("output", "data")
 CACHE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}  # bytes per element
 GRANULARITIES = ("feature", "block")
 KINDS = ("resnet", "attention", "dit_block", "transformer_block", "generic")
@@ -32,7 +33,7 @@ CENTER, SLOPE = 0.5, 30.0
 
 
 def _served(meta: dict, preset, steps, scheduler, interval, reuse, skip_reuse, forecast_axis, cache_dtype,
-            granularity, warmup=0, last=False) -> bool:
+            granularity, warmup=0, last=False, skip_space="output") -> bool:
     """Whether the input is valid (else the slow path reports why, in its words)."""
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -41,6 +42,7 @@ def _served(meta: dict, preset, steps, scheduler, interval, reuse, skip_reuse, f
             and (preset == "none" or whole(interval) and interval >= 1)
             and isinstance(scheduler, str) and bool(scheduler)
             and reuse in REUSE_MODES and (skip_reuse is None or skip_reuse in REUSE_MODES)
+            and skip_space in SKIP_SPACES
             and forecast_axis in FORECAST_AXES and (cache_dtype is None or cache_dtype in CACHE_DTYPES)
             and (granularity is None or granularity in GRANULARITIES)
             and whole(warmup) and warmup >= 0 and isinstance(last, bool)
@@ -61,17 +63,17 @@ def shallow_blocks(names: list[str]) -> set[str]:
 def make(meta: dict, preset: str, steps: int, scheduler: str = "ddim", interval: int = 2, mix: bool = False,
          reuse: str = "hold", skip_reuse: str | None = None, forecast_axis: str = "step",
          cache_dtype: str | None = None, granularity: str | None = None, warmup: int = 0,
-         last: bool = False) -> dict | None:
+         last: bool = False, skip_space: str = "output") -> dict | None:
     """The policy ``policy make`` writes (as :meth:`frdiff.Policy.to_dict` gives it), or ``None`` when the input
     is not valid. Arguments as :func:`frdiff.make_preset`'s; ``granularity``: the CLI's ``--granularity``."""
     if not _served(meta, preset, steps, scheduler, interval, reuse, skip_reuse, forecast_axis, cache_dtype,
-                   granularity, warmup, last):
+                   granularity, warmup, last, skip_space):
         return None
     names, kinds = [b for b, _ in meta["blocks"]], [k for _, k in meta["blocks"]]
-    settings = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "forecast_axis": forecast_axis,
-                "cache_dtype": cache_dtype}
+    settings = {"reuse": reuse, "skip_reuse": skip_reuse or reuse, "skip_space": skip_space,
+                "forecast_axis": forecast_axis, "cache_dtype": cache_dtype}
     params = {"preset": preset, "steps": steps, "scheduler": scheduler,
-              **{k: v for k, v in settings.items() if v not in ("hold", "step", None)}}
+              **{k: v for k, v in settings.items() if v not in ("hold", "step", "output", None)}}
     placement = {**({"warmup": warmup} if warmup else {}), **({"last_keyframe": True} if last else {})}
     every = [[True] * steps for _ in names]
     # frdiff.presets.keyframe_pattern: the warm-up, then the grid (counted back from the last step with ``last``)
@@ -107,6 +109,7 @@ def make(meta: dict, preset: str, steps: int, scheduler: str = "ddim", interval:
                     "keyframes": "".join("1" if v else "0" for v in mask[i])} for i, b in enumerate(names)],
         "mixing": mixing,
         "skip_reuse": settings["skip_reuse"],
+        **({"skip_space": skip_space} if skip_space != "output" else {}),
         "forecast_axis": forecast_axis,
         "cache_dtype": cache_dtype,
         "provenance": {"made_by": "preset", **params},
@@ -183,7 +186,8 @@ def reuse_summary(policy: dict) -> str:
         if reusing:
             counts[block["reuse"]] = counts.get(block["reuse"], 0) + 1
     text = ", ".join(f"{m} ({n} block{'s' if n > 1 else ''})" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return (text or "no block reuses") + (f"; ε_key: {policy['skip_reuse']}" if uses_eps_key(policy) else "")
+    space = " of x̂₀" if policy.get("skip_space", "output") == "data" else ""
+    return (text or "no block reuses") + (f"; ε_key: {policy['skip_reuse']}{space}" if uses_eps_key(policy) else "")
 
 
 # ---- frdiff.speedup ---------------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def reuse_frame(policy: Policy) -> pd.DataFrame:
 
 
 def with_reuse(policy: Policy, frame: pd.DataFrame | None = None, skip_reuse: str | None = None,
-               forecast_axis: str | None = None, cache_dtype: str | None = "keep") -> Policy:
+               forecast_axis: str | None = None, cache_dtype: str | None = "keep",
+               skip_space: str | None = None) -> Policy:
     """A copy of ``policy`` with the edited per-block reuse table (:func:`reuse_frame`) and policy-wide reuse
     settings; ``cache_dtype="keep"`` leaves it as it is (``None`` is the model's dtype)."""
     changes: dict = {}
@@ -95,6 +96,8 @@ def with_reuse(policy: Policy, frame: pd.DataFrame | None = None, skip_reuse: st
         changes["skip_reuse"] = skip_reuse
     if forecast_axis is not None:
         changes["forecast_axis"] = forecast_axis
+    if skip_space is not None:
+        changes["skip_space"] = skip_space
     if cache_dtype != "keep":
         changes["cache_dtype"] = cache_dtype
     out = policy.replaced(**changes)

@@ -338,14 +338,16 @@ def bench_quality_latency(repeats: int = 1, seeds: int = 64, models: tuple[str, 
 
 # (label, preset, interval, mixing, reuse, granularity): the paper's question (FR ± mixing and reduced NFE under
 # multistep solvers) and the forecast answer to it (ε forecast at skipped steps, whole-block forecasts)
-SCHEDULER_VARIANTS = [("reduced NFE M=2", "reduced-nfe", 2, False, "hold", None),
-                      ("reduced NFE M=2, ε taylor1", "reduced-nfe", 2, False, "taylor1", None),
-                      ("reduced NFE M=2, ε taylor2", "reduced-nfe", 2, False, "taylor2", None),
-                      ("FR M=2", "uniform", 2, False, "hold", None),
-                      ("FR M=2 + mixing", "uniform", 2, True, "hold", None),
-                      ("FR M=3", "uniform", 3, False, "hold", None),
-                      ("FR M=3 + mixing", "uniform", 3, True, "hold", None),
-                      ("FR M=2 taylor2, whole blocks", "uniform", 2, False, "taylor2", "block")]
+SCHEDULER_VARIANTS = [("reduced NFE M=2", "reduced-nfe", 2, False, "hold", None, "output"),
+                      ("reduced NFE M=2, ε taylor1", "reduced-nfe", 2, False, "taylor1", None, "output"),
+                      ("reduced NFE M=2, ε taylor2", "reduced-nfe", 2, False, "taylor2", None, "output"),
+                      ("reduced NFE M=2, x̂₀ taylor1", "reduced-nfe", 2, False, "taylor1", None, "data"),
+                      ("reduced NFE M=2, x̂₀ taylor2", "reduced-nfe", 2, False, "taylor2", None, "data"),
+                      ("FR M=2", "uniform", 2, False, "hold", None, "output"),
+                      ("FR M=2 + mixing", "uniform", 2, True, "hold", None, "output"),
+                      ("FR M=3", "uniform", 3, False, "hold", None, "output"),
+                      ("FR M=3 + mixing", "uniform", 3, True, "hold", None, "output"),
+                      ("FR M=2 taylor2, whole blocks", "uniform", 2, False, "taylor2", "block", "output")]
 
 
 def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] = ("tiny-unet", "tiny-dit"),
@@ -370,9 +372,9 @@ def bench_schedulers(repeats: int = 1, seeds: int = 64, models: tuple[str, ...] 
         for n_steps in steps:
             for sched in schedulers:
                 variants = [Variant(f"{sched} {n_steps // 2} steps", None, steps=n_steps // 2)]
-                for label, preset, m, mix, reuse, gran in SCHEDULER_VARIANTS:
+                for label, preset, m, mix, reuse, gran, space in SCHEDULER_VARIANTS:
                     policy = make_preset(preset, frdiff.denoiser_of(pipe), n_steps, scheduler=sched, interval=m,
-                                         mix=mix, reuse=reuse)
+                                         mix=mix, reuse=reuse, skip_space=space)
                     if gran:
                         policy = policy.replaced(granularity=[gran] * len(policy.blocks))
                     variants.append(Variant(label, policy))

@@ -234,7 +234,26 @@ def _schedulers_section(fname, rep, rel) -> list[str]:
             if header and "FR M=2 + mixing" in header else []
         out += [f"FR M=2 + mixing beats the stock scheduler at half the steps in {len(fr_wins)} of {len(rows)} "
                 f"settings: {', '.join(f'{s} {n}' for n, s in fr_wins) or 'none'}.", ""]
+        out += _half_steps_lines(header, rows)
     return out
+
+
+MULTISTEP = ("dpmpp", "unipc")
+
+
+def _half_steps_lines(header: list | None, rows: list) -> list[str]:
+    """Issue 18's second result: per forecast reduced-NFE variant, the multistep settings where it is within 0.5 dB
+    of the same solver at half the steps (or above it)."""
+    multi = [r for r in rows if r[1] in MULTISTEP]
+    out = []
+    for name in [h for h in header or [] if h.startswith("reduced NFE M=2, ")]:
+        i = header.index(name)
+        held = [r for r in multi if r[i] >= r[3] - 0.5]
+        worst = min(multi, key=lambda r: r[i] - r[3]) if multi else None
+        gap = f"; worst {worst[1]} {worst[0]} steps, {worst[i] - worst[3]:+.2f} dB" if worst else ""
+        out.append(f"- {name}: within 0.5 dB of S/2 steps (or above) in {len(held)} of {len(multi)} multistep "
+                   f"settings{gap}.")
+    return out + [""] if out else []
 
 
 def _gpu_section(fname, rep, rel) -> list[str]:

@@ -34,7 +34,7 @@ def _preset(args, pipe, steps: int):
         policy = frdiff.make_preset(args.preset, frdiff.denoiser_of(pipe), steps, scheduler=scheduler,
                                     interval=args.interval, mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                                     forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
-                                    warmup=args.warmup, last=args.last_keyframe)
+                                    warmup=args.warmup, last=args.last_keyframe, skip_space=args.skip_space)
         if args.granularity and args.preset != "deepcache":  # DeepCache-style policies skip whole blocks by design
             policy = policy.replaced(granularity=[args.granularity if k != "generic" else "block"
                                                   for k in policy.kinds]).check()
@@ -96,7 +96,8 @@ def _quick_make(args: argparse.Namespace) -> dict | None:
     policy = quickpolicy.make(card, args.preset, args.steps, scheduler=args.scheduler, interval=args.interval,
                               mix=args.mix, reuse=args.reuse, skip_reuse=args.skip_reuse,
                               forecast_axis=args.forecast_axis, cache_dtype=args.cache_dtype,
-                              granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe)
+                              granularity=args.granularity, warmup=args.warmup, last=args.last_keyframe,
+                              skip_space=args.skip_space)
     if policy is None:
         return None
     quickpolicy.save(policy, args.out)
@@ -135,7 +136,8 @@ def cmd_policy(args: argparse.Namespace) -> dict:
                 raise UserError("invalid policy for " + args.model + ": " + "; ".join(problems))
         report = {"valid": True, "file": args.file, "blocks": len(policy.blocks), "steps": policy.steps,
                   "denoiser_calls": policy.denoiser_calls(),
-                  "reuse": policy.reuse_summary(), "forecast_axis": policy.forecast_axis,
+                  "reuse": policy.reuse_summary(), "skip_space": policy.skip_space,
+                  "forecast_axis": policy.forecast_axis,
                   "cache_dtype": policy.cache_dtype, "notes": policy.load_notes}
         if args.model:
             report.update(_prediction(pipe, policy))
@@ -322,6 +324,9 @@ def _reuse_arguments(p) -> None:
     p.add_argument("--skip-reuse", default=None, choices=["hold", "taylor1", "taylor2"],
                    help="ε at skipped steps and in score mixing: held or forecast from the last full steps "
                         "(default: --reuse)")
+    p.add_argument("--skip-space", default="output", choices=["output", "data"],
+                   help="hold or forecast ε_key as the denoiser output (output) or as the data prediction x̂₀ it "
+                        "implies (data: for multistep solvers such as DPM-Solver++ and UniPC)")
     p.add_argument("--forecast-axis", default="step", choices=["step", "timestep"],
                    help="what forecasts extrapolate in (the same on evenly spaced timesteps)")
     p.add_argument("--cache-dtype", default=None, choices=["float32", "float16", "bfloat16"],

@@ -1,0 +1,104 @@
+"""The data prediction x̂₀ that a denoiser output implies at a step: ε_key in the policy's ``skip_space`` ``"data"``.
+
+A scheduler of the DDPM family noises as x_t = α_t·x₀ + σ_t·ε; flow matching as x_t = (1 − σ_t)·x₀ + σ_t·ε. Whatever
+the model predicts (ε, v, x₀ or the flow velocity), x̂₀ is affine in the output at a given step:
+x̂₀ = a_s·x_t + b_s·output, and back: output = (x̂₀ − a_s·x_t) / b_s. :func:`data_coefficients` reads (a_s, b_s)
+for every step of a run from the scheduler once (host-side floats, so the step loop does no device→host copy);
+:func:`to_data` and :func:`from_data` apply them. Multistep solvers (DPM-Solver++, UniPC) build their update from
+x̂₀ differences; holding or forecasting x̂₀ at a skipped step, and turning it back into an output with that step's
+own x_t, keeps those differences consistent where holding or forecasting ε does not (docs/engine.md, "Under other
+schedulers").
+
+Models with a learned variance (DiT-XL/2: twice the input's channels) convert the first half of the channels; the
+variance half is held or forecast as it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .policy import PolicyError
+
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")
+
+
+def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
+    """Per step (α_s, σ_s) of x_t = α·x₀ + σ·ε, and how they were read."""
+    if scheduler is None:
+        raise PolicyError(["skip_space 'data' needs the pipeline's scheduler for the noise level of each step; apply "
+                           "the policy to the pipeline, not to its denoiser (or use skip_space 'output')"])
+    name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {}) or {}
+    sigmas = getattr(scheduler, "sigmas", None)
+    flow = name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+    if sigmas is not None and len(sigmas) >= steps:
+        sig = [float(v) for v in torch.as_tensor(sigmas[:steps]).double().cpu().tolist()]
+        if flow:  # x_t = (1 − σ)·x₀ + σ·ε
+            return [1.0 - v for v in sig], sig, "flow"
+        alphas = [1.0 / math.sqrt(1.0 + v * v) for v in sig]  # VE σ: x_t/√(1+σ²) is the VP x_t the model sees
+        return alphas, [v * a for v, a in zip(sig, alphas, strict=True)], "ve"
+    cumprod = getattr(scheduler, "alphas_cumprod", None)
+    timesteps = getattr(scheduler, "timesteps", None)
+    if cumprod is not None and timesteps is not None and len(timesteps) == steps:
+        ac = torch.as_tensor(cumprod).double().cpu()
+        ts = torch.as_tensor(timesteps).double().cpu()
+        if bool((ts == ts.round()).all()) and bool(((ts >= 0) & (ts < len(ac))).all()):
+            a = ac[ts.long()]
+            return a.sqrt().tolist(), (1.0 - a).sqrt().tolist(), "vp"
+    raise PolicyError([f"skip_space 'data' needs the noise level of every step; {name} exposes neither sigmas nor "
+                       f"alphas_cumprod with {steps} integer timesteps (use skip_space 'output')"])
+
+
+def data_coefficients(scheduler, steps: int) -> list[tuple[float, float]]:
+    """Per step s, (a_s, b_s) with x̂₀ = a_s·x_t + b_s·output, for the scheduler as set for this run."""
+    config = getattr(scheduler, "config", {}) or {}
+    kind = config.get("prediction_type") or ("flow_prediction" if type(scheduler).__name__.startswith("FlowMatch")
+                                             else "epsilon")
+    if kind not in PREDICTIONS:
+        raise PolicyError([f"skip_space 'data' does not know prediction_type {kind!r} (knows "
+                           f"{', '.join(PREDICTIONS)}); use skip_space 'output'"])
+    alphas, sigmas, how = _levels(scheduler, steps)
+    if how == "flow" and kind == "epsilon":  # flow schedulers' models predict the velocity
+        kind = "flow_prediction"
+    out = []
+    for a, s in zip(alphas, sigmas, strict=True):
+        if kind == "epsilon":
+            coef = (1.0 / a, -s / a) if a > 0 else (math.nan, math.nan)
+        elif kind == "v_prediction":
+            coef = (a, -s)
+        elif kind == "flow_prediction":  # v = ε − x₀  →  x₀ = x_t − σ·v
+            coef = (1.0, -s)
+        else:
+            coef = (0.0, 1.0)
+        if not all(math.isfinite(c) for c in coef) or coef[1] == 0.0:
+            raise PolicyError([f"skip_space 'data': the output does not determine x̂₀ at a step with α = {a:.3g}, "
+                               f"σ = {s:.3g} ({kind}); use skip_space 'output'"])
+        out.append(coef)
+    return out
+
+
+def _split(output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if output.shape == x.shape:
+        return output, None
+    if output.dim() >= 2 and output.shape[1] == 2 * x.shape[1] and output.shape[2:] == x.shape[2:]:
+        return output[:, : x.shape[1]], output[:, x.shape[1]:]  # learned variance: its half is not converted
+    raise PolicyError([f"skip_space 'data' needs the denoiser output to have its input's shape (or twice its "
+                       f"channels); input {tuple(x.shape)}, output {tuple(output.shape)}"])
+
+
+def to_data(output: torch.Tensor, x: torch.Tensor, coef: tuple[float, float]) -> torch.Tensor:
+    """x̂₀ = a·x_t + b·output (computed in float32 or wider, returned in the output's dtype)."""
+    main, rest = _split(output, x)
+    wide = torch.promote_types(main.dtype, torch.float32)
+    x0 = (coef[0] * x.to(wide) + coef[1] * main.to(wide)).to(output.dtype)
+    return x0 if rest is None else torch.cat([x0, rest], 1)
+
+
+def from_data(x0: torch.Tensor, x: torch.Tensor, coef: tuple[float, float], dtype: torch.dtype) -> torch.Tensor:
+    """The output that gives x̂₀ at x_t: (x̂₀ − a·x_t) / b, in ``dtype``."""
+    main, rest = _split(x0, x)
+    wide = torch.promote_types(main.dtype, torch.float32)
+    out = ((main.to(wide) - coef[0] * x.to(wide)) / coef[1]).to(dtype)
+    return out if rest is None else torch.cat([out, rest.to(dtype)], 1)
