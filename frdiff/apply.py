@@ -37,7 +37,7 @@ from torch import nn
 from .blocks import denoiser_of, find_blocks, first_tensor
 from .compiling import StepGraphs, attach_compiled, check_compile, graphs_compiled
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
-from .prediction import data_coefficients, from_data, to_data
+from .prediction import check_scheduler, data_coefficients, from_data, to_data
 from .reuse import (
     HOOK_PREFIX,
     History,
@@ -185,10 +185,10 @@ class _StepHook(ModelHook):
             self.report.captures_per_run.append(self.step_graphs.captures - self.captures_at_start)
 
     def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
-        key = forecast(self.eps, self.state.x(), like.dtype)
         if self.data is None:
-            return key
-        return from_data(key, self.x_t, self.data[self.state.step], like.dtype)
+            return forecast(self.eps, self.state.x(), like.dtype)
+        wide = torch.promote_types(like.dtype, torch.float32)  # x̂₀'s forecast and conversion in float32 or wider
+        return from_data(forecast(self.eps, self.state.x(), wide), self.x_t, self.data[self.state.step], like.dtype)
 
     @torch.compiler.disable(recursive=False)  # Python-side control flow: torch.compile traces the model it calls
     def new_forward(self, module, *args, **kwargs):
@@ -208,8 +208,7 @@ class _StepHook(ModelHook):
         self.report.lambdas.append(lam)
         self.state.step = s
         if self.data is not None:
-            self.x_t = kwargs["sample"] if "sample" in kwargs else kwargs["hidden_states"] \
-                if "hidden_states" in kwargs else args[0]
+            self.x_t = _noisy_input(args, kwargs)
         if kind == "skip":
             if self.calls == self.policy.steps:
                 self._end_run()
@@ -235,7 +234,8 @@ class _StepHook(ModelHook):
             self.wrap = wrapper(out)
             if self.needs_eps:
                 value = eps if self.data is None else to_data(eps, self.x_t, self.data[s])
-                self._set_eps(remember(self.eps, value, self.state.x(), self.order, self.state.cache_dtype))
+                self._set_eps(remember(self.eps, value, self.state.x(), self.order,
+                                       self.state.cache_dtype or eps.dtype))
             self.x_t = None
             return out
         if lam < 1.0:
@@ -243,6 +243,18 @@ class _StepHook(ModelHook):
             out = wrapper(out)(mixed)
         self.x_t = None
         return out
+
+
+def _noisy_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The denoiser call's noisy input x_t: ``sample`` (UNets), ``hidden_states`` (transformers) or the first
+    positional argument."""
+    for key in ("sample", "hidden_states"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    raise PolicyError(["skip_space 'data' needs the denoiser's noisy input (a `sample` or `hidden_states` argument, or "
+                       "the first positional one); this call has none (use skip_space 'output')"])
 
 
 def _timestep_positions(scheduler, policy: Policy) -> list[float]:
@@ -305,6 +317,8 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser), **limits)
     else:
         policy.check(**limits)
+    if policy.skip_space == "data" and policy.uses_eps_key():
+        check_scheduler(getattr(pipe, "scheduler", None))  # refused now, not at the first step
     lock = _lock_of(denoiser)
     if lock.held_here():
         raise RuntimeError("frdiff.apply is already active on this pipeline in this thread; nested policies are not "

@@ -24,11 +24,26 @@ from .policy import PolicyError
 PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
-def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
-    """Per step (α_s, σ_s) of x_t = α·x₀ + σ·ε, and how they were read."""
+def check_scheduler(scheduler) -> None:
+    """Refuse, before a run, schedulers whose x̂₀ is not one of the affine rules here: EDM-preconditioned ones
+    (c_in, c_skip, c_out with ``sigma_data``: EDM Euler/DPM-Solver++, consistency models) and unknown prediction
+    types. Noise levels are read at the run's first step (:func:`data_coefficients`)."""
     if scheduler is None:
         raise PolicyError(["skip_space 'data' needs the pipeline's scheduler for the noise level of each step; apply "
                            "the policy to the pipeline, not to its denoiser (or use skip_space 'output')"])
+    name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {}) or {}
+    if "sigma_data" in config:
+        raise PolicyError([f"skip_space 'data' does not support {name}: its model output is EDM-preconditioned "
+                           f"(sigma_data), not ε, v or x̂₀ (use skip_space 'output')"])
+    kind = config.get("prediction_type") or "epsilon"
+    if kind not in PREDICTIONS:
+        raise PolicyError([f"skip_space 'data' does not know prediction_type {kind!r} (knows "
+                           f"{', '.join(PREDICTIONS)}); use skip_space 'output'"])
+
+
+def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
+    """Per step (α_s, σ_s) of x_t = α·x₀ + σ·ε, and how they were read."""
     name = type(scheduler).__name__
     config = getattr(scheduler, "config", {}) or {}
     sigmas = getattr(scheduler, "sigmas", None)
@@ -52,13 +67,16 @@ def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
 
 
 def data_coefficients(scheduler, steps: int) -> list[tuple[float, float]]:
-    """Per step s, (a_s, b_s) with x̂₀ = a_s·x_t + b_s·output, for the scheduler as set for this run."""
+    """Per step s, (a_s, b_s) with x̂₀ = a_s·x_t + b_s·output, for the scheduler as set for this run (which must
+    start at step 0: an img2img or refiner run that begins later is refused)."""
+    check_scheduler(scheduler)
+    begin = getattr(scheduler, "begin_index", None)
+    if begin:
+        raise PolicyError([f"skip_space 'data' needs a run that starts at the schedule's first step; this one begins "
+                           f"at step {begin} (img2img, a refiner); use skip_space 'output'"])
     config = getattr(scheduler, "config", {}) or {}
     kind = config.get("prediction_type") or ("flow_prediction" if type(scheduler).__name__.startswith("FlowMatch")
                                              else "epsilon")
-    if kind not in PREDICTIONS:
-        raise PolicyError([f"skip_space 'data' does not know prediction_type {kind!r} (knows "
-                           f"{', '.join(PREDICTIONS)}); use skip_space 'output'"])
     alphas, sigmas, how = _levels(scheduler, steps)
     if how == "flow" and kind == "epsilon":  # flow schedulers' models predict the velocity
         kind = "flow_prediction"
@@ -79,26 +97,33 @@ def data_coefficients(scheduler, steps: int) -> list[tuple[float, float]]:
     return out
 
 
-def _split(output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _split(output: torch.Tensor, x: torch.Tensor):
+    """(the output's x̂₀-determining channels, the rest or None, the noisy latents x_t within the input)."""
     if output.shape == x.shape:
-        return output, None
-    if output.dim() >= 2 and output.shape[1] == 2 * x.shape[1] and output.shape[2:] == x.shape[2:]:
-        return output[:, : x.shape[1]], output[:, x.shape[1]:]  # learned variance: its half is not converted
+        return output, None, x
+    same_layout = output.dim() >= 2 and x.dim() == output.dim() and output.shape[0] == x.shape[0]
+    if same_layout and output.shape[2:] == x.shape[2:]:
+        c_out, c_in = output.shape[1], x.shape[1]
+        if c_out == 2 * c_in:  # learned variance: its half is not converted
+            return output[:, :c_in], output[:, c_in:], x
+        if c_in > c_out:  # inpainting-style inputs: the latents first, then mask and masked-image channels
+            return output, None, x[:, :c_out]
     raise PolicyError([f"skip_space 'data' needs the denoiser output to have its input's shape (or twice its "
                        f"channels); input {tuple(x.shape)}, output {tuple(output.shape)}"])
 
 
 def to_data(output: torch.Tensor, x: torch.Tensor, coef: tuple[float, float]) -> torch.Tensor:
-    """x̂₀ = a·x_t + b·output (computed in float32 or wider, returned in the output's dtype)."""
-    main, rest = _split(output, x)
+    """x̂₀ = a·x_t + b·output, in float32 (or wider): rounding x̂₀ to a half-precision model's dtype here and
+    dividing by a small b later would amplify it; the cache keeps its own dtype (the caller casts)."""
+    main, rest, xt = _split(output, x)
     wide = torch.promote_types(main.dtype, torch.float32)
-    x0 = (coef[0] * x.to(wide) + coef[1] * main.to(wide)).to(output.dtype)
-    return x0 if rest is None else torch.cat([x0, rest], 1)
+    x0 = coef[0] * xt.to(wide) + coef[1] * main.to(wide)
+    return x0 if rest is None else torch.cat([x0, rest.to(wide)], 1)
 
 
 def from_data(x0: torch.Tensor, x: torch.Tensor, coef: tuple[float, float], dtype: torch.dtype) -> torch.Tensor:
-    """The output that gives x̂₀ at x_t: (x̂₀ − a·x_t) / b, in ``dtype``."""
-    main, rest = _split(x0, x)
+    """The output that gives x̂₀ at x_t: (x̂₀ − a·x_t) / b, computed in float32 (or wider), returned in ``dtype``."""
+    main, rest, xt = _split(x0, x)
     wide = torch.promote_types(main.dtype, torch.float32)
-    out = ((main.to(wide) - coef[0] * x.to(wide)) / coef[1]).to(dtype)
+    out = ((main.to(wide) - coef[0] * xt.to(wide)) / coef[1]).to(dtype)
     return out if rest is None else torch.cat([out, rest.to(dtype)], 1)

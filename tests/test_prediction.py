@@ -9,6 +9,7 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
@@ -62,7 +63,9 @@ def test_round_trip_and_learned_variance_channels():
     assert back.dtype == torch.float16 and back.shape == (2, 8, 8, 8)
     torch.testing.assert_close(back[:, :4].float(), eps, rtol=2e-3, atol=2e-3)
     with pytest.raises(PolicyError, match="input's shape"):
-        to_data(torch.zeros(2, 3, 8, 8), x, coef)
+        to_data(torch.zeros(2, 4, 4, 4), x, coef)  # another spatial size
+    with pytest.raises(PolicyError, match="input's shape"):
+        to_data(torch.zeros(2, 6, 8, 8), x, coef)  # more channels than the input, not twice
 
 
 def test_skipped_steps_forecast_x0_and_turn_it_back_at_their_own_input(unet_pipe):
@@ -119,9 +122,44 @@ def test_the_file_names_skip_space_only_when_data(unet_pipe, tmp_path):
         make_preset("reduced-nfe", unet_pipe.unet, 8, skip_space="x0")
 
 
-def test_data_space_needs_the_pipelines_scheduler(unet_pipe):
+def test_data_space_needs_the_pipelines_scheduler_and_a_known_rule(unet_pipe):
     policy = make_preset("reduced-nfe", unet_pipe.unet, 4, reuse="taylor1", skip_space="data")
-    x, t = torch.zeros(2, 3, 32, 32), torch.tensor([999, 999])
-    with frdiff.apply(unet_pipe.unet, policy, check_model=False), pytest.raises(PolicyError, match="not to its "
-                                                                                 "denoiser"):
-        unet_pipe.denoise(x, t, torch.tensor([1, 2]))
+    with pytest.raises(PolicyError, match="not to its denoiser"), frdiff.apply(unet_pipe.unet, policy,
+                                                                               check_model=False):
+        pass
+    original = unet_pipe.scheduler
+    try:
+        unet_pipe.scheduler = EDMEulerScheduler()  # EDM preconditioning: not an affine ε/v/x̂₀ rule
+        with pytest.raises(PolicyError, match="EDM-preconditioned"), frdiff.apply(unet_pipe, policy):
+            pass
+        unet_pipe.scheduler = DDIMScheduler(prediction_type="velocity")
+        with pytest.raises(PolicyError, match="prediction_type 'velocity'"), frdiff.apply(unet_pipe, policy):
+            pass
+        begun = make_scheduler("dpmpp", original.config)
+        begun.set_timesteps(4)
+        begun.set_begin_index(2)  # an img2img run that starts half-way
+        unet_pipe.scheduler = begun
+        with pytest.raises(PolicyError, match="begins at step 2"), frdiff.apply(unet_pipe, policy):
+            unet_pipe.denoise(torch.zeros(2, 3, 32, 32), torch.tensor([499, 499]), torch.tensor([1, 2]))
+    finally:
+        unet_pipe.scheduler = original
+    assert frdiff.attached_hooks(unet_pipe) == []  # every refusal leaves the pipeline as it was
+
+
+def test_half_precision_keeps_x0_in_float32_until_the_output():
+    """Holding x̂₀ at the same x_t gives the output back: in bf16 the round trip's error is the output's own rounding,
+    not x̂₀'s rounding divided by a small b (the conversions run in float32)."""
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.randn(2, 4, 8, 8, generator=gen).bfloat16(), torch.randn(2, 4, 8, 8, generator=gen).bfloat16()
+    a, sigma = 1 / 0.9987, 0.05  # late in sampling: α ≈ 1, σ small
+    coef = (a, -sigma * a)
+    x0 = to_data(eps, x, coef)
+    assert x0.dtype == torch.float32
+    back = from_data(x0, x, coef, torch.bfloat16)
+    assert (back.float() - eps.float()).abs().max() <= 2 * (eps.float().abs().max() * 2 ** -8)
+
+
+def test_inpainting_inputs_use_their_latent_channels():
+    gen = torch.Generator().manual_seed(2)
+    x, eps = torch.randn(1, 9, 4, 4, generator=gen), torch.randn(1, 4, 4, 4, generator=gen)
+    torch.testing.assert_close(to_data(eps, x, (2.0, -1.0)), 2.0 * x[:, :4] - eps)

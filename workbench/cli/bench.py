@@ -13,7 +13,7 @@ from workbench.cli.common import UserError, file_out, folder_out, parse_seeds
 BENCH_OPTIONS = {
     "quality-vs-latency": ["models", "seeds", "steps", "repeats", "device", "no_autofr", "autofr_iterations",
                            "autofr_train_seeds", "no_peers", "no_plans", "flop_seeds", "small"],
-    "schedulers": ["models", "seeds", "scheduler_steps", "repeats", "device", "small"],
+    "schedulers": ["models", "seeds", "scheduler_steps", "schedulers", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "no_peers"],
     "engine-quality": ["models", "repeats", "seeds", "scheduler_seeds"],
@@ -94,8 +94,14 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
             step_list = tuple(int(x) for x in steps.split(","))
         except ValueError:
             raise UserError(f"--scheduler-steps takes step counts like 20,50, got {steps!r}") from None
+        from workbench.models.schedulers import scheduler_key
+
+        try:
+            scheds = tuple(scheduler_key(x) for x in (args.schedulers or "ddim,dpmpp,euler,unipc").split(","))
+        except ValueError as exc:
+            raise UserError(f"--schedulers: {exc}") from None
         extra = {"seeds": args.seeds or (4 if small else 64), "steps": step_list, "models": models,
-                 "device": args.device}
+                 "device": args.device, "schedulers": scheds}
     elif suite == "overhead":
         extra = {"small": small, "app": not args.no_app}
     elif suite == "run-throughput":  # under torchrun: the whole job's throughput (docs/distributed.md)
@@ -182,6 +188,8 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="quality-vs-latency: steps of the DDIM reference (default 50; sweeps scale with it)")
     p.add_argument("--scheduler-steps", default=None, help="schedulers: step counts (default 20,50)")
+    p.add_argument("--schedulers", default=None,
+                   help="schedulers: which solvers, comma-separated (default ddim,dpmpp,euler,unipc)")
     p.add_argument("--models", default=None,
                    help="quality-vs-latency, schedulers, autofr, engine-quality: models (default "
                         "tiny-unet,tiny-dit; engine-quality also tiny-sd, on the scene captions); "

@@ -261,7 +261,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
         check_steps(pipe, steps)
         policy = _preset(args, pipe, steps)
         name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "") \
-            + (f"-{args.reuse}" if args.reuse != "hold" else "") + (f"-{args.granularity}" if args.granularity else "")
+            + (f"-{args.reuse}" if args.reuse != "hold" else "") \
+            + (f"-{args.granularity}" if args.granularity else "") \
+            + (f"-eps-{args.skip_reuse}" if args.skip_reuse else "") + ("-x0" if args.skip_space == "data" else "")
     sharded = distributed.is_distributed()  # under torchrun: this rank's seeds, then every rank's results joined
     if sharded and len(seeds) < distributed.context().world_size:
         raise UserError(f"{len(seeds)} seeds for {distributed.context().world_size} ranks; give each rank one at least")
