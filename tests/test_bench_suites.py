@@ -105,7 +105,7 @@ def test_identical_method_sits_at_the_psnr_cap(dit_pipe):
 def test_schedulers_suite(bench_dir):
     r = json.loads((bench_dir / "schedulers.json").read_text())
     assert r["steps"] == [4] and set(r["models"]["tiny-dit"]["4"]) == {"ddim", "dpmpp", "euler", "unipc"}
-    assert r["command"].startswith("python -m workbench bench schedulers --models tiny-dit --seeds")
+    assert r["command"] == "python -m workbench bench schedulers --models tiny-dit --repeats 1 --small"
     ddim = {v["name"]: v for v in r["models"]["tiny-dit"]["4"]["ddim"]["variants"]}
     # under DDIM, reusing ε at every other step is DDIM on half the steps: same images, same PSNR
     assert ddim["reduced NFE M=2"]["psnr"] == pytest.approx(ddim["ddim 2 steps"]["psnr"], abs=1e-4)
