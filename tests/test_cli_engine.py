@@ -54,6 +54,12 @@ def test_policy_from_recorded_run(capsys, tmp_path):
     loose = _json(capsys, "policy", "from-run", str(run_dir), "--threshold", "5", "--out", str(tmp_path / "l.json"))
     assert all(a <= b for a, b in zip(loose["keyframes_per_block"], out["keyframes_per_block"], strict=True))
     assert loose["keyframes_per_block"] == [1] * 18
+    # reuse settings are the run's to choose: given anyway, they are refused, not dropped
+    target = tmp_path / "x.json"
+    assert main(["policy", "from-run", str(run_dir), "--target-compute", "0.5", "--out", str(target),
+                 "--skip-space", "data", "--warmup", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-space, --warmup are for policy make and run" in err and not target.exists()
 
 
 @pytest.mark.parametrize("preset,calls", [("none", 6), ("reduced-nfe", 3)])

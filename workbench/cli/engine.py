@@ -156,6 +156,15 @@ def cmd_policy(args: argparse.Namespace) -> dict:
             raise UserError("policy from-run needs --out P.json and one of --threshold δ (keyframes where the "
                             "accumulated change exceeds δ) or --target-compute C (keyframes and reuse mode per block "
                             "from the run's forecast errors, at compute ≤ C)")
+        ignored = [flag for flag, value, default in (
+            ("--reuse", args.reuse, "hold"), ("--skip-reuse", args.skip_reuse, None),
+            ("--skip-space", args.skip_space, "output"), ("--forecast-axis", args.forecast_axis, "step"),
+            ("--cache-dtype", args.cache_dtype, None), ("--warmup", args.warmup, 0),
+            ("--last-keyframe", args.last_keyframe, False)) if value != default]
+        if ignored:  # refused, not silently dropped
+            raise UserError(f"policy from-run chooses the keyframes and reuse modes from the run itself; "
+                            f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for policy make and run "
+                            f"(edit the result in the Policy builder to change them)")
         file_out(args.out)
         quiet_diffusers()
         report = _policy_from_run(args)
