@@ -139,6 +139,7 @@ class _StepHook(ModelHook):
         self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
         self.data: list[tuple[float, float]] | None = None  # skip_space "data": per step, x̂₀ = a·x_t + b·output
         self.x_t: torch.Tensor | None = None  # skip_space "data": the current call's noisy input
+        self.corrector: tuple | None = None  # skip_space "data" under UniPC: (scheduler, its own disable_corrector)
         self.wrap = None
         self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
         self.count_graphs = False  # compile mode: count the graphs dynamo compiles per run (eager: no dynamo import)
@@ -173,9 +174,27 @@ class _StepHook(ModelHook):
             if self.policy.forecast_axis == "timestep" else None
         self.data = data_coefficients(scheduler, self.policy.steps) \
             if self.needs_eps and self.policy.skip_space == "data" else None  # read once per run: no sync per step
+        if self.data is not None and isinstance(getattr(scheduler, "disable_corrector", None), list):
+            self._corrector_off(scheduler)
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _corrector_off(self, scheduler) -> None:
+        """UniPC corrects step s's result with the model output at step s + 1 as a fresh evaluation; where that
+        output is a forecast (a skipped step) there is nothing fresh to correct with, so its corrector is off there
+        (``disable_corrector`` holds s for the step after s). Restored by :meth:`restore_corrector`."""
+        self.restore_corrector()
+        own = scheduler.disable_corrector
+        skipped = {s - 1 for s, kind in enumerate(self.kinds) if kind == "skip" and s > 0}
+        scheduler.disable_corrector = sorted(set(own) | skipped)
+        self.corrector = (scheduler, own)
+
+    def restore_corrector(self) -> None:
+        if self.corrector is not None:
+            scheduler, own = self.corrector
+            scheduler.disable_corrector = own
+            self.corrector = None
 
     def _end_run(self) -> None:
         self.report.runs += 1
@@ -330,6 +349,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     attached: list[tuple[nn.Module, str]] = []
     graphs: StepGraphs | None = None
     start = time.perf_counter()
+    step_hook: _StepHook | None = None
     try:
         step_hook = _StepHook(policy, state, pipe, threading.get_ident(), run._report)
         attach(denoiser, step_hook, STEP_HOOK)
@@ -360,6 +380,8 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         if graphs is not None:
             graphs.buffers = [hook.cache for hook in state.hooks]
         detach_all(attached)
+        if step_hook is not None:
+            step_hook.restore_corrector()  # the scheduler as the caller gave it
         run._report.cache_bytes = state.peak
         state.clear()
         run._report.seconds = time.perf_counter() - start

@@ -163,3 +163,30 @@ def test_inpainting_inputs_use_their_latent_channels():
     gen = torch.Generator().manual_seed(2)
     x, eps = torch.randn(1, 9, 4, 4, generator=gen), torch.randn(1, 4, 4, 4, generator=gen)
     torch.testing.assert_close(to_data(eps, x, (2.0, -1.0)), 2.0 * x[:, :4] - eps)
+
+
+def test_unipc_does_not_correct_with_a_forecast_output(unet_pipe):
+    """Under UniPC a skipped step's output is a forecast, not an evaluation: with skip_space "data" the corrector
+    that would use it (``disable_corrector`` holds s − 1 for skipped step s) is off during the run, and the
+    scheduler is given back as it was; an ``output`` policy leaves the scheduler alone."""
+    original = unet_pipe.scheduler
+    seen = []
+    try:
+        for space in ("data", "output"):
+            sched = make_scheduler("unipc", original.config)
+            own = sched.disable_corrector
+            unet_pipe.scheduler = sched
+            policy = make_preset("reduced-nfe", unet_pipe.unet, 8, scheduler="unipc", interval=2, reuse="taylor1",
+                                 skip_space=space)
+            hook = unet_pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(list(sched.disable_corrector)))
+            try:
+                with frdiff.apply(unet_pipe, policy):
+                    unet_pipe([2], num_inference_steps=8, generator=[torch.Generator().manual_seed(0)],
+                              output_type="pt")
+            finally:
+                hook.remove()
+            assert sched.disable_corrector is own and own == []
+            expected = [0, 2, 4, 6] if space == "data" else []  # skipped steps 1, 3, 5, 7
+            assert seen[-1] == expected, space
+    finally:
+        unet_pipe.scheduler = original
