@@ -178,7 +178,8 @@ def test_unipc_does_not_correct_with_a_forecast_output(unet_pipe):
             unet_pipe.scheduler = sched
             policy = make_preset("reduced-nfe", unet_pipe.unet, 8, scheduler="unipc", interval=2, reuse="taylor1",
                                  skip_space=space)
-            hook = unet_pipe.unet.register_forward_pre_hook(lambda m, a: seen.append(list(sched.disable_corrector)))
+            hook = unet_pipe.unet.register_forward_pre_hook(
+                lambda m, a, sched=sched: seen.append(list(sched.disable_corrector)))
             try:
                 with frdiff.apply(unet_pipe, policy):
                     unet_pipe([2], num_inference_steps=8, generator=[torch.Generator().manual_seed(0)],
