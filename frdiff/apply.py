@@ -138,7 +138,6 @@ class _StepHook(ModelHook):
         self.calls = 0
         self.eps: History | None = None  # the last full steps' outputs (ε_key is their hold or forecast)
         self.data: list[tuple[float, float]] | None = None  # skip_space "data": per step, x̂₀ = a·x_t + b·output
-        self.x_t: torch.Tensor | None = None  # skip_space "data": the current call's noisy input
         self.corrector: tuple | None = None  # skip_space "data" under UniPC: (scheduler, its own disable_corrector)
         self.wrap = None
         self.cuda_graphs = False  # compile mode with CUDA graphs: each call starts a new CUDA-graph step
@@ -203,11 +202,12 @@ class _StepHook(ModelHook):
         if self.step_graphs is not None:
             self.report.captures_per_run.append(self.step_graphs.captures - self.captures_at_start)
 
-    def _eps_key(self, like: torch.Tensor) -> torch.Tensor:
+    def _eps_key(self, like: torch.Tensor, x_t: torch.Tensor | None) -> torch.Tensor:
+        """ε_key at the current step; ``x_t``: the call's noisy input (skip_space "data")."""
         if self.data is None:
             return forecast(self.eps, self.state.x(), like.dtype)
         wide = torch.promote_types(like.dtype, torch.float32)  # x̂₀'s forecast and conversion in float32 or wider
-        return from_data(forecast(self.eps, self.state.x(), wide), self.x_t, self.data[self.state.step], like.dtype)
+        return from_data(forecast(self.eps, self.state.x(), wide), x_t, self.data[self.state.step], like.dtype)
 
     @torch.compiler.disable(recursive=False)  # Python-side control flow: torch.compile traces the model it calls
     def new_forward(self, module, *args, **kwargs):
@@ -226,14 +226,11 @@ class _StepHook(ModelHook):
         self.report.step_kinds.append(kind)
         self.report.lambdas.append(lam)
         self.state.step = s
-        if self.data is not None:
-            self.x_t = _noisy_input(args, kwargs)
+        x_t = _noisy_input(args, kwargs) if self.data is not None else None
         if kind == "skip":
             if self.calls == self.policy.steps:
                 self._end_run()
-            out = self.wrap(self._eps_key(self.eps[0][0]))
-            self.x_t = None
-            return out
+            return self.wrap(self._eps_key(self.eps[0][0], x_t))
         before = self.state.reused
         if self.step_graphs is not None:  # the phases are the mask's (step 0 is every block's keyframe)
             if s == 0 and self.step_graphs.start_run(args, kwargs):
@@ -252,15 +249,13 @@ class _StepHook(ModelHook):
         if kind == "full" or self.eps is None:
             self.wrap = wrapper(out)
             if self.needs_eps:
-                value = eps if self.data is None else to_data(eps, self.x_t, self.data[s])
+                value = eps if self.data is None else to_data(eps, x_t, self.data[s])
                 self._set_eps(remember(self.eps, value, self.state.x(), self.order,
                                        self.state.cache_dtype or eps.dtype))
-            self.x_t = None
             return out
         if lam < 1.0:
-            mixed = torch.lerp(self._eps_key(eps), eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
-            out = wrapper(out)(mixed)
-        self.x_t = None
+            mixed = torch.lerp(self._eps_key(eps, x_t), eps, lam)  # λ·ε_FR + (1 − λ)·ε_key
+            return wrapper(out)(mixed)
         return out
 
 

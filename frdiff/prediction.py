@@ -31,29 +31,41 @@ def check_scheduler(scheduler) -> None:
     if scheduler is None:
         raise PolicyError(["skip_space 'data' needs the pipeline's scheduler for the noise level of each step; apply "
                            "the policy to the pipeline, not to its denoiser (or use skip_space 'output')"])
-    name = type(scheduler).__name__
-    config = getattr(scheduler, "config", {}) or {}
-    if "sigma_data" in config:
-        raise PolicyError([f"skip_space 'data' does not support {name}: its model output is EDM-preconditioned "
-                           f"(sigma_data), not ε, v or x̂₀ (use skip_space 'output')"])
-    kind = config.get("prediction_type") or "epsilon"
+    if "sigma_data" in _config(scheduler):
+        raise PolicyError([f"skip_space 'data' does not support {type(scheduler).__name__}: its model output is "
+                           f"EDM-preconditioned (sigma_data), not ε, v or x̂₀ (use skip_space 'output')"])
+    kind = _prediction(scheduler)
     if kind not in PREDICTIONS:
         raise PolicyError([f"skip_space 'data' does not know prediction_type {kind!r} (knows "
                            f"{', '.join(PREDICTIONS)}); use skip_space 'output'"])
 
 
-def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
-    """Per step (α_s, σ_s) of x_t = α·x₀ + σ·ε, and how they were read."""
-    name = type(scheduler).__name__
-    config = getattr(scheduler, "config", {}) or {}
+def _config(scheduler) -> dict:
+    return getattr(scheduler, "config", {}) or {}
+
+
+def _flow(scheduler) -> bool:
+    """Whether the scheduler noises by flow matching, x_t = (1 − σ)·x₀ + σ·ε."""
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(_config(scheduler).get("use_flow_sigmas"))
+
+
+def _prediction(scheduler) -> str:
+    """What the model predicts: the config's ``prediction_type``; flow-matching schedulers' models predict the
+    velocity (their configs often name none, or ``epsilon``)."""
+    kind = _config(scheduler).get("prediction_type") or "epsilon"
+    return "flow_prediction" if _flow(scheduler) and kind == "epsilon" else kind
+
+
+def _levels(scheduler, steps: int) -> tuple[list[float], list[float]]:
+    """Per step (α_s, σ_s) of x_t = α·x₀ + σ·ε: from the scheduler's VE or flow ``sigmas``, else from
+    ``alphas_cumprod`` at integer timesteps."""
     sigmas = getattr(scheduler, "sigmas", None)
-    flow = name.startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
     if sigmas is not None and len(sigmas) >= steps:
         sig = [float(v) for v in torch.as_tensor(sigmas[:steps]).double().cpu().tolist()]
-        if flow:  # x_t = (1 − σ)·x₀ + σ·ε
-            return [1.0 - v for v in sig], sig, "flow"
+        if _flow(scheduler):  # x_t = (1 − σ)·x₀ + σ·ε
+            return [1.0 - v for v in sig], sig
         alphas = [1.0 / math.sqrt(1.0 + v * v) for v in sig]  # VE σ: x_t/√(1+σ²) is the VP x_t the model sees
-        return alphas, [v * a for v, a in zip(sig, alphas, strict=True)], "ve"
+        return alphas, [v * a for v, a in zip(sig, alphas, strict=True)]
     cumprod = getattr(scheduler, "alphas_cumprod", None)
     timesteps = getattr(scheduler, "timesteps", None)
     if cumprod is not None and timesteps is not None and len(timesteps) == steps:
@@ -61,9 +73,9 @@ def _levels(scheduler, steps: int) -> tuple[list[float], list[float], str]:
         ts = torch.as_tensor(timesteps).double().cpu()
         if bool((ts == ts.round()).all()) and bool(((ts >= 0) & (ts < len(ac))).all()):
             a = ac[ts.long()]
-            return a.sqrt().tolist(), (1.0 - a).sqrt().tolist(), "vp"
-    raise PolicyError([f"skip_space 'data' needs the noise level of every step; {name} exposes neither sigmas nor "
-                       f"alphas_cumprod with {steps} integer timesteps (use skip_space 'output')"])
+            return a.sqrt().tolist(), (1.0 - a).sqrt().tolist()
+    raise PolicyError([f"skip_space 'data' needs the noise level of every step; {type(scheduler).__name__} exposes "
+                       f"neither sigmas nor alphas_cumprod with {steps} integer timesteps (use skip_space 'output')"])
 
 
 def data_coefficients(scheduler, steps: int) -> list[tuple[float, float]]:
@@ -74,12 +86,8 @@ def data_coefficients(scheduler, steps: int) -> list[tuple[float, float]]:
     if begin:
         raise PolicyError([f"skip_space 'data' needs a run that starts at the schedule's first step; this one begins "
                            f"at step {begin} (img2img, a refiner); use skip_space 'output'"])
-    config = getattr(scheduler, "config", {}) or {}
-    kind = config.get("prediction_type") or ("flow_prediction" if type(scheduler).__name__.startswith("FlowMatch")
-                                             else "epsilon")
-    alphas, sigmas, how = _levels(scheduler, steps)
-    if how == "flow" and kind == "epsilon":  # flow schedulers' models predict the velocity
-        kind = "flow_prediction"
+    kind = _prediction(scheduler)
+    alphas, sigmas = _levels(scheduler, steps)
     out = []
     for a, s in zip(alphas, sigmas, strict=True):
         if kind == "epsilon":

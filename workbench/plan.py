@@ -50,7 +50,7 @@ def plan_from_run(pipe, store, target: float, granularity: str = "block", modes=
         if not skips:
             raise
         ranked = []
-    short = shortlist(ranked, candidates) + skips if ranked else skips
+    short = shortlist(ranked, candidates) + skips
     tried = [{"pattern": p.provenance["pattern"], "compute_fraction": p.provenance["compute_fraction"],
               "estimated_error": p.provenance["estimated_error"],
               **({"skip": p.provenance["skip"]} if "skip" in p.provenance else {})} for p in short]
