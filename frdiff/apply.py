@@ -47,6 +47,7 @@ from .reuse import (
     detach_all,
     forecast,
     remember,
+    static_forecast_weights,
     wrapper,
 )
 
@@ -144,6 +145,7 @@ class _StepHook(ModelHook):
         self.count_graphs = False  # compile mode: count the graphs dynamo compiles per run (eager: no dynamo import)
         self.graphs_at_start = 0
         self.step_graphs: StepGraphs | None = None  # cuda_graphs="step": whole denoiser calls captured per phases
+        self.weight_table: torch.Tensor | None = None  # step graphs with forecasts: per step, the blocks' weights
         self.captures_at_start = 0
 
     def reset_state(self, module):
@@ -171,6 +173,7 @@ class _StepHook(ModelHook):
         self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
             if self.policy.forecast_axis == "timestep" else None
+        self.weight_table = self._weight_table() if self.state.weights is not None else None
         self.data = data_coefficients(scheduler, self.policy.steps) \
             if self.needs_eps and self.policy.skip_space == "data" else None  # read once per run: no sync per step
         if self.data is not None and isinstance(getattr(scheduler, "disable_corrector", None), list):
@@ -178,6 +181,18 @@ class _StepHook(ModelHook):
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _weight_table(self) -> torch.Tensor:
+        """Whole-step graphs with forecasts: every step's forecast weights ``[steps, blocks, slots]`` on the model's
+        device, made once per set of forecast positions (an upload is a host sync: once, not per run or step)."""
+        positions = self.state.positions or [float(s) for s in range(self.policy.steps)]
+        tables = self.step_graphs.tables
+        key = tuple(positions)
+        if key not in tables:
+            called = [kind != "skip" for kind in self.kinds]
+            rows = static_forecast_weights(self.state.mask, self.state.orders, called, positions)
+            tables[key] = torch.tensor(rows, dtype=self.state.weights.dtype, device=self.state.weights.device)
+        return tables[key]
 
     def _corrector_off(self, scheduler) -> None:
         """UniPC corrects step s's result with the model output at step s + 1 as a fresh evaluation; where that
@@ -237,6 +252,8 @@ class _StepHook(ModelHook):
                 for h in self.state.hooks:  # new shapes: new buffers, allocated by this run's first keyframe
                     h.cache = None
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
+            if self.weight_table is not None:  # this step's forecast weights, where the captured step reads them
+                self.state.weights.copy_(self.weight_table[s])
             out = self.step_graphs(phases, self.fn_ref.original_forward, args, kwargs)
             self.report.block_reuses += phases.count(False)  # a replay runs no Python: counted from the phases
         else:
@@ -313,7 +330,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     cuda_graphs: ``"blocks"`` (or ``True``; with ``compile="regional"``): each block's compiled graphs captured as
     CUDA graphs (inductor's CUDA graph trees); ``"step"`` (with either compile mode): each distinct step configuration
     captured once as one CUDA graph of the whole denoiser call and replayed (:class:`frdiff.compiling.StepGraphs`;
-    ``hold`` reuse only; ``report().captures_per_run``). CUDA only.
+    forecasts read their per-step weights from a device buffer; ``report().captures_per_run``). CUDA only.
     backend: torch.compile's backend (``"inductor"``; ``"eager"`` traces without code generation, for tests).
     """
     graph_mode = check_compile(compile, cuda_graphs)
@@ -322,9 +339,6 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     fake = graph_mode == "step" and _FAKE_STEP_GRAPHS and device.type == "cpu"
     if graph_mode and device.type != "cuda" and not fake:
         raise ValueError(f"cuda_graphs needs the denoiser on a CUDA device; it is on {device}")
-    if graph_mode == "step" and any(m != "hold" for m in policy.reuse):
-        raise ValueError("cuda_graphs='step' captures hold reuse only (a forecast's weights change every step); "
-                         "this policy forecasts: use cuda_graphs='blocks' with compile='regional'")
     train = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "num_train_timesteps", None)
     limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
     if check_model:
@@ -353,6 +367,11 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         if graph_mode == "step":
             state.static_cache = True
             graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake)
+            graphs.fake_state = state if fake else None
+            if any(state.orders):  # forecasts: their weights are a buffer the captured steps read
+                if graphs.weights is None:
+                    graphs.weights = torch.zeros(len(policy.blocks), max(state.orders) + 1, device=device)
+                state.weights = graphs.weights
         if compile == "off":
             attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
         else:
@@ -391,7 +410,7 @@ def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: s
     ``apply`` of the same policy replays what an earlier one captured — with its cache buffers, which the graphs
     read and write. :func:`release_step_graphs` frees them."""
     kept = denoiser.__dict__.setdefault("_frdiff_step_graphs", {})
-    key = (tuple(policy.blocks), tuple(policy.granularity), policy.keyframes.numpy().tobytes(),
+    key = (tuple(policy.blocks), tuple(policy.granularity), tuple(policy.reuse), policy.keyframes.numpy().tobytes(),
            tuple(policy.keyframes.shape), policy.cache_dtype, compile, backend, fake)
     graphs = kept.pop(key, None) or StepGraphs(fake=fake)
     kept[key] = graphs  # most recent last

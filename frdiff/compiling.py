@@ -176,11 +176,14 @@ class StepGraphs:
     The first call of a configuration runs eagerly (its result is the step's output; it also allocates the blocks'
     cache buffers and runs any compilation), then the configuration is captured (nothing executes during a capture);
     later calls copy the inputs into the graph's static inputs, replay, and return a copy of its outputs. The caches
-    are static buffers written in place (``ReuseState.static_cache``), so only ``hold`` reuse can be captured; score
-    mixing, skipped steps and ε forecasts run eagerly around the graph, in the step hook.
+    are static buffers written in place (``ReuseState.static_cache``: a forecasting block keeps its last keyframe
+    values in fixed slots, shifted at each keyframe), and a forecast's weights, which change every step, are a device
+    buffer (``weights``) the step hook fills from a per-run table before each call, so the captured step reads them
+    as data. Score mixing, skipped steps and ε forecasts run eagerly around the graph, in the step hook.
 
-    ``fake=True`` (CPU tests only): "capturing" keeps the call and "replaying" runs it on the static inputs, which
-    checks the static-buffer plumbing without a GPU; it is not a CUDA graph."""
+    ``fake=True`` (CPU tests only): "capturing" runs nothing (as a CUDA capture executes nothing) and keeps the call;
+    "replaying" runs it on the static inputs, with the step pinned to the captured one, and copies the result into
+    the static outputs, which checks the static-buffer plumbing without a GPU; it is not a CUDA graph."""
 
     def __init__(self, fake: bool = False):
         self.fake = fake
@@ -188,6 +191,9 @@ class StepGraphs:
         self.captures = 0  # configurations captured so far (a run after warm-up captures none)
         self.buffers: list | None = None  # the blocks' cache buffers the graphs were captured with
         self.inputs: tuple | None = None  # the input signature the buffers were made for
+        self.weights: torch.Tensor | None = None  # forecasts: this step's weights [blocks, slots], read by the graphs
+        self.tables: dict = {}  # forecasts: every step's weights per set of forecast positions, on the device
+        self.fake_state = None  # fake: the current run's ReuseState (a replay pins its step to the captured one)
 
     def start_run(self, args: tuple, kwargs: dict) -> bool:
         """At a run's first step: whether the inputs' shapes differ from those the graphs and buffers were made for;
@@ -202,6 +208,23 @@ class StepGraphs:
             self.buffers = None
         self.inputs = sig
         return changed
+
+    def _fake_graph(self, fn, args: tuple, kwargs: dict):
+        """The CPU stand-in's "graph": the call rerun with the step pinned to the captured one (``fake_state``: the
+        current run's :class:`~frdiff.reuse.ReuseState`). A CUDA graph replays what its capture recorded, Python
+        constants included; pinning the step makes a value the capture took from Python at its own step (a
+        forecast weight, say) as wrong in the stand-in as it would be on the GPU."""
+        captured = self.fake_state.step
+
+        def replay():
+            state = self.fake_state
+            now, state.step = state.step, captured
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                state.step = now
+
+        return replay
 
     @staticmethod
     def _signature(flat) -> tuple:
@@ -221,7 +244,8 @@ class StepGraphs:
             # compiles for them compiles now, not during the capture): this step's result; allocates the caches
             out = fn(*s_args, **s_kwargs)
             if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
-                graph, s_out = (lambda: fn(*s_args, **s_kwargs)), fn(*s_args, **s_kwargs)
+                graph = self._fake_graph(fn, s_args, s_kwargs)
+                s_out = tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
             else:
                 device = next(t.device for t in static if isinstance(t, torch.Tensor) and t.is_cuda)
                 graph = torch.cuda.CUDAGraph()

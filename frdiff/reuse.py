@@ -63,7 +63,8 @@ class ReuseState:
         self.held = 0  # bytes the caches hold now
         self.peak = 0  # the most they held since the state was made
         self.clone_values = False  # compile mode with CUDA graphs: cached values are copied out of the graphs' pool
-        self.static_cache = False  # whole-step CUDA graphs: a cache is one buffer per block, written in place
+        self.static_cache = False  # whole-step CUDA graphs: a cache is order + 1 buffers per block, written in place
+        self.weights: torch.Tensor | None = None  # static cache: this step's forecast weights [blocks, slots]
 
     def decide(self, idx: int) -> bool | torch.Tensor:
         if self.gates is not None:
@@ -133,16 +134,43 @@ def forecast(history: History, x: float, dtype: torch.dtype) -> Value:
     """
     if len(history) == 1:
         return _map(lambda v: v.to(dtype), history[0][0])
-    w = extrapolation_weights([xj for _, xj in history], x)
+    return weighted(history, extrapolation_weights([xj for _, xj in history], x), dtype)
 
+
+def weighted(history: History, w, dtype: torch.dtype) -> Value:
+    """v₀ + Σ_{j≥1} w_j·(v_j − v₀) over ``history``'s values, newest first, in ``dtype``. ``w``: Python floats, or a
+    1-d tensor on the values' device (whole-step CUDA graphs: the weights are data the captured step reads, not
+    constants baked into it; 0-d views of it are ``lerp``'s and ``mul``'s weights, so nothing syncs)."""
     def combine(*vs):
         v0 = vs[0].to(dtype)
         out = torch.lerp(v0, vs[1].to(dtype), w[1])
-        for v, wj in zip(vs[2:], w[2:], strict=True):
-            out = out + wj * (v.to(dtype) - v0)
+        for j, v in enumerate(vs[2:], 2):
+            out = out + w[j] * (v.to(dtype) - v0)
         return out
 
     return _map(combine, *(v for v, _ in history))
+
+
+def static_forecast_weights(mask: list[list[bool]], orders: list[int], called: list[bool],
+                            positions: list[float]) -> list[list[list[float]]]:
+    """Whole-step CUDA graphs with forecasts: the weights ``[step][block][slot]`` that :func:`weighted` applies to a
+    block's static history — its last ``order`` + 1 keyframe values, newest first — at each step, known before the
+    run because the policy is static. A block's keyframes are the called steps (``called``: not skipped) its mask
+    row marks, and the first; ``positions``: each step on the forecast axis. While a block has fewer keyframes than
+    slots, the missing slots weigh 0 (a forecast of lower order; with one keyframe, the held value exactly); so do
+    keyframe steps, whose weights nothing reads."""
+    width = max(orders, default=0) + 1
+    table = [[[0.0] * width for _ in mask] for _ in positions]
+    for i, (row, order) in enumerate(zip(mask, orders, strict=True)):
+        seen: list[float] = []  # the block's keyframe positions so far, newest first
+        for s, x in enumerate(positions):
+            if not called[s]:
+                continue
+            if row[s] or not seen:
+                seen = [x] + seen[:order]
+                continue
+            table[s][i][:len(seen)] = extrapolation_weights(seen, x) if len(seen) > 1 else [1.0]
+    return table
 
 
 def wrapper(template):
@@ -225,7 +253,14 @@ class _ReuseHook(ModelHook):
         else:
             self.phase = "reuse"
             self.state.reused += 1
-            self.given = forecast(self.cache, self.state.x(), self.value_dtype)
+            self.given = self._at_step(self.value_dtype)
+
+    def _at_step(self, dtype: torch.dtype) -> Value:
+        """The cached part at the current step, held or forecast, in ``dtype``; with a static cache the forecast's
+        weights are this step's row of the state's device weights (:func:`static_forecast_weights`)."""
+        if self.order and self.state.static_cache:
+            return weighted(self.cache, self.state.weights[self.idx], dtype)
+        return forecast(self.cache, self.state.x(), dtype)
 
     def commit(self) -> None:
         """Compile mode, after the call: a keyframe's captured value joins the cache (cloned out of a CUDA graph's
@@ -244,16 +279,23 @@ class _ReuseHook(ModelHook):
         self.keep(value)
 
     def keep(self, value: Value) -> None:
-        """A keyframe: ``value`` joins the cache. With a static cache (whole-step CUDA graphs, hold only) the value
-        is copied into the block's one buffer, allocated at its first keyframe, so a captured step reads and writes
-        the same memory at every replay."""
+        """A keyframe: ``value`` joins the cache. With a static cache (whole-step CUDA graphs) a block has
+        ``order`` + 1 buffers, newest first, allocated at its first keyframe (each a copy of its value); a later
+        keyframe shifts them by one and copies its value into the first, so a captured step reads and writes the
+        same memory at every replay. Which of them hold real keyframes is the static weights' business."""
         if self.state.static_cache:
             if self.cache is not None:
-                _map(lambda buf, v: buf.copy_(v), self.cache[0][0], value)
-                self.cache = ((self.cache[0][0], self.state.x()),)
+                slots = [v for v, _ in self.cache]
+                for j in range(len(slots) - 1, 0, -1):  # the oldest first: slot j takes slot j - 1's value
+                    _map(lambda older, newer: older.copy_(newer), slots[j], slots[j - 1])
+                _map(lambda buf, v: buf.copy_(v), slots[0], value)
                 return
             dtype = self.state.cache_dtype
             value = _map(lambda v: v.detach().clone() if dtype is None else v.detach().to(dtype, copy=True), value)
+            new = tuple((value if j == 0 else _map(torch.clone, value), self.state.x()) for j in range(self.order + 1))
+            self.state.account(None, new)
+            self.cache = new
+            return
         new = remember(self.cache, value, self.state.x(), self.order, self.state.cache_dtype)
         self.state.account(self.cache, new)
         self.cache = new
@@ -265,7 +307,7 @@ class _ReuseHook(ModelHook):
         if like is not None:
             self._check_batch(like, cached)
         self.state.reused += 1
-        return forecast(self.cache, self.state.x(), like.dtype if like is not None else cached.dtype)
+        return self._at_step(like.dtype if like is not None else cached.dtype)
 
     def gated(self, gate: torch.Tensor, computed: Value) -> Value:
         """Auto-FR: g·computed + (1 − g)·(the reuse value), and the cache updated as the hard gate says: at a

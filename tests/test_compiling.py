@@ -128,16 +128,44 @@ def test_cuda_graphs_replay_the_compiled_policy():
                     "bench gpu-speed measures them on the GPU)")
 @pytest.mark.parametrize("make", [_dit, _unet])
 @pytest.mark.parametrize("compile", ["off", "regional"])
-def test_step_graphs_on_cuda_replay_the_eager_run(make, compile):
-    """Real whole-step CUDA graphs: replays equal the same mode's run without graphs bit for bit (the same kernels),
-    no capture after the first apply."""
+@pytest.mark.parametrize("reuse", ["hold", "taylor2"])
+def test_step_graphs_on_cuda_replay_the_eager_run(make, compile, reuse):
+    """Real whole-step CUDA graphs: replays equal the same mode's run without graphs — bit for bit with hold (the
+    same kernels); with forecasts, whose weights the graphs read from a device buffer instead of Python floats,
+    within float32 rounding — and no capture after the first apply."""
     den = make().cuda()
-    policy = _policy(den, "hold", "feature", mix=True)
+    policy = _policy(den, reuse, "feature", mix=True)
     (ref,), _ = _runs(den, policy, rounds=1, compile=compile)  # the same kernels, launched one by one
     outs, reports = _rounds_in_separate_applies(den, policy, compile=compile, cuda_graphs="step")
     for got in outs:
-        assert torch.equal(got, ref)
+        if reuse == "hold":
+            assert torch.equal(got, ref)
+        else:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert [r.captures_per_run for r in reports] == [[2], [0], [0]]
+    frdiff.release_step_graphs(den)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
+                    "bench gpu-speed measures them on the GPU)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_step_graphs_on_cuda_forecast_in_half_precision(dtype):
+    """Captured taylor2 forecasts in fp16 / bf16 against the eager hooks: a 0-d float32 weight is rounded to the
+    values' dtype inside ``lerp`` and ``mul`` (a Python float is not), so the two differ by that rounding, within
+    the stated tolerance (1e-2 relative, the half formats' few bits)."""
+    den = _dit().cuda().to(dtype)
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    torch.manual_seed(1)
+    x, y = torch.randn(2, 4, 8, 8, device="cuda", dtype=dtype), torch.tensor([1, 2], device="cuda")
+    t = [torch.tensor([900 - 150 * s] * 2, device="cuda") for s in range(STEPS)]
+
+    def run(**kw):
+        with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **kw):
+            return torch.stack([den(x, timestep=t[s], class_labels=y).sample for s in range(STEPS)]).float()
+
+    ref = run()
+    for _ in range(2):
+        torch.testing.assert_close(run(cuda_graphs="step"), ref, rtol=1e-2, atol=1e-2)
     frdiff.release_step_graphs(den)
 
 
@@ -264,11 +292,90 @@ def test_step_graphs_of_a_broken_run_are_dropped(fake_step_graphs):
     assert all(torch.equal(o, ref) for o in outs) and reports[0].captures_per_run == [2]
 
 
-def test_step_graphs_refuse_forecasts_and_need_cuda(fake_step_graphs):
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("compile", ["off", "regional"])
+@pytest.mark.parametrize("reuse,granularity", [("taylor1", "feature"), ("taylor2", "feature"), ("taylor2", "block")])
+def test_step_graphs_capture_forecasts(make, compile, reuse, granularity, fake_step_graphs):
+    """Captured forecasts: a block's last keyframe values in fixed slots (shifted at each keyframe) and this step's
+    weights in a device buffer, so one capture per configuration serves every step of it — the replays equal the
+    eager hooks' forecasts, whose weights are Python floats, over 3 applies. M = 2 over 6 steps: keyframes 0, 2, 4,
+    so step 1 holds (one keyframe), step 3 is a line and step 5 (taylor2) a parabola through three."""
+    den = make()
+    policy = _policy(den, reuse, granularity, mix=True)
+    (ref,), eager = _runs(den, policy, rounds=1)
+    (held,), _ = _runs(den, _policy(den, "hold", granularity, mix=True), rounds=1)
+    assert not torch.allclose(ref[3:], held[3:], atol=1e-4)  # the forecasts are not the held values
+    outs, reports = _rounds_in_separate_applies(den, policy, compile=compile, backend="eager", cuda_graphs="step")
+    for out in outs:
+        assert torch.equal(out, ref)  # float32: a 0-d float32 weight is the Python float rounded alike
+    assert [r.captures_per_run for r in reports] == [[2], [0], [0]]
+    assert all(r.block_reuses == eager.block_reuses > 0 for r in reports)
+    frdiff.release_step_graphs(den)
+
+
+def test_step_graphs_capture_mixed_orders_timestep_positions_and_skips(fake_step_graphs):
+    """Blocks of different orders share the weights buffer (hold, taylor1, taylor2 by block); forecasts in the
+    scheduler's timesteps (uneven here), whose weights are a table per set of positions; skipped steps between the
+    captured ones. Every replay equals the eager run."""
+    from diffusers import DDIMScheduler
+
+    from frdiff.policy import Mixing
+
     den = _dit()
-    with pytest.raises(ValueError, match="captures hold reuse only"):
-        with frdiff.apply(den, _policy(den, "taylor1"), check_model=False, cuda_graphs="step"):
-            pass
+    base = frdiff.make_preset("uniform", den, STEPS, interval=2, reuse="taylor2")
+    nb = len(base.blocks)
+    modes = [("taylor2", "taylor1", "hold")[i % 3] for i in range(nb)]
+    keyframes = torch.zeros(nb, STEPS, dtype=torch.bool)
+    keyframes[:, [0, 4]] = True
+    keyframes[0::2, 2] = True  # even blocks: keyframes 0, 2, 4; odd blocks: 0, 3, 4
+    keyframes[1::2, 3] = True
+    policy = base.replaced(reuse=modes, forecast_axis="timestep", keyframes=keyframes,
+                           mixing=Mixing(enabled=True, center=0.3))
+    kinds = ["full", "skip", "fr", "fr", "full", "fr"]
+    assert policy.step_kinds() == kinds and 0 < policy.step_lambdas()[2] < 1
+    sched = DDIMScheduler(num_train_timesteps=1000)
+    sched.set_timesteps(STEPS)
+    sched.timesteps = torch.tensor([999, 850, 600, 420, 200, 40])
+
+    class Pipe:  # a denoiser with the scheduler whose timesteps the forecasts use
+        scheduler = sched
+        transformer = den
+
+    call = _call(den)
+    with torch.no_grad():
+        with frdiff.apply(Pipe, policy, check_model=False):
+            ref = torch.stack([call(s) for s in range(STEPS)])  # a skipped step's call returns ε_key
+        outs = []
+        for _ in range(3):
+            with frdiff.apply(Pipe, policy, check_model=False, cuda_graphs="step") as run:
+                outs.append(torch.stack([call(s) for s in range(STEPS)]))
+    for out in outs:
+        assert torch.equal(out, ref)  # float32: a 0-d float32 weight is the Python float rounded alike
+    assert run.report().step_kinds == kinds
+    frdiff.release_step_graphs(den)
+
+
+def test_static_forecast_weights_follow_each_blocks_keyframes():
+    """The weights a captured step reads, by hand: block 0 (taylor2) keyframes at steps 0, 2, 4 on positions
+    0, 1, 3, 4, 6, 7; block 1 (taylor1) at 0 and 3; step 5 is skipped (no call: no keyframe there)."""
+    from frdiff.reuse import static_forecast_weights
+
+    mask = [[True, False, True, False, True, False, False],
+            [True, False, False, True, False, True, False]]
+    called = [True] * 5 + [False, True]
+    table = static_forecast_weights(mask, [2, 1], called, [0, 1, 3, 4, 6, 7, 9])
+    assert table[1] == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]  # one keyframe each: hold
+    # step 3, block 0: the line through (3, v0) and (0, v1) at 4 -> v0 + (1/3)(v0 - v1)
+    assert table[3][0] == pytest.approx([4 / 3, -1 / 3, 0.0])
+    # step 6, block 0: the parabola through x = 6, 3, 0 at 9 -> weights 3, -3, 1
+    assert table[6][0] == pytest.approx([3.0, -3.0, 1.0])
+    # step 6, block 1: keyframes at 4 (x 4) and... step 5 is skipped, so its mask does not count: line through 4, 0
+    assert table[6][1] == pytest.approx([9 / 4, -5 / 4, 0.0])
+    assert table[5] == [[0.0] * 3, [0.0] * 3] and table[0] == [[0.0] * 3, [0.0] * 3]
+
+
+def test_step_graphs_need_a_valid_mode(fake_step_graphs):
+    den = _dit()
     with pytest.raises(ValueError, match="cuda_graphs must be False, True"):
         with frdiff.apply(den, _policy(den), check_model=False, cuda_graphs="yes"):
             pass
