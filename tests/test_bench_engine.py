@@ -15,7 +15,8 @@ def test_gpu_speed_suite_small():
     assert r["small"] and 0.5 < m["reuse_flop_share"] < 0.9  # conv1 + attention: most of a UNet's FLOPs
     assert m["predicted_reuse_over_full"] == pytest.approx(1 - m["reuse_flop_share"])
     rows = {row["variant"]: row for row in m["end_to_end"] if not row.get("peer")}
-    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing"}
+    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing",
+                         "uniform M=3 taylor2", "uniform M=3 taylor2 + mixing"}
     assert rows["uniform M=2"]["denoiser_calls"] == 4 and rows["none"]["speedup"] == 1.0
     assert all(row["latency_s"] > 0 and row["mode"] == "eager" for row in rows.values())
     # the flat rows: every (images, variant) once, peers timed in the same rounds, speedups against eager stock
@@ -41,7 +42,8 @@ def test_gpu_speed_regional_mode_times_stock_in_the_same_mode_after_a_warm_up():
     r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional", backend="eager",
                         peers=False)
     rows = {row["variant"]: row for row in r["models"]["dit-xl-2"]["modes"]["regional"]}
-    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing"}
+    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing",
+                         "uniform M=3 taylor2", "uniform M=3 taylor2 + mixing"}
     for row in rows.values():
         assert row["mode"] == "regional" and row["recompiles"] == 0 and row["warmup_s"] > 0
         assert row["speedup_vs_stock_same_mode"] == pytest.approx(rows["none"]["median_s"] / row["median_s"])

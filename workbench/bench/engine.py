@@ -9,9 +9,9 @@ Models (random weights: speed does not depend on training):
 ``small=True`` (the CPU variant and the CI smoke test) uses the same block types at a fraction of the size.
 
 Per model: the FLOP share a reuse step skips; the time of a full denoiser call and of a reuse call (all blocks
-reusing, same inputs); end-to-end 50-step DDIM runs of ``none``, uniform M=2, M=2 + mixing and M=3 (median of
-``repeats``, interleaved), their measured speedup next to the FLOP prediction and to the prediction from the measured
-per-step ratio; optionally the same under ``torch.compile``.
+reusing, same inputs); end-to-end 50-step DDIM runs of ``none``, uniform M=2 and M=3 ± mixing, and M=3 with
+taylor2 forecasts ± mixing (median of ``repeats``, interleaved), their measured speedup next to the FLOP prediction
+and to the prediction from the measured per-step ratio; optionally the same under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from workbench.models.pipeline import ClassTokenEncoder, ShapesPipeline
 VARIANTS = [("uniform M=2", dict(preset="uniform", interval=2)),
             ("uniform M=2 + mixing", dict(preset="uniform", interval=2, mix=True)),
             ("uniform M=3", dict(preset="uniform", interval=3)),
-            ("uniform M=3 + mixing", dict(preset="uniform", interval=3, mix=True))]
+            ("uniform M=3 + mixing", dict(preset="uniform", interval=3, mix=True)),
+            # the forecast mode's cost: each reuse step forecasts every reusing block from its last three keyframes
+            ("uniform M=3 taylor2", dict(preset="uniform", interval=3, reuse="taylor2")),
+            ("uniform M=3 taylor2 + mixing", dict(preset="uniform", interval=3, mix=True, reuse="taylor2"))]
 
 
 def _sd15_unet(small: bool):
@@ -129,8 +132,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
 
     den = pipe.denoiser
     kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
-    policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False))
-                for label, kw in VARIANTS}
+    policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False),
+                                   reuse=kw.get("reuse", "hold")) for label, kw in VARIANTS}
     if kwargs:
         policies = {"none": make_preset("none", den, steps), **policies}
     peers = dict(peers or {})
