@@ -29,13 +29,14 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from diffusers.hooks import ModelHook
 from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
-from .compiling import StepGraphs, attach_compiled, check_compile, graphs_compiled
+from .compiling import StepGraphs, StepRunners, attach_compiled, attach_full, check_compile, graphs_compiled
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
 from .prediction import check_scheduler, data_coefficients, from_data, to_data
 from .reuse import (
@@ -146,6 +147,7 @@ class _StepHook(ModelHook):
         self.graphs_at_start = 0
         self.step_graphs: StepGraphs | None = None  # cuda_graphs="step": whole denoiser calls captured per phases
         self.weight_table: torch.Tensor | None = None  # step graphs with forecasts: per step, the blocks' weights
+        self.runners: StepRunners | None = None  # compile="full": one compiled graph of the call per configuration
         self.captures_at_start = 0
 
     def reset_state(self, module):
@@ -254,7 +256,8 @@ class _StepHook(ModelHook):
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
             if self.weight_table is not None:  # this step's forecast weights, where the captured step reads them
                 self.state.weights.copy_(self.weight_table[s])
-            out = self.step_graphs(phases, self.fn_ref.original_forward, args, kwargs)
+            fn = partial(self.runners, phases) if self.runners is not None else self.fn_ref.original_forward
+            out = self.step_graphs(phases, fn, args, kwargs)
             self.report.block_reuses += phases.count(False)  # a replay runs no Python: counted from the phases
         else:
             out = self.fn_ref.original_forward(*args, **kwargs)
@@ -323,12 +326,14 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
 
     check_model: validate block names, granularities and the config fingerprint against this denoiser.
     timeout: seconds to wait while another thread runs the same pipeline (``None`` waits).
-    compile: ``"off"`` (eager hooks) or ``"regional"``: every policy block runs as compiled graphs with its reuse
-    rule inside, one graph per block and phase (:mod:`frdiff.compiling`); the first run compiles (warm-up), later
-    runs of the same shapes compile nothing (``report().graphs_per_run``). The no-reuse policy in this mode is the
-    stock model regionally compiled: the fair baseline for a compiled policy.
+    compile: ``"off"`` (eager hooks); ``"regional"``: every policy block runs as compiled graphs with its reuse rule
+    inside, one graph per block and phase (:mod:`frdiff.compiling`); ``"full"``: each distinct step configuration
+    one compiled graph of the whole denoiser call with the reuse rules inline (:class:`~frdiff.compiling.StepRunners`;
+    the first run's first step runs eagerly: it allocates the caches, kept for later applies of the policy). The
+    first run compiles (warm-up), later runs of the same shapes compile nothing (``report().graphs_per_run``). The
+    no-reuse policy in a compile mode is the stock model compiled alike: the fair baseline for a compiled policy.
     cuda_graphs: ``"blocks"`` (or ``True``; with ``compile="regional"``): each block's compiled graphs captured as
-    CUDA graphs (inductor's CUDA graph trees); ``"step"`` (with either compile mode): each distinct step configuration
+    CUDA graphs (inductor's CUDA graph trees); ``"step"`` (with any compile mode): each distinct step configuration
     captured once as one CUDA graph of the whole denoiser call and replayed (:class:`frdiff.compiling.StepGraphs`;
     forecasts read their per-step weights from a device buffer; ``report().captures_per_run``). CUDA only.
     backend: torch.compile's backend (``"inductor"``; ``"eager"`` traces without code generation, for tests).
@@ -364,9 +369,10 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         attach(denoiser, step_hook, STEP_HOOK)
         attached.append((denoiser, STEP_HOOK))
         idle = [not r for r in policy.reusing_blocks()]  # never reused at a called step: no hook, no cache
-        if graph_mode == "step":
+        if graph_mode == "step" or compile == "full":  # static caches, kept from apply to apply
             state.static_cache = True
-            graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake)
+            graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake,
+                                                            capture=graph_mode == "step")
             graphs.fake_state = state if fake else None
             if any(state.orders):  # forecasts: their weights are a buffer the captured steps read
                 if graphs.weights is None:
@@ -374,6 +380,12 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
                 state.weights = graphs.weights
         if compile == "off":
             attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)
+        elif compile == "full":
+            step_hook.count_graphs = True
+            targets = attach_full(denoiser, policy.blocks, policy.granularity, state, attached, idle)
+            structure = (tuple(policy.blocks), tuple(policy.granularity), tuple(state.orders), tuple(idle),
+                         policy.cache_dtype, backend)
+            step_hook.runners = StepRunners(denoiser, targets, structure, backend)
         else:
             state.clone_values = step_hook.cuda_graphs = graph_mode == "blocks"
             step_hook.count_graphs = True
@@ -382,6 +394,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         if graphs is not None and graphs.buffers is not None:  # the captured steps read and write these
             for hook, cache in zip(state.hooks, graphs.buffers, strict=True):
                 hook.cache = cache
+                state.account(None, cache)  # held by this run as much as by the one that allocated them
         yield run
     except BaseException:
         if graphs is not None:  # a run broken off mid-capture or mid-step: nothing of it is kept
@@ -405,14 +418,15 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
 _FAKE_STEP_GRAPHS = False  # tests only: cuda_graphs="step" on the CPU with StepGraphs(fake=True)
 
 
-def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: str, fake: bool) -> StepGraphs:
+def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: str, fake: bool,
+                   capture: bool = True) -> StepGraphs:
     """The step graphs of ``policy`` on ``denoiser``, kept on the denoiser (the 8 most recent policies), so a later
     ``apply`` of the same policy replays what an earlier one captured — with its cache buffers, which the graphs
     read and write. :func:`release_step_graphs` frees them."""
     kept = denoiser.__dict__.setdefault("_frdiff_step_graphs", {})
     key = (tuple(policy.blocks), tuple(policy.granularity), tuple(policy.reuse), policy.keyframes.numpy().tobytes(),
-           tuple(policy.keyframes.shape), policy.cache_dtype, compile, backend, fake)
-    graphs = kept.pop(key, None) or StepGraphs(fake=fake)
+           tuple(policy.keyframes.shape), policy.cache_dtype, compile, backend, fake, capture)
+    graphs = kept.pop(key, None) or StepGraphs(fake=fake, capture=capture)
     kept[key] = graphs  # most recent last
     while len(kept) > 8:
         kept.pop(next(iter(kept)))

@@ -1,4 +1,5 @@
-"""Static graphs for static policies: regional compilation and CUDA graphs (``frdiff.apply(..., compile=...)``).
+"""Static graphs for static policies: regional and whole-call compilation, CUDA graphs (``frdiff.apply(...,
+compile=..., cuda_graphs=...)``).
 
 A keyframe policy is known before sampling starts, so which blocks compute and which reuse at a step is a Python
 constant. In ``compile="regional"`` mode every policy block runs as its own compiled graph (regional compilation,
@@ -13,6 +14,10 @@ as diffusers' ``compile_repeated_blocks`` does for stock blocks), with the block
 - the rest of the denoiser (embeddings, down/up-samplers, the output head) and the step logic (score mixing, skipped
   steps) stay eager: small next to the blocks.
 - ``fullgraph=True``: a graph break inside a block raises instead of silently splitting the graph.
+- ``compile="full"`` (:class:`StepRunners`): each distinct step configuration of the policy (which blocks compute,
+  which reuse) as one compiled graph of the whole denoiser call, chosen in Python before the call; the blocks' rules
+  run inline in it (the phase a constant, the held or forecast value and the cache writes inside the graph, the
+  caches static buffers, a forecast's weights a device buffer), so a step has no Python per block.
 - ``cuda_graphs=True``: the same graphs compiled with ``mode="reduce-overhead"`` (inductor's CUDA graph trees: each
   graph captured once, replayed per call). A new replay may overwrite an earlier one's outputs, so cached values are
   cloned out and every denoiser call starts a new CUDA-graph step (``torch.compiler.cudagraph_mark_step_begin``).
@@ -40,7 +45,7 @@ from torch import nn
 from .blocks import find_blocks
 from .reuse import HOOK_PREFIX, STATIC_FORWARD, ReuseState, attach, hook_target
 
-COMPILE_MODES = ("off", "regional")
+COMPILE_MODES = ("off", "regional", "full")
 _ids = itertools.count()
 
 
@@ -54,9 +59,9 @@ def check_compile(compile: str, cuda_graphs: bool | str) -> str | None:
     if not any(cuda_graphs is m or (isinstance(m, str) and cuda_graphs == m) for m in CUDA_GRAPH_MODES):
         raise ValueError(f"cuda_graphs must be False, True (= 'blocks') or 'step', got {cuda_graphs!r}")
     mode = "blocks" if cuda_graphs is True else cuda_graphs or None
-    if mode == "blocks" and compile == "off":
+    if mode == "blocks" and compile != "regional":
         raise ValueError("cuda_graphs='blocks' needs compile='regional' (the graphs it captures are the compiled "
-                         "blocks); cuda_graphs='step' captures whole steps with or without compile")
+                         "blocks); cuda_graphs='step' captures whole steps in any compile mode")
     return mode
 
 
@@ -167,6 +172,63 @@ def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[st
         attached.append((module, hook_name))
 
 
+def attach_full(denoiser: nn.Module, blocks: list[str], granularity: list[str], state: ReuseState,
+                attached: list[tuple[nn.Module, str]], idle: list[bool]) -> list[nn.Module]:
+    """``compile="full"``: every reusing block's rule in its static, inline form (phase set before the call, value
+    held or forecast and cache written inside the graph), on a forward made once per module, so the graph of the
+    whole denoiser call traced through it stays valid for later applies (dynamo guards a function by identity).
+    Returns the hooked modules, in the order of ``state.hooks``."""
+    targets = []
+    modules = dict(denoiser.named_modules())
+    kinds = dict(find_blocks(denoiser))
+    for i, (name, gran) in enumerate(zip(blocks, granularity, strict=True)):
+        if idle[i]:
+            continue
+        target, cls = hook_target(modules[name], kinds.get(name, "generic"), gran)
+        if "forward" in target.__dict__:
+            raise RuntimeError(f"block {name} already has a hook on its forward; compile mode runs each block's own "
+                               f"forward (remove the other hook or use compile='off')")
+        hook = cls(state, i, name)
+        hook.static = hook.inline = True
+        hook.class_forward = type(target).forward
+        target._frdiff_static = hook
+        target.forward = _static_forward(target)
+        attached.append((target, STATIC_FORWARD))
+        targets.append(target)
+    return targets
+
+
+class StepRunners:
+    """``compile="full"``: each distinct step configuration of a static policy — which blocks compute and which
+    reuse — as one compiled graph of the whole denoiser call, chosen in Python before the call. The blocks' rules run
+    inline (:func:`attach_full`): the phase is a constant of the graph, the held or forecast value and the cache
+    writes are inside it, the cache is static buffers (``ReuseState.static_cache``) and a forecast's weights a
+    device buffer. So a step has no graph break and no Python per block, and inductor fuses across blocks.
+
+    One compiled runner (a code object of its own) per configuration, so each holds one graph and none recompiles
+    when the configuration changes from step to step; runners are kept on the denoiser per policy structure (blocks,
+    granularity, reuse orders, which blocks never reuse, cache dtype, backend), so policies of one structure — M=2
+    and M=3, with or without mixing — share them. A run whose caches are not allocated yet (the first run, or the
+    first after a change of shapes) runs its first step eagerly: its keyframes allocate the buffers."""
+
+    def __init__(self, denoiser: nn.Module, targets: list[nn.Module], key: tuple, backend: str):
+        self.denoiser, self.targets, self.backend = denoiser, targets, backend
+        self.runners = denoiser.__dict__.setdefault("_frdiff_full_runners", {}).setdefault(key, {})
+
+    def __call__(self, phases: tuple, *args, **kwargs):
+        hooks = [t._frdiff_static for t in self.targets]  # the modules' hooks now (a later apply's, in a replay)
+        for hook, keep in zip(hooks, phases, strict=True):
+            hook.phase = "keep" if keep else "reuse"
+        forward = type(self.denoiser).forward
+        if any(hook.cache is None for hook in hooks):  # the first keyframes allocate the buffers: eagerly
+            return forward(self.denoiser, *args, **kwargs)
+        runner = self.runners.get(phases)
+        if runner is None:
+            runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
+                                                          dynamic=False)
+        return runner(forward, self.denoiser, *args, **kwargs)
+
+
 class StepGraphs:
     """``cuda_graphs="step"``: each distinct step configuration of a static policy — which blocks compute and which
     reuse, and the call's input shapes — captured once as one CUDA graph of the whole denoiser call and replayed at
@@ -185,8 +247,10 @@ class StepGraphs:
     "replaying" runs it on the static inputs, with the step pinned to the captured one, and copies the result into
     the static outputs, which checks the static-buffer plumbing without a GPU; it is not a CUDA graph."""
 
-    def __init__(self, fake: bool = False):
+    def __init__(self, fake: bool = False, capture: bool = True):
         self.fake = fake
+        self.capture = capture  # False (compile="full" without CUDA graphs): calls run as they are; the static
+        # buffers, weights and tables are kept all the same
         self.graphs: dict = {}
         self.captures = 0  # configurations captured so far (a run after warm-up captures none)
         self.buffers: list | None = None  # the blocks' cache buffers the graphs were captured with
@@ -234,6 +298,8 @@ class StepGraphs:
     def __call__(self, phases: tuple, fn, args: tuple, kwargs: dict):
         from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+        if not self.capture:
+            return fn(*args, **kwargs)
         flat, spec = tree_flatten((args, kwargs))
         key = (phases, self._signature(flat), spec)
         entry = self.graphs.get(key)

@@ -232,6 +232,7 @@ class _ReuseHook(ModelHook):
     # the compiled block ``phase`` ("keep" | "reuse") and ``given`` (the reuse value, forecast eagerly), so the
     # traced forward branches on constants only; after the call it commits ``captured`` to the cache.
     static = False
+    inline = False  # compile="full": the rule runs inside one graph of the whole denoiser call (static cache)
     phase = "keep"
     given: Value | None = None
     captured: Value | None = None
@@ -256,11 +257,30 @@ class _ReuseHook(ModelHook):
             self.given = self._at_step(self.value_dtype)
 
     def _at_step(self, dtype: torch.dtype) -> Value:
-        """The cached part at the current step, held or forecast, in ``dtype``; with a static cache the forecast's
-        weights are this step's row of the state's device weights (:func:`static_forecast_weights`)."""
-        if self.order and self.state.static_cache:
-            return weighted(self.cache, self.state.weights[self.idx], dtype)
+        """The cached part at the current step, held or forecast, in ``dtype``. With a static cache the forecast's
+        weights are this step's row of the state's device weights (:func:`static_forecast_weights`), and nothing
+        reads the step (a graph of the whole call would be specialised on it)."""
+        if self.state.static_cache:
+            if self.order:
+                return weighted(self.cache, self.state.weights[self.idx], dtype)
+            return _map(lambda v: v.to(dtype), self.cache[0][0])
         return forecast(self.cache, self.state.x(), dtype)
+
+    def reuse_value(self, like: torch.Tensor | None) -> Value:
+        """The static rule at a reuse step: the value handed in (regional mode), or, ``inline``, the held or forecast
+        value computed here, inside the graph of the whole call, in ``like``'s dtype (the cache's without one)."""
+        if not self.inline:
+            return self.given
+        return self._at_step(like.dtype if like is not None else _tensors(self.cache[0][0])[0].dtype)
+
+    def capture(self, value: Value) -> None:
+        """The static rule at a keyframe: hand the value out (regional mode: :meth:`commit` keeps it after the
+        call) or, ``inline``, write it into the cache's buffers here, inside the graph of the whole call."""
+        if self.inline:
+            self._check_cacheable(value)
+            self.keep(value)
+        else:
+            self.captured = value
 
     def commit(self) -> None:
         """Compile mode, after the call: a keyframe's captured value joins the cache (cloned out of a CUDA graph's
@@ -269,14 +289,17 @@ class _ReuseHook(ModelHook):
             self.given = None
             return
         value, self.captured = self.captured, None
-        parts = value if isinstance(value, tuple) else (value,)
-        if not parts or not all(p is None or isinstance(p, torch.Tensor) for p in parts) or not _tensors(value):
-            raise RuntimeError(f"block {self.block}: compile mode caches tensors or tuples of tensors; this block "
-                               f"returns {type(value).__name__} (run it with compile='off')")
+        self._check_cacheable(value)
         if self.state.clone_values:
             value = _map(torch.clone, value)
         self.value_dtype = _tensors(value)[0].dtype
         self.keep(value)
+
+    def _check_cacheable(self, value) -> None:
+        parts = value if isinstance(value, tuple) else (value,)
+        if not parts or not all(p is None or isinstance(p, torch.Tensor) for p in parts) or not _tensors(value):
+            raise RuntimeError(f"block {self.block}: compile mode caches tensors or tuples of tensors; this block "
+                               f"returns {type(value).__name__} (run it with compile='off')")
 
     def keep(self, value: Value) -> None:
         """A keyframe: ``value`` joins the cache. With a static cache (whole-step CUDA graphs) a block has
@@ -350,9 +373,9 @@ class ResnetFeatureHook(_ReuseHook):
 
     def static_forward(self, module, input_tensor, temb, *args, **kwargs):
         if self.phase == "reuse":
-            return resnet_light(module, input_tensor, temb, self.given)
+            return resnet_light(module, input_tensor, temb, self.reuse_value(input_tensor))
         h = resnet_heavy(module, input_tensor)
-        self.captured = h
+        self.capture(h)
         return resnet_light(module, input_tensor, temb, h)
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
@@ -413,9 +436,9 @@ class ResidualFeatureHook(_ReuseHook):
 
     def static_forward(self, module, hidden_states, *args, **kwargs):
         if self.phase == "reuse":
-            return _restructure(module, kwargs, hidden_states + self.given)
+            return _restructure(module, kwargs, hidden_states + self.reuse_value(hidden_states))
         out = self.class_forward(module, hidden_states, *args, **kwargs)
-        self.captured = first_tensor(out) - hidden_states
+        self.capture(first_tensor(out) - hidden_states)
         return out
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs
@@ -438,9 +461,10 @@ class WholeBlockHook(_ReuseHook):
 
     def static_forward(self, module, *args, **kwargs):
         if self.phase == "reuse":
-            return self.given
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            return self.reuse_value(first if isinstance(first, torch.Tensor) else None)
         out = self.class_forward(module, *args, **kwargs)
-        self.captured = out
+        self.capture(out)
         return out
 
     @torch.compiler.disable(recursive=False)  # keep the keyframe decision out of compiled graphs

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Issue 19 on one H200 (device tool; $OUT comes back): bench gpu-speed in eager, regional-compile and CUDA-graph
-# mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each process is
-# one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to part.
-# Usage: [GRAPHS=blocks|step|both] [REPEATS=3] bash scripts/device_issue19.sh PART... where PART is
-# MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230). With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py.
+# Issue 19 on one H200 (device tool; $OUT comes back): bench gpu-speed in eager, compiled (regional, full) and
+# CUDA-graph mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each
+# process is one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to
+# part.
+# Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3]
+#   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
+# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py.
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
 set -uo pipefail
 OUT=${OUT:-/tmp/bench}
@@ -12,15 +14,15 @@ device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
 start=$(date +%s)
 if [ -n "${TESTS:-}" ]; then
-  timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
   name="gpu-speed-$model-${images//,/-}"
-  timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" --compile regional \
-    --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" --json >/dev/null \
-    2>"$OUT/$name.log"
+  timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
+    --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
+    --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12

@@ -37,19 +37,35 @@ def test_gpu_speed_suite_small():
         bench_gpu_speed(small=True, models=("tiny-unet",))
 
 
-def test_gpu_speed_regional_mode_times_stock_in_the_same_mode_after_a_warm_up():
-    """The compile-mode rows (dynamo's eager backend here: the CPU suite checks the bookkeeping, not speed)."""
-    r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional", backend="eager",
-                        peers=False)
-    rows = {row["variant"]: row for row in r["models"]["dit-xl-2"]["modes"]["regional"]}
-    assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing",
-                         "uniform M=3 taylor2", "uniform M=3 taylor2 + mixing"}
-    for row in rows.values():
-        assert row["mode"] == "regional" and row["recompiles"] == 0 and row["warmup_s"] > 0
-        assert row["speedup_vs_stock_same_mode"] == pytest.approx(rows["none"]["median_s"] / row["median_s"])
-    assert r["compile"] == "regional" and "compiled" not in r["models"]["dit-xl-2"]
-    with pytest.raises(ValueError, match="compile must be off, regional or full"):
+def test_gpu_speed_compile_modes_time_stock_in_the_same_mode_after_a_warm_up():
+    """The compile-mode rows, regional and full in one run (dynamo's eager backend here: the CPU suite checks the
+    bookkeeping, not speed)."""
+    r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional,full",
+                        backend="eager", peers=False)
+    modes = r["models"]["dit-xl-2"]["modes"]
+    assert list(modes) == ["regional", "full"] and r["compile"] == "regional,full"
+    for mode, found in modes.items():
+        rows = {row["variant"]: row for row in found}
+        assert set(rows) == {"none", "uniform M=2", "uniform M=2 + mixing", "uniform M=3", "uniform M=3 + mixing",
+                             "uniform M=3 taylor2", "uniform M=3 taylor2 + mixing"}
+        for row in rows.values():
+            assert row["mode"] == mode and row["recompiles"] == 0 and row["warmup_s"] > 0
+            assert row["speedup_vs_stock_same_mode"] == pytest.approx(rows["none"]["median_s"] / row["median_s"])
+    assert "compiled" not in r["models"]["dit-xl-2"]
+    with pytest.raises(ValueError, match="compile must be off, regional, full or wrapped"):
         bench_gpu_speed(small=True, compile="yes")
+
+
+def test_gpu_speed_modes_follow_compile_and_cuda_graphs():
+    from workbench.bench.engine import gpu_speed_modes
+
+    assert gpu_speed_modes("off", False) == [] and gpu_speed_modes("wrapped", False) == []
+    assert gpu_speed_modes("regional", "both") == ["regional", "cuda-graphs", "step-graphs"]
+    assert gpu_speed_modes("full,regional", "step") == ["regional", "step-graphs", "full", "full-step-graphs"]
+    with pytest.raises(ValueError, match="use it with --compile regional or full"):
+        gpu_speed_modes("off", "step")
+    with pytest.raises(ValueError, match="blocks captures the regional graphs"):
+        gpu_speed_modes("full", "blocks")
 
 
 def test_engine_quality_suite_small():

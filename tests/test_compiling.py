@@ -92,21 +92,66 @@ def test_inductor_on_the_cpu_matches_eager_and_does_not_recompile(make):
 def test_bad_compile_arguments_get_one_clear_message():
     den = _dit()
     policy = _policy(den)
-    with pytest.raises(ValueError, match="compile must be one of off, regional"):
-        with frdiff.apply(den, policy, check_model=False, compile="full"):
+    with pytest.raises(ValueError, match="compile must be one of off, regional, full"):
+        with frdiff.apply(den, policy, check_model=False, compile="whole"):
             pass
-    with pytest.raises(ValueError, match="cuda_graphs='blocks' needs compile='regional'"):
-        with frdiff.apply(den, policy, check_model=False, cuda_graphs=True):
-            pass
-    block = dict(den.named_modules())[policy.blocks[0]]
-    block.forward = block.forward  # another tool's hook: an instance forward
-    try:
-        with pytest.raises(RuntimeError, match="already has a hook on its forward"):
-            with frdiff.apply(den, policy, check_model=False, compile="regional", backend="eager"):
+    for compile in ("off", "full"):
+        with pytest.raises(ValueError, match="cuda_graphs='blocks' needs compile='regional'"):
+            with frdiff.apply(den, policy, check_model=False, compile=compile, cuda_graphs=True):
                 pass
-    finally:
-        del block.forward
-    assert attached_hooks(den) == []
+    attn = dict(den.named_modules())[policy.blocks[0]].attn1  # what compile="full" hooks in a DiT block
+    for module in (dict(den.named_modules())[policy.blocks[0]], attn):
+        module.forward = module.forward  # another tool's hook: an instance forward
+        try:
+            for compile in ("regional",) if module is not attn else ("full",):
+                with pytest.raises(RuntimeError, match="already has a hook on its forward"):
+                    with frdiff.apply(den, policy, check_model=False, compile=compile, backend="eager"):
+                        pass
+        finally:
+            del module.forward
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+
+
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("reuse,granularity", [("hold", "feature"), ("taylor2", "feature"), ("taylor1", "block")])
+def test_full_graphs_trace_the_eager_rules_exactly(make, reuse, granularity):
+    """compile="full": each step configuration one graph of the whole denoiser call (M = 2: full and all-reuse),
+    the rules inline — bit-identical to the eager hooks with dynamo's eager backend. The first run allocates the
+    caches in an eager first step and compiles the two graphs; its second run, and an M = 3 policy of the same
+    structure in a later apply, compile nothing."""
+    den = make()
+    policy = _policy(den, reuse, granularity)
+    (ref,), eager = _runs(den, policy, rounds=1)
+    (first, second), report = _runs(den, policy, compile="full", backend="eager")
+    assert torch.equal(first, ref) and torch.equal(second, ref)
+    assert report.graphs_per_run == [2, 0] and report.block_reuses == eager.block_reuses > 0
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+    three = _policy(den, reuse, granularity, interval=3, mix=False)
+    (ref3,), _ = _runs(den, three, rounds=1)
+    (got3,), report = _runs(den, three, rounds=1, compile="full", backend="eager")
+    assert torch.equal(got3, ref3) and report.graphs_per_run == [0]
+    frdiff.release_step_graphs(den)
+
+
+def test_full_graphs_with_inductor_on_the_cpu_match_eager_and_the_stock_model():
+    """Inductor's code for the whole call, cache writes into the static buffers included, within float32 rounding
+    of the eager hooks; the no-reuse policy is the stock model compiled as one graph (its baseline), nothing
+    recompiles."""
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    (ref,), _ = _runs(den, policy, rounds=1)
+    (first, second), report = _runs(den, policy, compile="full")
+    # (the first run's first step is eager: it allocates the caches; the second run's is compiled)
+    torch.testing.assert_close(first, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second, ref, atol=1e-4, rtol=1e-4)
+    assert report.graphs_per_run == [2, 0]
+    call = _call(den)
+    with torch.no_grad():
+        stock = torch.stack([call(s) for s in range(STEPS)])
+    (none,), report = _runs(den, frdiff.make_preset("none", den, STEPS), rounds=1, compile="full")
+    torch.testing.assert_close(none, stock, atol=1e-4, rtol=1e-4)
+    assert report.graphs_per_run == [1]
+    frdiff.release_step_graphs(den)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
@@ -127,18 +172,19 @@ def test_cuda_graphs_replay_the_compiled_policy():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
                     "bench gpu-speed measures them on the GPU)")
 @pytest.mark.parametrize("make", [_dit, _unet])
-@pytest.mark.parametrize("compile", ["off", "regional"])
+@pytest.mark.parametrize("compile", ["off", "regional", "full"])
 @pytest.mark.parametrize("reuse", ["hold", "taylor2"])
 def test_step_graphs_on_cuda_replay_the_eager_run(make, compile, reuse):
     """Real whole-step CUDA graphs: replays equal the same mode's run without graphs — bit for bit with hold (the
-    same kernels); with forecasts, whose weights the graphs read from a device buffer instead of Python floats,
-    within float32 rounding — and no capture after the first apply."""
+    same kernels); with forecasts, whose weights the graphs read from a device buffer instead of Python floats, and
+    in compile="full", whose first run's first step is eager but a later apply's is compiled, within float32
+    rounding — and no capture after the first apply."""
     den = make().cuda()
     policy = _policy(den, reuse, "feature", mix=True)
     (ref,), _ = _runs(den, policy, rounds=1, compile=compile)  # the same kernels, launched one by one
     outs, reports = _rounds_in_separate_applies(den, policy, compile=compile, cuda_graphs="step")
     for got in outs:
-        if reuse == "hold":
+        if reuse == "hold" and compile != "full":
             assert torch.equal(got, ref)
         else:
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -169,12 +215,13 @@ def test_step_graphs_on_cuda_forecast_in_half_precision(dtype):
     frdiff.release_step_graphs(den)
 
 
-def test_compare_in_compile_mode_warms_up_then_times_without_recompiling(dit_pipe):
+@pytest.mark.parametrize("compile", ["regional", "full"])
+def test_compare_in_compile_mode_warms_up_then_times_without_recompiling(dit_pipe, compile):
     from workbench.compare import Variant, compare
 
     policy = frdiff.make_preset("uniform", dit_pipe.denoiser, 4, interval=2)
     eager = compare(dit_pipe, [Variant("fr", policy)], [0, 1], [0, 1], steps=4)
-    res = compare(dit_pipe, [Variant("fr", policy)], [0, 1], [0, 1], steps=4, repeats=2, compile="regional",
+    res = compare(dit_pipe, [Variant("fr", policy)], [0, 1], [0, 1], steps=4, repeats=2, compile=compile,
                   backend="eager")
     v = res["variants"][0]
     assert res["recompiles"] == 0 and v["warmup_s"] > 0 and res["reference"]["warmup_s"] > 0
@@ -186,6 +233,9 @@ def test_cli_refuses_cuda_graphs_without_compile(capsys):
 
     assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
                  "--cuda-graphs"]) != 0
+    assert "--cuda-graphs blocks needs --compile regional" in capsys.readouterr().err
+    assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
+                 "--compile", "full", "--cuda-graphs", "blocks"]) != 0
     assert "--cuda-graphs blocks needs --compile regional" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0",
@@ -238,7 +288,7 @@ def _rounds_in_separate_applies(den, policy, rounds=3, **kw):
 
 
 @pytest.mark.parametrize("make", [_dit, _unet])
-@pytest.mark.parametrize("compile", ["off", "regional"])
+@pytest.mark.parametrize("compile", ["off", "regional", "full"])
 @pytest.mark.parametrize("granularity", ["feature", "block"])
 def test_step_graphs_replay_the_eager_run_from_static_buffers(make, compile, granularity, fake_step_graphs):
     """Whole-step graphs: one capture per distinct step configuration (here full and reuse: M = 2), kept across
@@ -250,6 +300,7 @@ def test_step_graphs_replay_the_eager_run_from_static_buffers(make, compile, gra
     assert all(torch.equal(o, ref) for o in outs)
     assert [r.captures_per_run for r in reports] == [[2], [0], [0]]
     assert all(r.block_reuses == eager.block_reuses > 0 for r in reports)
+    assert all(r.cache_bytes == eager.cache_bytes > 0 for r in reports)  # kept buffers count in every run
     frdiff.release_step_graphs(den)
     assert "_frdiff_step_graphs" not in den.__dict__ and attached_hooks(den) == []
 
@@ -293,7 +344,7 @@ def test_step_graphs_of_a_broken_run_are_dropped(fake_step_graphs):
 
 
 @pytest.mark.parametrize("make", [_dit, _unet])
-@pytest.mark.parametrize("compile", ["off", "regional"])
+@pytest.mark.parametrize("compile", ["off", "regional", "full"])
 @pytest.mark.parametrize("reuse,granularity", [("taylor1", "feature"), ("taylor2", "feature"), ("taylor2", "block")])
 def test_step_graphs_capture_forecasts(make, compile, reuse, granularity, fake_step_graphs):
     """Captured forecasts: a block's last keyframe values in fixed slots (shifted at each keyframe) and this step's

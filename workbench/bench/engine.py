@@ -106,10 +106,41 @@ def step_times(pipe, device, n: int = 20) -> dict:
     return {"full_step_s": t_full, "reuse_step_s": t_reuse, "reuse_over_full": t_reuse / t_full}
 
 
-MODES = ("eager", "regional", "cuda-graphs", "step-graphs")
+MODES = ("eager", "regional", "cuda-graphs", "step-graphs", "full", "full-step-graphs")
 APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
                "cuda-graphs": {"compile": "regional", "cuda_graphs": "blocks"},
-               "step-graphs": {"compile": "regional", "cuda_graphs": "step"}}
+               "step-graphs": {"compile": "regional", "cuda_graphs": "step"},
+               "full": {"compile": "full"},
+               "full-step-graphs": {"compile": "full", "cuda_graphs": "step"}}
+COMPILE_CHOICES = ("off", "regional", "full", "wrapped")
+
+
+def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
+    """The modes a ``gpu-speed`` run measures beside eager: each of ``compile``'s (a comma list of ``regional``,
+    ``full``; ``off`` and ``wrapped`` add none here) and, with ``cuda_graphs``, the CUDA-graph modes over them:
+    ``blocks`` the regional graphs under CUDA graph trees (``cuda-graphs``), ``step`` whole steps captured over the
+    regional blocks (``step-graphs``) or over the whole-call graphs (``full-step-graphs``), ``both`` blocks and step."""
+    chosen = [c.strip() for c in str(compile).split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in COMPILE_CHOICES]
+    if unknown or not chosen:
+        raise ValueError(f"compile must be off, regional, full or wrapped (or a comma list), got {compile!r}")
+    graph_modes = {False: (), True: ("blocks",), "blocks": ("blocks",), "step": ("step",), "both": ("blocks", "step")}
+    if cuda_graphs not in graph_modes:
+        raise ValueError(f"cuda_graphs must be blocks, step or both, got {cuda_graphs!r}")
+    wanted = graph_modes[cuda_graphs]
+    if wanted and not {"regional", "full"} & set(chosen):
+        raise ValueError("--cuda-graphs captures compiled graphs: use it with --compile regional or full")
+    if "blocks" in wanted and "regional" not in chosen:
+        raise ValueError("--cuda-graphs blocks captures the regional graphs: use it with --compile regional")
+    modes = []
+    for c in ("regional", "full"):
+        if c in chosen:
+            modes.append(c)
+            if c == "regional" and "blocks" in wanted:
+                modes.append("cuda-graphs")
+            if "step" in wanted:
+                modes.append("step-graphs" if c == "regional" else "full-step-graphs")
+    return modes
 
 
 @torch.no_grad()
@@ -119,9 +150,9 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
 
-    ``mode``: ``eager``; ``regional`` (frdiff's compile mode) or ``cuda-graphs`` (the same, captured as CUDA
-    graphs), where the reference is the no-reuse policy in the same mode — the stock model regionally compiled —
-    and every variant first runs once untimed (``warmup_s``: compiling and capturing); ``recompiles`` counts the
+    ``mode``: ``eager``, or one of frdiff's compile and CUDA-graph modes (:data:`APPLY_MODES`), where the reference
+    is the no-reuse policy in the same mode — the stock model compiled (and captured) alike — and every variant
+    first runs once untimed (``warmup_s``: compiling and capturing); ``recompiles`` counts the
     graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs.
     ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
     (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
@@ -271,29 +302,23 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     checkpoint=None) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
-    compile: ``off`` (eager only); ``regional`` (also frdiff's compile mode: ``modes.regional``); ``full`` (also
-    ``denoiser.compile()`` around the eager hooks, which break the graph at every hooked block: ``compiled``).
-    cuda_graphs: also the regional graphs captured as CUDA graphs (``"blocks"``: ``modes["cuda-graphs"]``), whole steps
-    captured as CUDA graphs over the regional blocks (``"step"``: ``modes["step-graphs"]``), or ``"both"``. A capture
-    during the timed runs counts as a recompile. backend: torch.compile's
-    backend for the regional modes (tests use ``eager``). images: images per call, each measured in every mode.
+    compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
+    graph: ``modes.regional``), ``full`` (each step configuration one compiled graph of the whole call:
+    ``modes.full``) — and ``wrapped`` (``denoiser.compile()`` around the eager hooks, which break the graph at every
+    hooked block: ``compiled``). cuda_graphs: also the regional graphs captured as CUDA graphs (``"blocks"``:
+    ``modes["cuda-graphs"]``), whole steps captured as CUDA graphs over each compile mode (``"step"``:
+    ``modes["step-graphs"]`` over regional, ``modes["full-step-graphs"]`` over full), or ``"both"``
+    (:func:`gpu_speed_modes`). A capture during the timed runs counts as a recompile. backend: torch.compile's
+    backend for frdiff's compile modes (tests use ``eager``). images: images per call, each measured in every mode.
     peers: time :func:`speed_peers` beside the eager variants. checkpoint: called with the report so far (marked
     ``partial``) after each model and image count, so a run stopped at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
     ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
-    compile = {True: "full", False: "off"}.get(compile, compile)
-    if compile not in ("off", "regional", "full"):
-        raise ValueError(f"compile must be off, regional or full, got {compile!r}")
-    graph_modes = {False: [], True: ["cuda-graphs"], "blocks": ["cuda-graphs"], "step": ["step-graphs"],
-                   "both": ["cuda-graphs", "step-graphs"]}
-    if cuda_graphs not in graph_modes:
-        raise ValueError(f"cuda_graphs must be blocks, step or both, got {cuda_graphs!r}")
-    modes = (["regional"] if compile == "regional" else []) + graph_modes[cuda_graphs]
+    compile = {True: "wrapped", False: "off"}.get(compile, compile)
+    modes = gpu_speed_modes(compile, cuda_graphs)
     if cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
-    if cuda_graphs and compile != "regional":
-        raise ValueError("--cuda-graphs captures the regional graphs: use it with --compile regional")
     unknown = [m for m in models if m not in ("sd15-unet", "dit-xl-2")]
     if unknown:
         raise ValueError(f"gpu-speed models are sd15-unet and dit-xl-2, got {', '.join(unknown)}")
@@ -350,7 +375,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             report["models"][name] = entry
             if checkpoint is not None:
                 checkpoint({**report, "rows": list(report["rows"]), "partial": True})
-        if compile == "full":
+        if "wrapped" in compile.split(","):
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry
         del pipe

@@ -173,12 +173,13 @@ def add_commands(sub) -> None:
     p.add_argument("suite", help="quality-vs-latency | schedulers | gpu-speed | overhead | all | report | autofr | "
                                  "run-throughput | foundation | record-overhead | analysis | engine-quality | "
                                  "app-startup | memory | cli-startup")
-    p.add_argument("--compile", default="off", choices=["off", "regional", "full"],
-                   help="gpu-speed: also measure frdiff's compile mode (regional: each block a compiled graph with "
-                        "its reuse rule inside) or the whole denoiser compiled around eager hooks (full)")
+    p.add_argument("--compile", default="off",
+                   help="gpu-speed: also measure frdiff's compile modes, a comma list: regional (each block a "
+                        "compiled graph with its reuse rule inside), full (each step configuration one compiled graph "
+                        "of the whole denoiser call), wrapped (denoiser.compile() around the eager hooks)")
     p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step", "both"],
                    help="gpu-speed, CUDA only: also the regional graphs captured as CUDA graphs (blocks, the default), "
-                        "whole steps captured as CUDA graphs on the regional blocks (step), or both")
+                        "whole steps captured as CUDA graphs over each compile mode (step), or both")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
     p.add_argument("--seeds", type=int, default=None,

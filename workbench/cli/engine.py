@@ -239,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if args.cuda_graphs == "blocks" and args.compile == "off":
+    if args.cuda_graphs == "blocks" and args.compile != "regional":
         raise UserError("--cuda-graphs blocks needs --compile regional (the graphs it captures are the compiled "
                         "blocks); --cuda-graphs step captures whole steps with or without it")
     if args.cuda_graphs:
@@ -385,13 +385,14 @@ def add_commands(sub) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
     p.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per rank under torchrun)")
-    p.add_argument("--compile", default="off", choices=["off", "regional"],
-                   help="regional: every block a compiled graph with its reuse rule inside (the reference: the stock "
-                        "model compiled alike); one untimed round compiles first (docs/engine.md)")
+    p.add_argument("--compile", default="off", choices=["off", "regional", "full"],
+                   help="regional: every block a compiled graph with its reuse rule inside; full: each step "
+                        "configuration one compiled graph of the whole denoiser call (the reference: the stock model "
+                        "compiled alike); one untimed round compiles first (docs/engine.md)")
     p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step"],
                    help="CUDA only: blocks (the default; with --compile regional): each block's graphs replayed as "
                         "CUDA graphs; step: each distinct step configuration captured as one CUDA graph of the whole "
-                        "denoiser call (hold reuse)")
+                        "denoiser call (any compile mode)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
