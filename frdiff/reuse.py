@@ -271,7 +271,10 @@ class _ReuseHook(ModelHook):
         value computed here, inside the graph of the whole call, in ``like``'s dtype (the cache's without one)."""
         if not self.inline:
             return self.given
-        return self._at_step(like.dtype if like is not None else _tensors(self.cache[0][0])[0].dtype)
+        cached = _tensors(self.cache[0][0])[0]
+        if like is not None:
+            self._check_batch(like, cached)  # static shapes: a constant check in the graph
+        return self._at_step(like.dtype if like is not None else cached.dtype)
 
     def capture(self, value: Value) -> None:
         """The static rule at a keyframe: hand the value out (regional mode: :meth:`commit` keeps it after the

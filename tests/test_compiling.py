@@ -440,3 +440,16 @@ def test_step_graphs_need_a_cuda_device():
     with pytest.raises(ValueError, match="needs the denoiser on a CUDA device"):
         with frdiff.apply(den, _policy(den), check_model=False, cuda_graphs="step"):
             pass
+
+
+def test_full_graphs_refuse_a_batch_change_inside_a_run():
+    """As the eager hooks do: a run that changes its batch between a keyframe and a reuse step gets one clear error
+    (a static buffer of the old batch would otherwise be broadcast into silently)."""
+    den = _dit()
+    policy = _policy(den, "taylor1", "feature", mix=False)
+    t = torch.tensor([500])
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="full", backend="eager"):
+        den(torch.randn(2, 4, 8, 8), timestep=t.repeat(2), class_labels=torch.tensor([1, 2]))
+        with pytest.raises(RuntimeError, match="batch size changed from 2 at its keyframe to 1"):
+            den(torch.randn(1, 4, 8, 8), timestep=t, class_labels=torch.tensor([1]))
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
