@@ -184,14 +184,27 @@ class _StepHook(ModelHook):
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
 
+    def _start_static_run(self, args: tuple, kwargs: dict) -> None:
+        """Step 0 with static caches: new input shapes drop the kept buffers (this run's first keyframes allocate
+        new ones); otherwise the forecasting blocks' kept slots are zeroed, so the previous run's values — weighed
+        0 until this run has keyframes enough — cannot bring a non-finite value in (0·inf is NaN)."""
+        if self.step_graphs.start_run(args, kwargs):
+            for h in self.state.hooks:
+                self.state.account(h.cache, None)
+                h.cache = None
+            return
+        slots = [t for h in self.state.hooks if h.order for t in h.cached_tensors()]
+        if slots:
+            torch._foreach_zero_(slots)
+
     def _weight_table(self) -> torch.Tensor:
         """Whole-step graphs with forecasts: every step's forecast weights ``[steps, blocks, slots]`` on the model's
         device, made once per set of forecast positions (an upload is a host sync: once, not per run or step)."""
         positions = self.state.positions or [float(s) for s in range(self.policy.steps)]
         tables = self.step_graphs.tables
-        key = tuple(positions)
+        called = [kind != "skip" for kind in self.kinds]
+        key = (tuple(positions), tuple(called))
         if key not in tables:
-            called = [kind != "skip" for kind in self.kinds]
             rows = static_forecast_weights(self.state.mask, self.state.orders, called, positions)
             tables[key] = torch.tensor(rows, dtype=self.state.weights.dtype, device=self.state.weights.device)
         return tables[key]
@@ -250,9 +263,12 @@ class _StepHook(ModelHook):
             return self.wrap(self._eps_key(self.eps[0][0], x_t))
         before = self.state.reused
         if self.step_graphs is not None:  # the phases are the mask's (step 0 is every block's keyframe)
-            if s == 0 and self.step_graphs.start_run(args, kwargs):
-                for h in self.state.hooks:  # new shapes: new buffers, allocated by this run's first keyframe
-                    h.cache = None
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise PolicyError([f"compile='full' and cuda_graphs='step' need the timestep as a tensor; this call "
+                                   f"passes {type(t).__name__} {t!r}, which a graph would hold as a constant (one "
+                                   f"graph per step): pass torch.tensor(t) as diffusers' pipelines do"])
+            if s == 0:
+                self._start_static_run(args, kwargs)
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
             if self.weight_table is not None:  # this step's forecast weights, where the captured step reads them
                 self.state.weights.copy_(self.weight_table[s])
@@ -329,7 +345,7 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     compile: ``"off"`` (eager hooks); ``"regional"``: every policy block runs as compiled graphs with its reuse rule
     inside, one graph per block and phase (:mod:`frdiff.compiling`); ``"full"``: each distinct step configuration
     one compiled graph of the whole denoiser call with the reuse rules inline (:class:`~frdiff.compiling.StepRunners`;
-    the first run's first step runs eagerly: it allocates the caches, kept for later applies of the policy). The
+    the first run's first step also runs eagerly: it allocates the caches, kept for later applies). The
     first run compiles (warm-up), later runs of the same shapes compile nothing (``report().graphs_per_run``). The
     no-reuse policy in a compile mode is the stock model compiled alike: the fair baseline for a compiled policy.
     cuda_graphs: ``"blocks"`` (or ``True``; with ``compile="regional"``): each block's compiled graphs captured as
@@ -425,7 +441,8 @@ def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: s
     read and write. :func:`release_step_graphs` frees them."""
     kept = denoiser.__dict__.setdefault("_frdiff_step_graphs", {})
     key = (tuple(policy.blocks), tuple(policy.granularity), tuple(policy.reuse), policy.keyframes.numpy().tobytes(),
-           tuple(policy.keyframes.shape), policy.cache_dtype, compile, backend, fake, capture)
+           tuple(policy.keyframes.shape), tuple(policy.step_kinds()), policy.cache_dtype, compile, backend, fake,
+           capture)  # the step kinds: which steps call the denoiser (mixing's λ = 0), hence which blocks ever reuse
     graphs = kept.pop(key, None) or StepGraphs(fake=fake, capture=capture)
     kept[key] = graphs  # most recent last
     while len(kept) > 8:

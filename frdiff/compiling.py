@@ -209,7 +209,7 @@ class StepRunners:
     when the configuration changes from step to step; runners are kept on the denoiser per policy structure (blocks,
     granularity, reuse orders, which blocks never reuse, cache dtype, backend), so policies of one structure — M=2
     and M=3, with or without mixing — share them. A run whose caches are not allocated yet (the first run, or the
-    first after a change of shapes) runs its first step eagerly: its keyframes allocate the buffers."""
+    first after a change of shapes) runs its first step eagerly first: its keyframes allocate the buffers."""
 
     def __init__(self, denoiser: nn.Module, targets: list[nn.Module], key: tuple, backend: str):
         self.denoiser, self.targets, self.backend = denoiser, targets, backend
@@ -220,8 +220,12 @@ class StepRunners:
         for hook, keep in zip(hooks, phases, strict=True):
             hook.phase = "keep" if keep else "reuse"
         forward = type(self.denoiser).forward
-        if any(hook.cache is None for hook in hooks):  # the first keyframes allocate the buffers: eagerly
-            return forward(self.denoiser, *args, **kwargs)
+        if any(hook.cache is None for hook in hooks):
+            # the first keyframes allocate the buffers, eagerly; then the compiled graph of this configuration runs
+            # too (at a block's first keyframe its slots all hold one value, so running the keyframe again changes
+            # them by rounding only): its compilation happens now, not inside a CUDA graph capture, and this step's
+            # output is the compiled graph's, as at every later run's first step
+            forward(self.denoiser, *args, **kwargs)
         runner = self.runners.get(phases)
         if runner is None:
             runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
@@ -273,6 +277,17 @@ class StepGraphs:
         self.inputs = sig
         return changed
 
+    def _fake_capture(self, fn, args: tuple, kwargs: dict) -> None:
+        """The CPU stand-in's capture: the call's Python runs, as in a CUDA capture, and must compile nothing (a
+        CUDA capture cannot compile: dynamo's ``fail_on_recompile`` stance raises); its effects on the caches are
+        undone, as a capture executes no kernel."""
+        caches = [t for hook in self.fake_state.hooks for t in hook.cached_tensors()]
+        saved = [t.clone() for t in caches]
+        with torch.compiler.set_stance("fail_on_recompile"):
+            fn(*args, **kwargs)
+        for t, old in zip(caches, saved, strict=True):
+            t.copy_(old)
+
     def _fake_graph(self, fn, args: tuple, kwargs: dict):
         """The CPU stand-in's "graph": the call rerun with the step pinned to the captured one (``fake_state``: the
         current run's :class:`~frdiff.reuse.ReuseState`). A CUDA graph replays what its capture recorded, Python
@@ -310,6 +325,7 @@ class StepGraphs:
             # compiles for them compiles now, not during the capture): this step's result; allocates the caches
             out = fn(*s_args, **s_kwargs)
             if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
+                self._fake_capture(fn, s_args, s_kwargs)
                 graph = self._fake_graph(fn, s_args, s_kwargs)
                 s_out = tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
             else:

@@ -228,6 +228,10 @@ class _ReuseHook(ModelHook):
         self.cache = None
         return module
 
+    def cached_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (all slots, every stream of a tuple value)."""
+        return [t for v, _ in self.cache or () for t in _tensors(v)]
+
     # Compile mode (frdiff.compiling): a CompiledBlockHook around the block sets ``static``, and before each call of
     # the compiled block ``phase`` ("keep" | "reuse") and ``given`` (the reuse value, forecast eagerly), so the
     # traced forward branches on constants only; after the call it commits ``captured`` to the cache.

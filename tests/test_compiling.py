@@ -364,23 +364,25 @@ def test_step_graphs_capture_forecasts(make, compile, reuse, granularity, fake_s
     frdiff.release_step_graphs(den)
 
 
-def test_step_graphs_capture_mixed_orders_timestep_positions_and_skips(fake_step_graphs):
-    """Blocks of different orders share the weights buffer (hold, taylor1, taylor2 by block); forecasts in the
-    scheduler's timesteps (uneven here), whose weights are a table per set of positions; skipped steps between the
-    captured ones. Every replay equals the eager run."""
+@pytest.mark.parametrize("compile", ["off", "full"])
+def test_step_graphs_capture_mixed_orders_timestep_positions_and_skips(compile, fake_step_graphs):
+    """Blocks of different orders share the weights buffer (taylor2, taylor1, hold by block); forecasts in the
+    scheduler's timesteps (uneven here), whose weights are a table per set of positions; a skipped step between the
+    captured ones, where block 0's mask marks a keyframe that never happens (no call). Every replay equals the eager
+    run."""
     from diffusers import DDIMScheduler
 
     from frdiff.policy import Mixing
 
-    den = _dit()
+    torch.manual_seed(0)
+    den = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                num_layers=3, sample_size=8, patch_size=2, num_embeds_ada_norm=10).eval()
     base = frdiff.make_preset("uniform", den, STEPS, interval=2, reuse="taylor2")
-    nb = len(base.blocks)
-    modes = [("taylor2", "taylor1", "hold")[i % 3] for i in range(nb)]
-    keyframes = torch.zeros(nb, STEPS, dtype=torch.bool)
+    keyframes = torch.zeros(3, STEPS, dtype=torch.bool)
     keyframes[:, [0, 4]] = True
-    keyframes[0::2, 2] = True  # even blocks: keyframes 0, 2, 4; odd blocks: 0, 3, 4
-    keyframes[1::2, 3] = True
-    policy = base.replaced(reuse=modes, forecast_axis="timestep", keyframes=keyframes,
+    keyframes[0, [1, 2]] = True  # block 0: 0, (1: skipped), 2, 4; block 1: 0, 3, 4; block 2: 0, 2, 4
+    keyframes[1, 3] = keyframes[2, 2] = True
+    policy = base.replaced(reuse=["taylor2", "taylor1", "hold"], forecast_axis="timestep", keyframes=keyframes,
                            mixing=Mixing(enabled=True, center=0.3))
     kinds = ["full", "skip", "fr", "fr", "full", "fr"]
     assert policy.step_kinds() == kinds and 0 < policy.step_lambdas()[2] < 1
@@ -398,11 +400,76 @@ def test_step_graphs_capture_mixed_orders_timestep_positions_and_skips(fake_step
             ref = torch.stack([call(s) for s in range(STEPS)])  # a skipped step's call returns ε_key
         outs = []
         for _ in range(3):
-            with frdiff.apply(Pipe, policy, check_model=False, cuda_graphs="step") as run:
+            with frdiff.apply(Pipe, policy, check_model=False, compile=compile, backend="eager",
+                              cuda_graphs="step") as run:
                 outs.append(torch.stack([call(s) for s in range(STEPS)]))
     for out in outs:
         assert torch.equal(out, ref)  # float32: a 0-d float32 weight is the Python float rounded alike
-    assert run.report().step_kinds == kinds
+    assert run.report().step_kinds == kinds and run.report().captures_per_run == [0]
+    frdiff.release_step_graphs(den)
+
+
+@pytest.mark.parametrize("mode", [dict(cuda_graphs="step"), dict(compile="full", backend="eager")])
+def test_static_modes_follow_each_policys_step_kinds(mode, fake_step_graphs):
+    """Two policies alike but for mixing (which steps call the denoiser, hence each block's keyframes and the
+    forecast weights) keep graphs, buffers and weights of their own: each equals its eager run, whichever ran
+    first."""
+    from frdiff.policy import Mixing
+
+    den = _dit()
+    call = _call(den)
+
+    def run(policy, **kw):
+        with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **kw):
+            return torch.stack([call(s) for s in range(STEPS)])
+
+    forecasting = torch.zeros(2, STEPS, dtype=torch.bool)  # taylor1: step 1 skipped or not moves block 0's keyframes
+    forecasting[:, [0, 4]] = True
+    forecasting[0, 1] = forecasting[1, 2] = True
+    holding = torch.ones(2, STEPS, dtype=torch.bool)  # hold: block 0 reuses at step 1 only, which mixing skips
+    holding[0, 1] = holding[1, 2] = False
+    for reuse, keyframes in (("taylor1", forecasting), ("hold", holding)):
+        base = frdiff.make_preset("uniform", den, STEPS, interval=2, reuse=reuse).replaced(keyframes=keyframes)
+        mixed, plain = base.replaced(mixing=Mixing(enabled=True, center=0.3)), base
+        assert mixed.step_kinds()[1] == "skip" and plain.step_kinds()[1] == "fr"
+        refs = {"mixed": run(mixed), "plain": run(plain)}
+        for name, policy in [("mixed", mixed), ("plain", plain), ("mixed", mixed), ("plain", plain)]:
+            assert torch.equal(run(policy, **mode), refs[name]), (reuse, name)
+        frdiff.release_step_graphs(den)
+
+
+def test_static_modes_refuse_a_python_number_timestep(fake_step_graphs):
+    """A Python-number timestep would be a constant of each graph (one graph, or capture, per step): one clear
+    error instead."""
+    den = _dit()
+    x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+    for mode in (dict(cuda_graphs="step"), dict(compile="full", backend="eager")):
+        with pytest.raises(frdiff.PolicyError, match="need the timestep as a tensor; this call passes int 999"):
+            with torch.no_grad(), frdiff.apply(den, _policy(den), check_model=False, **mode):
+                den(x, timestep=999, class_labels=y)
+        assert attached_hooks(den) == []
+
+
+def test_stale_slots_of_an_earlier_run_cannot_reach_a_forecast(fake_step_graphs):
+    """The kept slots are zeroed at a run's start: an earlier run's non-finite value, weighed 0 while the new run
+    has one keyframe, would otherwise make NaN (0·inf). The caches' bytes count in every run, also after a change
+    of batch drops the kept buffers."""
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=False)
+    (ref,), eager = _runs(den, policy, rounds=1)
+    _rounds_in_separate_applies(den, policy, rounds=1, cuda_graphs="step")
+    (graphs,) = den.__dict__["_frdiff_step_graphs"].values()
+    for cache in graphs.buffers:
+        for value, _ in cache:
+            value.fill_(float("inf"))
+    outs, reports = _rounds_in_separate_applies(den, policy, rounds=1, cuda_graphs="step")
+    assert torch.equal(outs[0], ref) and reports[0].cache_bytes == eager.cache_bytes
+    x4, y4 = torch.randn(4, 4, 8, 8), torch.tensor([3, 4, 5, 6])
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, cuda_graphs="step") as run:
+        for s in range(STEPS):
+            den(x4, timestep=torch.tensor([900 - 150 * s] * 4), class_labels=y4)
+    # batch 4: twice batch 2's bytes (the dropped batch-2 buffers no longer count), not three times
+    assert run.report().cache_bytes == 2 * eager.cache_bytes
     frdiff.release_step_graphs(den)
 
 

@@ -375,7 +375,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             report["models"][name] = entry
             if checkpoint is not None:
                 checkpoint({**report, "rows": list(report["rows"]), "partial": True})
-        if "wrapped" in compile.split(","):
+        if "wrapped" in [c.strip() for c in compile.split(",")]:
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry
         del pipe
