@@ -115,15 +115,20 @@ APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
 COMPILE_CHOICES = ("off", "regional", "full", "wrapped")
 
 
+def compile_list(compile: str) -> list[str]:
+    """``--compile``'s comma list, checked."""
+    chosen = [c.strip() for c in str(compile).split(",") if c.strip()]
+    if not chosen or any(c not in COMPILE_CHOICES for c in chosen):
+        raise ValueError(f"compile must be off, regional, full or wrapped (or a comma list), got {compile!r}")
+    return chosen
+
+
 def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
     """The modes a ``gpu-speed`` run measures beside eager: each of ``compile``'s (a comma list of ``regional``,
     ``full``; ``off`` and ``wrapped`` add none here) and, with ``cuda_graphs``, the CUDA-graph modes over them:
     ``blocks`` the regional graphs under CUDA graph trees (``cuda-graphs``), ``step`` whole steps captured over the
     regional blocks (``step-graphs``) or over the whole-call graphs (``full-step-graphs``), ``both`` blocks and step."""
-    chosen = [c.strip() for c in str(compile).split(",") if c.strip()]
-    unknown = [c for c in chosen if c not in COMPILE_CHOICES]
-    if unknown or not chosen:
-        raise ValueError(f"compile must be off, regional, full or wrapped (or a comma list), got {compile!r}")
+    chosen = compile_list(compile)
     graph_modes = {False: (), True: ("blocks",), "blocks": ("blocks",), "step": ("step",), "both": ("blocks", "step")}
     if cuda_graphs not in graph_modes:
         raise ValueError(f"cuda_graphs must be blocks, step or both, got {cuda_graphs!r}")
@@ -375,7 +380,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             report["models"][name] = entry
             if checkpoint is not None:
                 checkpoint({**report, "rows": list(report["rows"]), "partial": True})
-        if "wrapped" in [c.strip() for c in compile.split(",")]:
+        if "wrapped" in compile_list(compile):
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry
         del pipe
