@@ -3,7 +3,7 @@
 # CUDA-graph mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each
 # process is one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to
 # part.
-# Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3]
+# Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
 # With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py.
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
@@ -19,10 +19,10 @@ if [ -n "${TESTS:-}" ]; then
 fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
-  name="gpu-speed-$model-${images//,/-}"
+  name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
-    --json >/dev/null 2>"$OUT/$name.log"
+    ${CHANNELS_LAST:+--channels-last} --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12

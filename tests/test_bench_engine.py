@@ -107,3 +107,18 @@ def test_engine_quality_command_names_models_only_when_given():
         "python -m workbench bench engine-quality --repeats 1 --seeds 64 --scheduler-seeds 16"
     args.models = "tiny-sd"
     assert "--models tiny-sd --repeats 1" in bench_command(args, "engine-quality")
+
+
+def test_gpu_speed_channels_last_puts_the_unet_s_weights_in_nhwc_and_runs():
+    import torch
+
+    from workbench.bench.engine import build
+
+    pipe = build("sd15-unet", torch.device("cpu"), torch.float32, small=True, channels_last=True)
+    convs = [m.weight for m in pipe.denoiser.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not build("sd15-unet", torch.device("cpu"), torch.float32, small=True).denoiser.conv_in.weight \
+        .is_contiguous(memory_format=torch.channels_last)
+    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4, peers=False, channels_last=True)
+    rows = {row["variant"]: row for row in r["rows"]}
+    assert r["channels_last"] is True and rows["uniform M=2"]["denoiser_calls"] == 4

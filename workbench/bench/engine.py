@@ -55,8 +55,11 @@ def _dit_xl2(small: bool):
                                  num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
 
 
-def build(name: str, device: torch.device, dtype: torch.dtype, small: bool = False) -> ShapesPipeline:
-    """A pipeline around a randomly initialised real-size (or ``small``) denoiser; weights made on ``device``."""
+def build(name: str, device: torch.device, dtype: torch.dtype, small: bool = False,
+          channels_last: bool = False) -> ShapesPipeline:
+    """A pipeline around a randomly initialised real-size (or ``small``) denoiser; weights made on ``device``.
+    ``channels_last``: the denoiser's 4-d weights in channels-last layout (convolutions then run NHWC: on a GPU,
+    cuDNN's tensor-core kernels for small batches; an experiment for the UNet's short reuse steps)."""
     from diffusers import DDIMScheduler
 
     torch.manual_seed(0)
@@ -72,6 +75,8 @@ def build(name: str, device: torch.device, dtype: torch.dtype, small: bool = Fal
         else:
             raise ValueError(f"unknown model {name!r}")
     pipe.to(device=device, dtype=dtype)
+    if channels_last:
+        pipe.denoiser.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     pipe.denoiser.train(False).requires_grad_(False)
     return pipe
@@ -304,7 +309,7 @@ def speed_peers(pipe, steps: int) -> dict:
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
                     backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
-                    checkpoint=None) -> dict:
+                    checkpoint=None, channels_last: bool = False) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
@@ -315,7 +320,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     ``modes["step-graphs"]`` over regional, ``modes["full-step-graphs"]`` over full), or ``"both"``
     (:func:`gpu_speed_modes`). A capture during the timed runs counts as a recompile. backend: torch.compile's
     backend for frdiff's compile modes (tests use ``eager``). images: images per call, each measured in every mode.
-    peers: time :func:`speed_peers` beside the eager variants. checkpoint: called with the report so far (marked
+    peers: time :func:`speed_peers` beside the eager variants. channels_last: the denoisers' weights in channels-last
+    layout (:func:`build`), every variant and mode alike. checkpoint: called with the report so far (marked
     ``partial``) after each model and image count, so a run stopped at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
@@ -335,9 +341,9 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
               "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
-              "repeats": repeats, "models": {}, "rows": []}
+              "repeats": repeats, "channels_last": channels_last, "models": {}, "rows": []}
     for name in models:
-        pipe = build(name, device, dtype, small)
+        pipe = build(name, device, dtype, small, channels_last)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
                                                                           output_type="pt"))
         savings = frdiff.measure_savings(pipe.denoiser, "feature", *args, **kwargs)
