@@ -122,3 +122,22 @@ def test_gpu_speed_channels_last_puts_the_unet_s_weights_in_nhwc_and_runs():
     r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=4, peers=False, channels_last=True)
     rows = {row["variant"]: row for row in r["rows"]}
     assert r["channels_last"] is True and rows["uniform M=2"]["denoiser_calls"] == 4
+
+
+def test_prediction_with_the_sampler_time_by_hand():
+    """4 steps full, fr, skip, fr with a reuse step at half a full step's FLOPs: FLOP prediction 4 / 2 = 2. With a
+    stock step of t = 4 ms of which o = 1 ms is the sampler's (paid at every step, skipped or not) the steps cost
+    4 + (1 + 1.5) + 1 + (1 + 1.5) = 10 ms against stock's 16: 1.6, which the closed form gives."""
+    from workbench.bench.report import _gpu_rows, with_sampler_time
+
+    assert with_sampler_time(2.0, 4.0, 1.0) == pytest.approx(16 / 10)
+    assert with_sampler_time(2.0, 4.0, 0.0) == pytest.approx(2.0)  # no sampler time: the FLOP prediction
+    rows = [{"images": 1, "mode": "step-graphs", "variant": "none", "latency_s": 0.016, "predicted_speedup": 1.0,
+             "speedup_vs_stock_same_mode": 1.0, "step_s_in_run": {"full": 0.004}},
+            {"images": 1, "mode": "step-graphs", "variant": "M", "latency_s": 0.0125, "predicted_speedup": 2.0,
+             "speedup_vs_stock_same_mode": 1.28, "step_s_in_run": {"full": 0.004, "fr": 0.0025, "skip": 0.001}},
+            {"images": 1, "mode": "eager", "variant": "none", "latency_s": 0.02, "predicted_speedup": 1.0,
+             "speedup_vs_stock_same_mode": 1.0, "step_s_in_run": None}]
+    text = "\n".join(_gpu_rows(rows))
+    assert "| 1 | step-graphs | M | 4 | 1 | 2 | 1.6 | 0.64 | 0.8 |" in text  # 1.28 / 2 and 1.28 / 1.6
+    assert "in 0 of 1 cells" in text  # 0.8 < 0.9; the eager group has no step times: no row

@@ -292,6 +292,31 @@ def _gpu_section(fname, rep, rel) -> list[str]:
     return out
 
 
+def with_sampler_time(predicted: float, full_step_s: float, sampler_s: float) -> float:
+    """The FLOP prediction with the sampler's own per-step work added: ``sampler_s`` (CFG, the scheduler step, the
+    pipeline's Python) is paid at every step, skipped or not, and no reuse removes it; the rest of a full step,
+    ``full_step_s − sampler_s``, is the denoiser's, which the FLOP prediction scales. Per step the cost is
+    o + r·(t − o) for a step of FLOP ratio r, so S steps cost S·o + (t − o)·S/predicted and the speedup is
+    t / (o + (t − o)/predicted)."""
+    return full_step_s / (sampler_s + (full_step_s - sampler_s) / predicted)
+
+
+def _sampler_times(flat: list[dict]) -> dict[tuple, tuple[float, float]]:
+    """Per (images, mode): the stock run's in-situ full step and the sampler's per-step time — the median in-situ
+    time of a skipped step (the denoiser is not called: what remains is the sampler's work), over the variants that
+    skip. Only where the run recorded step times (CUDA events)."""
+    import statistics
+
+    out = {}
+    for key in {(r["images"], r["mode"]) for r in flat}:
+        rows = [r for r in flat if (r["images"], r["mode"]) == key and r.get("step_s_in_run")]
+        stock = next((r for r in rows if r["variant"] == "none"), None)
+        skips = [r["step_s_in_run"]["skip"] for r in rows if "skip" in r["step_s_in_run"]]
+        if stock is not None and "full" in stock["step_s_in_run"] and skips:
+            out[key] = (stock["step_s_in_run"]["full"], statistics.median(skips))
+    return out
+
+
 def _gpu_rows(flat: list[dict]) -> list[str]:
     timed = [r for r in flat if "latency_s" in r]
     rows = [[r["images"], r["mode"], r["variant"] + (" (peer)" if r.get("peer") else ""), r["latency_s"],
@@ -304,7 +329,32 @@ def _gpu_rows(flat: list[dict]) -> list[str]:
                   "FLOP prediction", "measured / predicted", "recompiles", "warm-up s", "peak MiB"], rows), ""]
     out += [f"- {r['variant']} ({r['images']} images, {r['mode']}): does not run here: {r['error']}"
             for r in flat if "error" in r]
-    return out + ([""] if any("error" in r for r in flat) else [])
+    out += [""] if any("error" in r for r in flat) else []
+    return out + _sampler_lines(timed)
+
+
+def _sampler_lines(timed: list[dict]) -> list[str]:
+    """The FLOP prediction with the sampler's per-step time added (:func:`with_sampler_time`), per image count and
+    mode where the run recorded step times: how much of a shortfall is the sampler's work, which no reuse removes."""
+    sampler = _sampler_times(timed)
+    rows = []
+    for r in timed:
+        key = (r["images"], r["mode"])
+        if key not in sampler or r.get("peer") or r["variant"] == "none" or not r.get("predicted_speedup"):
+            continue
+        full, o = sampler[key]
+        pred = with_sampler_time(r["predicted_speedup"], full, o)
+        rows.append([r["images"], r["mode"], r["variant"], full * 1e3, o * 1e3, r["predicted_speedup"], pred,
+                     r["speedup_vs_stock_same_mode"] / r["predicted_speedup"], r["speedup_vs_stock_same_mode"] / pred])
+    if not rows:
+        return []
+    held = sum(row[-1] >= 0.9 for row in rows)
+    return ["The sampler's own work per step (CFG, the scheduler step, the pipeline's Python: the in-situ time of a "
+            "skipped step, where the denoiser is not called) is paid at every step and is not in the FLOP "
+            "prediction; added to it (t / (o + (t − o)/predicted), `with_sampler_time`):", "",
+            table(["images", "mode", "variant", "stock step ms (t)", "sampler ms (o)", "FLOP prediction",
+                   "with sampler time", "measured / FLOP prediction", "measured / with sampler time"], rows), "",
+            f"Measured ≥ 90 % of the prediction with the sampler's time in {held} of {len(rows)} cells.", ""]
 
 
 def _overhead_rows(rec: dict) -> list[str]:
