@@ -5,7 +5,8 @@
 # part.
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
-# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py.
+# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py. Each part also profiles a full and a reuse
+# call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
 set -uo pipefail
 OUT=${OUT:-/tmp/bench}
@@ -22,7 +23,7 @@ for part in "$@"; do
   name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
-    ${CHANNELS_LAST:+--channels-last} --json >/dev/null 2>"$OUT/$name.log"
+    ${CHANNELS_LAST:+--channels-last} --profile --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12

@@ -141,3 +141,23 @@ def test_prediction_with_the_sampler_time_by_hand():
     text = "\n".join(_gpu_rows(rows))
     assert "| 1 | step-graphs | M | 4 | 1 | 2 | 1.6 | 0.64 | 0.8 |" in text  # 1.28 / 2 and 1.28 / 1.6
     assert "in 0 of 1 cells" in text  # 0.8 < 0.9; the eager group has no step times: no row
+
+
+def test_gpu_speed_profile_splits_a_full_and_a_reuse_call_by_kind_of_op():
+    """On the CPU (own CPU time of each op): a reuse call of the UNet skips the attention blocks and the resnets'
+    first convolutions, so it has no attention time and less convolution time than a full call; the report shows
+    the table."""
+    from workbench.bench.engine import op_kind
+    from workbench.bench.report import _gpu_section
+
+    assert [op_kind(n) for n in ("aten::cudnn_convolution", "aten::_scaled_dot_product_flash_attention",
+                                 "aten::native_group_norm", "aten::addmm", "aten::silu")] == \
+        ["convolution", "attention", "norm", "linear", "other"]
+    r = bench_gpu_speed(repeats=1, small=True, models=("sd15-unet",), steps=2, peers=False, profile=True)
+    prof = r["models"]["sd15-unet"]["profile"]
+    full, reuse = prof["full"], prof["reuse"]
+    assert prof["clock"] == "cpu" and full["attention"] > 0 and reuse.get("attention", 0.0) == 0.0
+    assert 0 < reuse["convolution"] < full["convolution"] and 0 < reuse["total"] < full["total"]
+    assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
+    text = "\n".join(_gpu_section("x.json", r, "bench"))
+    assert "| attention | " in text and "Time by kind of op" in text

@@ -111,6 +111,51 @@ def step_times(pipe, device, n: int = 20) -> dict:
     return {"full_step_s": t_full, "reuse_step_s": t_reuse, "reuse_over_full": t_reuse / t_full}
 
 
+OP_KINDS = (("attention", ("scaled_dot_product", "flash", "efficient_attention", "bmm", "softmax")),
+            ("convolution", ("conv",)), ("norm", ("group_norm", "layer_norm", "norm")),
+            ("linear", ("addmm", "mm", "linear", "matmul")))
+
+
+def op_kind(name: str) -> str:
+    """The kind of a profiled op, by name: attention, convolution, norm, linear, or other (element-wise, copies)."""
+    lowered = name.lower()
+    return next((kind for kind, keys in OP_KINDS if any(k in lowered for k in keys)), "other")
+
+
+@torch.no_grad()
+def profile_steps(pipe, device) -> dict:
+    """Where a full and a reuse denoiser call spend their time, by kind of op (``torch.profiler``: the device time
+    of each op's own kernels on CUDA, its own CPU time on the CPU; one call each after a warm-up): the check of the
+    FLOP prediction's premise, that a reuse step's time shrinks as its FLOPs do."""
+    from torch.profiler import ProfilerActivity, profile
+
+    den = pipe.denoiser
+    args, kwargs = capture_denoiser_call(pipe, lambda: pipe([0], num_inference_steps=2, output_type="pt"))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    def by_kind(call) -> dict:
+        for _ in range(2):
+            call()
+        _sync(device)
+        with profile(activities=activities) as prof:
+            call()
+            _sync(device)
+        out: dict[str, float] = {}
+        for ev in prof.key_averages():
+            if ev.key.startswith("aten::") and getattr(ev, key) > 0:
+                kind = op_kind(ev.key)
+                out[kind] = out.get(kind, 0.0) + getattr(ev, key) / 1e3  # µs -> ms
+        return {k: out[k] for k in sorted(out)} | {"total": sum(out.values())}
+
+    full = by_kind(lambda: den(*args, **kwargs))
+    policy = make_preset("uniform", den, 4, interval=4)
+    with frdiff.apply(den, policy, check_model=False):
+        den(*args, **kwargs)  # step 0: the keyframe fills the caches; steps 1-3 reuse
+        reuse = by_kind(lambda: den(*args, **kwargs))
+    return {"unit": "ms", "clock": "device" if device.type == "cuda" else "cpu", "full": full, "reuse": reuse}
+
+
 MODES = ("eager", "regional", "cuda-graphs", "step-graphs", "full", "full-step-graphs")
 APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
                "cuda-graphs": {"compile": "regional", "cuda_graphs": "blocks"},
@@ -309,7 +354,7 @@ def speed_peers(pipe, steps: int) -> dict:
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
                     backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
-                    checkpoint=None, channels_last: bool = False) -> dict:
+                    checkpoint=None, channels_last: bool = False, profile: bool = False) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
@@ -321,7 +366,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     (:func:`gpu_speed_modes`). A capture during the timed runs counts as a recompile. backend: torch.compile's
     backend for frdiff's compile modes (tests use ``eager``). images: images per call, each measured in every mode.
     peers: time :func:`speed_peers` beside the eager variants. channels_last: the denoisers' weights in channels-last
-    layout (:func:`build`), every variant and mode alike. checkpoint: called with the report so far (marked
+    layout (:func:`build`), every variant and mode alike. profile: also where a full and a reuse call spend their time
+    by kind of op (:func:`profile_steps`: ``models.M.profile``). checkpoint: called with the report so far (marked
     ``partial``) after each model and image count, so a run stopped at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
@@ -351,6 +397,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         st = step_times(pipe, device)
         entry = {"parameters": sum(p.numel() for p in pipe.denoiser.parameters()), "reuse_flop_share": saved,
                  "predicted_reuse_over_full": 1 - saved, **st, "by_images": {}}
+        if profile:
+            entry["profile"] = profile_steps(pipe, device)
         for n in images:
             _log(f"{name}: {n} images, eager")
             eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,

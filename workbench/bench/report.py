@@ -264,6 +264,8 @@ def _gpu_section(fname, rep, rel) -> list[str]:
         out += [f"### {model} ({fmt(data['parameters'] / 1e6)} M parameters)", "",
                 f"Reuse step / full step: measured {fmt(data['reuse_over_full'])}, FLOP prediction "
                 f"{fmt(data['predicted_reuse_over_full'])} (full step {fmt(data['full_step_s'] * 1e3)} ms).", ""]
+        if data.get("profile"):
+            out += _profile_rows(data["profile"])
         flat = [r for r in rep.get("rows", []) if r["model"] == model]
         if flat:  # one table: every image count, mode, variant and peer of one interleaved run
             out += _gpu_rows(flat)
@@ -290,6 +292,16 @@ def _gpu_section(fname, rep, rel) -> list[str]:
         elif comp:
             out += [f"Compiled: does not work here: {comp.get('error')}", ""]
     return out
+
+
+def _profile_rows(prof: dict) -> list[str]:
+    """Where a full and a reuse call spend their time, by kind of op (``bench gpu-speed --profile``)."""
+    full, reuse = prof["full"], prof["reuse"]
+    kinds = [k for k in full if k != "total"] + [k for k in reuse if k not in full] + ["total"]
+    rows = [[k, full.get(k, 0.0), reuse.get(k, 0.0), reuse.get(k, 0.0) / full[k] if full.get(k) else None,
+             full.get(k, 0.0) / full["total"]] for k in kinds]
+    return [f"Time by kind of op, one full and one reuse call ({prof['clock']} time of each op's own work, ms):", "",
+            table(["kind of op", "full call", "reuse call", "reuse / full", "share of the full call"], rows), ""]
 
 
 def with_sampler_time(predicted: float, full_step_s: float, sampler_s: float) -> float:

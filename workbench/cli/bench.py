@@ -15,7 +15,8 @@ BENCH_OPTIONS = {
                            "autofr_train_seeds", "no_peers", "no_plans", "flop_seeds", "small"],
     "schedulers": ["models", "seeds", "scheduler_steps", "schedulers", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
-    "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "channels_last", "no_peers"],
+    "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "channels_last", "profile",
+                  "no_peers"],
     "engine-quality": ["models", "repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
@@ -71,7 +72,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
             raise UserError(f"--images takes image counts like 1,8, got {args.images!r}") from None
         extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None,
                  "models": models, "images": images, "peers": not args.no_peers,
-                 "channels_last": args.channels_last}
+                 "channels_last": args.channels_last, "profile": args.profile}
         if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped
             def checkpoint(partial, out=Path(args.out)):
                 out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,8 @@ def add_commands(sub) -> None:
     p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step", "both"],
                    help="gpu-speed, CUDA only: also the regional graphs captured as CUDA graphs (blocks, the default), "
                         "whole steps captured as CUDA graphs over each compile mode (step), or both")
+    p.add_argument("--profile", action="store_true",
+                   help="gpu-speed: also where a full and a reuse denoiser call spend their time, by kind of op")
     p.add_argument("--channels-last", action="store_true",
                    help="gpu-speed: the denoisers' weights in channels-last layout (NHWC convolutions), all variants")
     p.add_argument("--small", action="store_true",
