@@ -230,7 +230,13 @@ class StepRunners:
         if runner is None:
             runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
                                                           dynamic=False)
-        return runner(forward, self.denoiser, *args, **kwargs)
+        try:
+            return runner(forward, self.denoiser, *args, **kwargs)
+        except torch._dynamo.exc.Unsupported as exc:
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "a graph break")
+            raise RuntimeError(f"compile='full' runs the whole {type(self.denoiser).__name__} call as one graph, but "
+                               f"dynamo cannot trace it as one ({reason}); use compile='regional' (each block a "
+                               f"graph) or compile='off'") from exc
 
 
 class StepGraphs:

@@ -520,3 +520,24 @@ def test_full_graphs_refuse_a_batch_change_inside_a_run():
         with pytest.raises(RuntimeError, match="batch size changed from 2 at its keyframe to 1"):
             den(torch.randn(1, 4, 8, 8), timestep=t, class_labels=torch.tensor([1]))
     assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+
+
+def test_full_graphs_name_a_graph_break_in_one_message():
+    """A denoiser dynamo cannot trace as one graph (here: a graph break in its patch embedding, outside any block)
+    gets one message naming the mode, the model and what to use instead; hooks are removed."""
+    den = _dit()
+    embed = den.pos_embed.forward
+
+    def breaking(x):
+        torch._dynamo.graph_break()
+        return embed(x)
+
+    den.pos_embed.forward = breaking
+    try:
+        with pytest.raises(RuntimeError, match=r"compile='full' runs the whole DiTTransformer2DModel call as one "
+                                               r"graph, but dynamo cannot trace it as one \(Call to `torch._dynamo"
+                                               r".graph_break\(\)`\); use compile='regional'"):
+            _runs(den, _policy(den), rounds=1, compile="full", backend="eager")
+    finally:
+        del den.pos_embed.forward
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
