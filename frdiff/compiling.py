@@ -226,6 +226,11 @@ class StepRunners:
             # them by rounding only): its compilation happens now, not inside a CUDA graph capture, and this step's
             # output is the compiled graph's, as at every later run's first step
             forward(self.denoiser, *args, **kwargs)
+        batch = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if batch is not None:  # as the eager hooks do, with one clear message (checked here, outside the graph)
+            for hook in hooks:
+                if hook.phase == "reuse":
+                    hook.check_batch(batch)
         runner = self.runners.get(phases)
         if runner is None:
             runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
