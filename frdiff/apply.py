@@ -199,7 +199,8 @@ class _StepHook(ModelHook):
 
     def _weight_table(self) -> torch.Tensor:
         """Whole-step graphs with forecasts: every step's forecast weights ``[steps, blocks, slots]`` on the model's
-        device, made once per set of forecast positions (an upload is a host sync: once, not per run or step)."""
+        device, made once per set of forecast positions and called steps (an upload is a host sync: once, not per
+        run or step)."""
         positions = self.state.positions or [float(s) for s in range(self.policy.steps)]
         tables = self.step_graphs.tables
         called = [kind != "skip" for kind in self.kinds]
