@@ -148,6 +148,7 @@ class _StepHook(ModelHook):
         self.step_graphs: StepGraphs | None = None  # cuda_graphs="step": whole denoiser calls captured per phases
         self.weight_table: torch.Tensor | None = None  # step graphs with forecasts: per step, the blocks' weights
         self.runners: StepRunners | None = None  # compile="full": one compiled graph of the call per configuration
+        self.static_batch: int | None = None  # static caches: the batch of the run's first call
         self.captures_at_start = 0
 
     def reset_state(self, module):
@@ -183,6 +184,19 @@ class _StepHook(ModelHook):
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _check_static_batch(self, s: int, args: tuple, kwargs: dict) -> None:
+        """Static caches (step graphs, compile="full"): the call's batch — its first tensor of one dimension or more —
+        is the run's first step's, as the eager hooks check per block. Checked in Python before the call: in a graph
+        a static buffer of another batch would be broadcast into silently, and an error raised inside a traced graph
+        reaches the caller as dynamo's."""
+        batch = next((int(a.shape[0]) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.ndim),
+                     None)
+        if s == 0:
+            self.static_batch = batch
+        elif batch != self.static_batch:
+            raise PolicyError([f"the denoiser call's batch changed from {self.static_batch} at the run's first step to "
+                               f"{batch} at step {s}; a policy run must keep one batch for all its steps"])
 
     def _start_static_run(self, args: tuple, kwargs: dict) -> None:
         """Step 0 with static caches: new input shapes drop the kept buffers (this run's first keyframes allocate
@@ -268,6 +282,7 @@ class _StepHook(ModelHook):
                 raise PolicyError([f"compile='full' and cuda_graphs='step' need the timestep as a tensor; this call "
                                    f"passes {type(t).__name__} {t!r}, which a graph would hold as a constant (one "
                                    f"graph per step): pass torch.tensor(t) as diffusers' pipelines do"])
+            self._check_static_batch(s, args, kwargs)
             if s == 0:
                 self._start_static_run(args, kwargs)
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)

@@ -226,11 +226,6 @@ class StepRunners:
             # them by rounding only): its compilation happens now, not inside a CUDA graph capture, and this step's
             # output is the compiled graph's, as at every later run's first step
             forward(self.denoiser, *args, **kwargs)
-        batch = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        if batch is not None:  # as the eager hooks do, with one clear message (checked here, outside the graph)
-            for hook in hooks:
-                if hook.phase == "reuse":
-                    hook.check_batch(batch)
         runner = self.runners.get(phases)
         if runner is None:
             runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
@@ -238,10 +233,24 @@ class StepRunners:
         try:
             return runner(forward, self.denoiser, *args, **kwargs)
         except torch._dynamo.exc.Unsupported as exc:
+            if _raised_by_the_model(exc):
+                # the traced code raised (a bad argument, say): tracing executes nothing, so the call runs eagerly
+                # and the caller gets the model's own exception, not dynamo's "Observed exception"
+                forward(self.denoiser, *args, **kwargs)
             reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "a graph break")
             raise RuntimeError(f"compile='full' runs the whole {type(self.denoiser).__name__} call as one graph, but "
                                f"dynamo cannot trace it as one ({reason}); use compile='regional' (each block a "
                                f"graph) or compile='off'") from exc
+
+
+def _raised_by_the_model(exc: BaseException) -> bool:
+    """Whether dynamo's error is an exception the traced code raised (an observed exception), not a graph break."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, torch._dynamo.exc.ObservedException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class StepGraphs:

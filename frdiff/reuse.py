@@ -277,11 +277,6 @@ class _ReuseHook(ModelHook):
             return self.given
         return self._at_step(like.dtype if like is not None else _tensors(self.cache[0][0])[0].dtype)
 
-    def check_batch(self, current: torch.Tensor) -> None:
-        """Before a compiled call of the whole denoiser (``inline``): the call's batch against this block's cache
-        (an error raised inside a traced graph would reach the caller as dynamo's, not this one)."""
-        if self.cache is not None:
-            self._check_batch(current, _tensors(self.cache[0][0])[0])
 
     def capture(self, value: Value) -> None:
         """The static rule at a keyframe: hand the value out (regional mode: :meth:`commit` keeps it after the

@@ -509,16 +509,44 @@ def test_step_graphs_need_a_cuda_device():
             pass
 
 
-def test_full_graphs_refuse_a_batch_change_inside_a_run():
+@pytest.mark.parametrize("mode", [dict(compile="full", backend="eager"), dict(cuda_graphs="step")])
+def test_static_modes_refuse_a_batch_change_inside_a_run(mode, fake_step_graphs):
     """As the eager hooks do: a run that changes its batch between a keyframe and a reuse step gets one clear error
     (a static buffer of the old batch would otherwise be broadcast into silently)."""
     den = _dit()
     policy = _policy(den, "taylor1", "feature", mix=False)
     t = torch.tensor([500])
-    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="full", backend="eager"):
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **mode):
         den(torch.randn(2, 4, 8, 8), timestep=t.repeat(2), class_labels=torch.tensor([1, 2]))
-        with pytest.raises(RuntimeError, match="batch size changed from 2 at its keyframe to 1"):
+        with pytest.raises(frdiff.PolicyError, match="batch changed from 2 at the run's first step to 1 at step 1"):
             den(torch.randn(1, 4, 8, 8), timestep=t, class_labels=torch.tensor([1]))
+    assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+
+
+def test_full_graphs_pass_the_model_s_own_error_on():
+    """An exception the model raises inside the traced call (a bad argument at a later step) reaches the caller as
+    the model's own, not as dynamo's "Observed exception" with advice to change the compile mode."""
+    from torch import nn
+
+    class Scaled(nn.Module):  # generic blocks; refuses a bad scale
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+
+        def forward(self, x, timestep, scale=1.0):
+            if not 0 < scale <= 10:
+                raise ValueError(f"scale must be in (0, 10], got {scale}")
+            h = x * scale + timestep.reshape(-1, 1)
+            for block in self.blocks:
+                h = block(h)
+            return h
+
+    den = Scaled().eval()
+    x, policy = torch.randn(2, 8), frdiff.make_preset("uniform", Scaled(), 4, interval=2)
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="full", backend="eager"):
+        den(x, timestep=torch.full((2,), 900.0))
+        with pytest.raises(ValueError, match=r"scale must be in \(0, 10\], got 20.0"):
+            den(x, timestep=torch.full((2,), 800.0), scale=20.0)
     assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
 
 

@@ -397,8 +397,6 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         st = step_times(pipe, device)
         entry = {"parameters": sum(p.numel() for p in pipe.denoiser.parameters()), "reuse_flop_share": saved,
                  "predicted_reuse_over_full": 1 - saved, **st, "by_images": {}}
-        if profile:
-            entry["profile"] = profile_steps(pipe, device)
         for n in images:
             _log(f"{name}: {n} images, eager")
             eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,
@@ -434,6 +432,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             report["models"][name] = entry
             if checkpoint is not None:
                 checkpoint({**report, "rows": list(report["rows"]), "partial": True})
+        if profile:  # after the timed runs: a CUDA profiling session can leave CUPTI slowing what follows
+            entry["profile"] = profile_steps(pipe, device)
         if "wrapped" in compile_list(compile):
             entry["compiled"] = _compiled(pipe, device, steps, repeats, savings)
         report["models"][name] = entry
