@@ -5,7 +5,8 @@
 # part.
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
-# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py. Each part also profiles a full and a reuse
+# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300); EXTRA:
+# more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
 # call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
 set -uo pipefail
@@ -15,7 +16,8 @@ device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
 start=$(date +%s)
 if [ -n "${TESTS:-}" ]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs >"$OUT/cuda-tests.log" 2>&1
+  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs \
+    >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
 for part in "$@"; do
@@ -23,7 +25,7 @@ for part in "$@"; do
   name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
-    ${CHANNELS_LAST:+--channels-last} --profile --json >/dev/null 2>"$OUT/$name.log"
+    ${CHANNELS_LAST:+--channels-last} --profile ${EXTRA:-} --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12
