@@ -40,8 +40,12 @@ def test_gpu_speed_suite_small():
 def test_gpu_speed_compile_modes_time_stock_in_the_same_mode_after_a_warm_up():
     """The compile-mode rows, regional and full in one run (dynamo's eager backend here: the CPU suite checks the
     bookkeeping, not speed)."""
+    seen = []
     r = bench_gpu_speed(repeats=2, small=True, models=("dit-xl-2",), steps=4, compile="regional,full",
-                        backend="eager", peers=False)
+                        backend="eager", peers=False, checkpoint=seen.append)
+    # a checkpoint before each compile mode and after the image count: a time limit keeps every finished mode
+    assert [sorted({row["mode"] for row in c["rows"]}) for c in seen] == \
+        [["eager"], ["eager", "regional"], ["eager", "full", "regional"]]
     modes = r["models"]["dit-xl-2"]["modes"]
     assert list(modes) == ["regional", "full"] and r["compile"] == "regional,full"
     for mode, found in modes.items():

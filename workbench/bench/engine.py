@@ -402,7 +402,22 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
             eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,
                                peers=speed_peers(pipe, steps) if peers else None)
             per_mode = {"eager": eager}
+            stock = eager[0]["latency_s"]
+            assert eager[0]["variant"] == "none"
+
+            def rows_so_far(per_mode=per_mode, stock=stock, name=name):
+                rows = []
+                for mode, found in per_mode.items():
+                    for r in found:
+                        r.setdefault("mode", mode)
+                        if "latency_s" in r:
+                            r["speedup_vs_eager_stock"] = stock / r["latency_s"]
+                        rows.append({"model": name, **r})
+                return rows
+
             for m in modes:
+                if checkpoint is not None:  # each finished mode is kept if a time limit stops the next one
+                    checkpoint({**report, "rows": report["rows"] + rows_so_far(), "partial": True})
                 _log(f"{name}: {n} images, {m}")
                 try:
                     per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
@@ -416,14 +431,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     frdiff.release_step_graphs(pipe)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-            stock = eager[0]["latency_s"]
-            assert eager[0]["variant"] == "none"
-            for mode, rows in per_mode.items():
-                for r in rows:
-                    r.setdefault("mode", mode)
-                    if "latency_s" in r:
-                        r["speedup_vs_eager_stock"] = stock / r["latency_s"]
-                    report["rows"].append({"model": name, **r})
+            report["rows"] += rows_so_far()
             entry["by_images"][str(n)] = per_mode
             if n == images[0]:  # the layout earlier reports (and the summary) read
                 entry["end_to_end"] = eager
