@@ -5,7 +5,8 @@
 # part.
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
-# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300); EXTRA:
+# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300; TESTS_K: a
+# pytest -k expression, default cuda); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
 # call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
@@ -16,7 +17,7 @@ device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
 start=$(date +%s)
 if [ -n "${TESTS:-}" ]; then
-  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "cuda" -rs \
+  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "${TESTS_K:-cuda}" -rs \
     >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
