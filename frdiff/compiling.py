@@ -243,6 +243,25 @@ class StepRunners:
                                f"graph) or compile='off'") from exc
 
 
+def _broadcast_dims(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``t`` narrowed to one element along each broadcast dimension (stride 0, size > 1), and those dimensions."""
+    dims = tuple(d for d, (size, stride) in enumerate(zip(t.shape, t.stride(), strict=True))
+                 if stride == 0 and size > 1)
+    for d in dims:
+        t = t.narrow(d, 0, 1)
+    return t, dims
+
+
+def _static_input(t: torch.Tensor) -> torch.Tensor:
+    """A step graph's static copy of an input, with the input's strides: a compiled graph guards on strides, so a
+    plain clone of a broadcast input (a pipeline's timestep expanded to the batch has stride 0) or of a permuted one
+    would compile the configuration again. A broadcast dimension stays broadcast over a one-element base, which a
+    replay refills (``_broadcast_dims``); a dense input gets a buffer of its own layout."""
+    base, dims = _broadcast_dims(t)
+    static = torch.empty_like(base, memory_format=torch.preserve_format).copy_(base)
+    return static.expand(t.shape) if dims else static
+
+
 def _raised_by_the_model(exc: BaseException) -> bool:
     """Whether dynamo's error is an exception the traced code raised (an observed exception), not a graph break."""
     seen = exc
@@ -327,8 +346,9 @@ class StepGraphs:
 
     @staticmethod
     def _signature(flat) -> tuple:
-        return tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else ("value", repr(t))
-                     for t in flat)
+        # strides too: a static input keeps the caller's layout (a broadcast dimension is refilled from one element)
+        return tuple((tuple(t.shape), t.stride(), t.dtype, t.device) if isinstance(t, torch.Tensor)
+                     else ("value", repr(t)) for t in flat)
 
     def __call__(self, phases: tuple, fn, args: tuple, kwargs: dict):
         from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
@@ -339,10 +359,11 @@ class StepGraphs:
         key = (phases, self._signature(flat), spec)
         entry = self.graphs.get(key)
         if entry is None:
-            static = [t.clone() if isinstance(t, torch.Tensor) else t for t in flat]
+            static = [_static_input(t) if isinstance(t, torch.Tensor) else t for t in flat]
             s_args, s_kwargs = tree_unflatten(static, spec)
-            # eager, on the static inputs (a clone can differ in strides from the caller's tensor, so whatever
-            # compiles for them compiles now, not during the capture): this step's result; allocates the caches
+            # eager, on the static inputs (they keep the caller's strides, so what compiled for the caller's tensors
+            # serves them; anything that compiles still does so now, not during the capture): this step's result;
+            # allocates the caches
             out = fn(*s_args, **s_kwargs)
             if self.fake:  # the "graph" reruns the call on the static inputs and overwrites the static outputs
                 self._fake_capture(fn, s_args, s_kwargs)
@@ -361,7 +382,7 @@ class StepGraphs:
         graph, static, s_out = entry
         for s, t in zip(static, flat, strict=True):
             if isinstance(t, torch.Tensor) and s.data_ptr() != t.data_ptr():
-                s.copy_(t)
+                _broadcast_dims(s)[0].copy_(_broadcast_dims(t)[0])
         if self.fake:
             fresh, _ = tree_flatten(graph())
             for mine, new in zip(tree_flatten(s_out)[0], fresh, strict=True):
