@@ -4,7 +4,8 @@
 # process is one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to
 # part.
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
-#   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230).
+#   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230); SECONDS
+#   "rest": what is left of DEADLINE seconds (default 560) from the start of the tests.
 # With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300; TESTS_K: a
 # pytest -k expression, default cuda); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
@@ -23,6 +24,7 @@ if [ -n "${TESTS:-}" ]; then
 fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
+  [ "$limit" = rest ] && limit=$(( ${DEADLINE:-560} - ($(date +%s) - start) ))  # what is left of DEADLINE seconds
   name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
