@@ -200,7 +200,8 @@ def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
 
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
-               backend: str = "inductor", images: int = 1, peers: dict | None = None) -> list[dict]:
+               backend: str = "inductor", images: int = 1, peers: dict | None = None,
+               forecasts: bool = True) -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
@@ -211,7 +212,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs.
     ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
     (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
-    rounds; a peer that raises on entry is reported with its error instead of a time."""
+    rounds; a peer that raises on entry is reported with its error instead of a time. ``forecasts``: also the
+    taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile)."""
     import random
 
     from frdiff.compiling import graphs_compiled
@@ -219,7 +221,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     den = pipe.denoiser
     kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False),
-                                   reuse=kw.get("reuse", "hold")) for label, kw in VARIANTS}
+                                   reuse=kw.get("reuse", "hold"))
+                for label, kw in VARIANTS if forecasts or kw.get("reuse", "hold") == "hold"}
     if kwargs:
         policies = {"none": make_preset("none", den, steps), **policies}
     peers = dict(peers or {})
@@ -354,7 +357,8 @@ def speed_peers(pipe, steps: int) -> dict:
 def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[str, ...] = ("sd15-unet", "dit-xl-2"),
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
                     backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
-                    checkpoint=None, channels_last: bool = False, profile: bool = False) -> dict:
+                    checkpoint=None, channels_last: bool = False, profile: bool = False,
+                    forecasts: bool = True) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
@@ -367,8 +371,10 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     backend for frdiff's compile modes (tests use ``eager``). images: images per call, each measured in every mode.
     peers: time :func:`speed_peers` beside the eager variants. channels_last: the denoisers' weights in channels-last
     layout (:func:`build`), every variant and mode alike. profile: also where a full and a reuse call spend their time
-    by kind of op (:func:`profile_steps`: ``models.M.profile``). checkpoint: called with the report so far (marked
-    ``partial``) after each model and image count, so a run stopped at a time limit keeps what it measured.
+    by kind of op (:func:`profile_steps`: ``models.M.profile``). forecasts: also the taylor2 variants (without
+    them a compile mode compiles two graph structures, not three: a GPU session's time). checkpoint: called with
+    the report so far (marked ``partial``) before each mode and after each model and image count, so a run stopped
+    at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
     ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
@@ -387,7 +393,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
               "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
-              "repeats": repeats, "channels_last": channels_last, "models": {}, "rows": []}
+              "repeats": repeats, "channels_last": channels_last, "forecasts": forecasts, "models": {}, "rows": []}
     for name in models:
         pipe = build(name, device, dtype, small, channels_last)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
@@ -400,7 +406,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
         for n in images:
             _log(f"{name}: {n} images, eager")
             eager = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], images=n,
-                               peers=speed_peers(pipe, steps) if peers else None)
+                               peers=speed_peers(pipe, steps) if peers else None, forecasts=forecasts)
             per_mode = {"eager": eager}
             stock = eager[0]["latency_s"]
             assert eager[0]["variant"] == "none"
@@ -421,7 +427,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                 _log(f"{name}: {n} images, {m}")
                 try:
                     per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
-                                             backend=backend, images=n)
+                                             backend=backend, images=n, forecasts=forecasts)
                 except Exception as exc:  # a mode failing at one size is a result; the other modes still run
                     import traceback
 
