@@ -3,7 +3,7 @@
 # CUDA-graph mode with the peers, one process per (model, image count) so a slow part leaves the others' JSON; each
 # process is one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to
 # part.
-# Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1]
+# Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1] [KEEP_CACHE=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230); SECONDS
 #   "rest": what is left of DEADLINE seconds (default 560) from the start of the tests.
 # With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300; TESTS_K: a
@@ -16,6 +16,13 @@ OUT=${OUT:-/tmp/bench}
 source scripts/device_lib.sh
 device_setup
 python3 -c "import torch; print('torch', torch.__version__)"
+# Inductor's on-disk caches (compiled graphs, Triton kernels): a whole-call graph of SD-1.5 or DiT-XL/2 takes
+# tens of seconds to compile each time on a fresh machine. KEEP_CACHE=1 writes them to $OUT/inductor-cache.tgz;
+# copied to .work/inductor-cache.tgz (git-ignored) and carried, the next call starts from them.
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
+mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+[ -f .work/inductor-cache.tgz ] && tar -xzf .work/inductor-cache.tgz -C "$TORCHINDUCTOR_CACHE_DIR" \
+  && echo "inductor cache: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) from .work/inductor-cache.tgz"
 start=$(date +%s)
 if [ -n "${TESTS:-}" ]; then
   timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "${TESTS_K:-cuda}" -rs \
@@ -33,3 +40,6 @@ for part in "$@"; do
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12
 done
+if [ -n "${KEEP_CACHE:-}" ]; then
+  tar -czf "$OUT/inductor-cache.tgz" -C "$TORCHINDUCTOR_CACHE_DIR" . && ls -la "$OUT/inductor-cache.tgz"
+fi
