@@ -151,6 +151,24 @@ def test_prediction_with_the_sampler_time_by_hand():
     assert "in 0 of 1 cells" in text  # 0.8 < 0.9; the eager group has no step times: no row
 
 
+def test_report_shows_a_partial_gpu_run_stopped_inside_its_first_image_count():
+    """A run stopped by a time limit in its second mode has rows (the checkpoint before that mode) but no finished
+    model entry: the report still tables the finished modes."""
+    from workbench.bench.report import _gpu_section
+
+    rows = [{"model": "dit-xl-2", "images": 1, "mode": mode, "variant": variant, "latency_s": latency,
+             "speedup_vs_stock_same_mode": speedup, "speedup_vs_eager_stock": 1.0, "predicted_speedup": pred,
+             "measured_over_predicted": speedup / pred, "recompiles": 0, "warmup_s": 1.0, "peak_memory_bytes": None,
+             "step_s_in_run": None}
+            for mode, variant, latency, speedup, pred in [("eager", "none", 2.0, 1.0, 1.0),
+                                                           ("full", "none", 0.5, 1.0, 1.0),
+                                                           ("full", "uniform M=3", 0.4, 1.25, 1.31)]]
+    rep = {"suite": "gpu-speed", "device": "NVIDIA H200", "partial": True, "models": {}, "rows": rows}
+    text = "\n".join(_gpu_section("x.json", rep, "bench"))
+    assert "Partial: the run stopped" in text and "### dit-xl-2" in text
+    assert "| 1 | full | uniform M=3 | 0.4 | 1.25 |" in text
+
+
 def test_gpu_speed_profile_splits_a_full_and_a_reuse_call_by_kind_of_op():
     """On the CPU (own CPU time of each op): a reuse call of the UNet skips the attention blocks and the resnets'
     first convolutions, so it has no attention time and less convolution time than a full call; the report shows

@@ -98,13 +98,14 @@ def summary_lines(reports: list[tuple[str, dict]]) -> list[str]:
         if rep["suite"] != "gpu-speed" or rep.get("small"):
             continue
         for model, data in rep["models"].items():
-            graphed = [r for r in rep.get("rows", []) if r["model"] == model and r["mode"] == "step-graphs"
-                       and r["variant"] != "none" and "latency_s" in r]
-            for n in sorted({r["images"] for r in graphed}):
-                mine = [r for r in graphed if r["images"] == n]
+            graphed = [r for r in rep.get("rows", []) if r["model"] == model
+                       and r["mode"] in ("step-graphs", "full-step-graphs") and r["variant"] != "none"
+                       and "latency_s" in r]
+            for n, mode in sorted({(r["images"], r["mode"]) for r in graphed}):
+                mine = [r for r in graphed if (r["images"], r["mode"]) == (n, mode)]
                 low = min(mine, key=lambda r: r["measured_over_predicted"])
                 top = max(mine, key=lambda r: r["speedup_vs_eager_stock"])
-                lines.append(f"**{model}**, {n} image(s), step CUDA graphs on {rep['device']} (`{fname}`): FR over "
+                lines.append(f"**{model}**, {n} image(s), {mode} on {rep['device']} (`{fname}`): FR over "
                              f"stock in the same mode at {low['measured_over_predicted']:.2f}–"
                              f"{max(r['measured_over_predicted'] for r in mine):.2f} of the FLOP prediction; "
                              f"{top['variant']} {top['speedup_vs_eager_stock']:.2f}× eager stock.")
@@ -259,14 +260,18 @@ def _half_steps_lines(header: list | None, rows: list) -> list[str]:
 def _gpu_section(fname, rep, rel) -> list[str]:
     out = [f"## Engine speed on real-size architectures (`{fname}`)", ""] + _provenance(fname, rep, rel) + [""]
     if rep.get("partial"):
-        out += ["Partial: the run stopped after the rows below (each image count is written when it finishes).", ""]
-    for model, data in rep["models"].items():
+        out += ["Partial: the run stopped after the rows below (each mode is written when it finishes).", ""]
+    models = {**rep["models"], **{r["model"]: None for r in rep.get("rows", []) if r["model"] not in rep["models"]}}
+    for model, data in models.items():
+        flat = [r for r in rep.get("rows", []) if r["model"] == model]
+        if data is None:  # a partial run stopped inside this model's first image count: its finished modes' rows
+            out += [f"### {model}", "", *_gpu_rows(flat)]
+            continue
         out += [f"### {model} ({fmt(data['parameters'] / 1e6)} M parameters)", "",
                 f"Reuse step / full step: measured {fmt(data['reuse_over_full'])}, FLOP prediction "
                 f"{fmt(data['predicted_reuse_over_full'])} (full step {fmt(data['full_step_s'] * 1e3)} ms).", ""]
         if data.get("profile"):
             out += _profile_rows(data["profile"])
-        flat = [r for r in rep.get("rows", []) if r["model"] == model]
         if flat:  # one table: every image count, mode, variant and peer of one interleaved run
             out += _gpu_rows(flat)
             continue
