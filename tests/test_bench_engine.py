@@ -1,6 +1,7 @@
 """Smoke runs of the engine's benchmark suites at tiny size (the numbers in docs come from full runs)."""
 
 import pytest
+import torch
 
 from workbench.bench.engine import bench_engine_quality, bench_gpu_speed
 
@@ -149,6 +150,38 @@ def test_prediction_with_the_sampler_time_by_hand():
     text = "\n".join(_gpu_rows(rows))
     assert "| 1 | step-graphs | M | 4 | 1 | 2 | 1.6 | 0.64 | 0.8 |" in text  # 1.28 / 2 and 1.28 / 1.6
     assert "in 0 of 1 cells" in text  # 0.8 < 0.9; the eager group has no step times: no row
+
+
+def test_gpu_speed_times_the_peers_compiled_as_diffusers_compiles_and_undoes_it():
+    """--peers-compiled: stock and each peer with the transformer blocks compiled (diffusers' regional compilation;
+    DiT declares no repeated blocks, its BasicTransformerBlocks are compiled alike), speedups against stock compiled
+    so, no FRDiff variant in that mode; the blocks are plain again afterwards."""
+    from workbench.bench.engine import build
+    from workbench.bench.peers import compiled_repeated_blocks
+
+    r = bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=4, peers=True, peers_compiled=True,
+                        backend="eager", forecasts=False)
+    rows = [row for row in r["rows"] if row["mode"] == "peers-compiled"]
+    timed = {row["variant"]: row for row in rows if "latency_s" in row}
+    assert r["peers_compiled"] is True and "none" in timed
+    assert {row["variant"] for row in rows} - {"none"} == {"FirstBlockCache τ=0.1", "TaylorSeer interval 2",
+                                                          "TaylorSeer interval 3"}
+    for row in timed.values():
+        assert row["warmup_s"] > 0 and isinstance(row["recompiles"], int)
+        assert row["speedup_vs_stock_same_mode"] == pytest.approx(timed["none"]["latency_s"] / row["latency_s"])
+    pipe = build("dit-xl-2", torch.device("cpu"), torch.float32, small=True)
+    with compiled_repeated_blocks(pipe.denoiser, "eager") as blocks:
+        assert blocks and all(type(b).__name__ == "BasicTransformerBlock" and b._compiled_call_impl is not None
+                              for b in blocks)
+    assert all(b._compiled_call_impl is None for b in blocks)
+    unet = build("sd15-unet", torch.device("cpu"), torch.float32, small=True).denoiser  # declares its blocks
+    with compiled_repeated_blocks(unet, "eager") as blocks:
+        assert blocks and {type(b).__name__ for b in blocks} == set(unet._repeated_blocks)
+        assert all(b._compiled_call_impl is not None for b in blocks)
+    assert all(b._compiled_call_impl is None for b in blocks)
+    no_peers = bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=2, peers=False,
+                               peers_compiled=True, forecasts=False)
+    assert {row["mode"] for row in no_peers["rows"]} == {"eager"}
 
 
 def test_report_shows_a_partial_gpu_run_stopped_inside_its_first_image_count():

@@ -161,7 +161,8 @@ APPLY_MODES = {"eager": {}, "regional": {"compile": "regional"},
                "cuda-graphs": {"compile": "regional", "cuda_graphs": "blocks"},
                "step-graphs": {"compile": "regional", "cuda_graphs": "step"},
                "full": {"compile": "full"},
-               "full-step-graphs": {"compile": "full", "cuda_graphs": "step"}}
+               "full-step-graphs": {"compile": "full", "cuda_graphs": "step"},
+               "peers-compiled": {}}  # the peers over diffusers-style regional compilation (no FRDiff variant)
 COMPILE_CHOICES = ("off", "regional", "full", "wrapped")
 
 
@@ -201,7 +202,7 @@ def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
                backend: str = "inductor", images: int = 1, peers: dict | None = None,
-               forecasts: bool = True) -> list[dict]:
+               forecasts: bool = True, variants: bool = True) -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
@@ -213,16 +214,19 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
     (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
     rounds; a peer that raises on entry is reported with its error instead of a time. ``forecasts``: also the
-    taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile)."""
+    taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile).
+    ``variants``: FRDiff's variants at all (``peers-compiled`` times stock and the peers only, inside
+    :func:`workbench.bench.peers.compiled_repeated_blocks`)."""
     import random
 
     from frdiff.compiling import graphs_compiled
 
     den = pipe.denoiser
     kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
+    compiled = mode != "eager"  # compiles (warm-up apart, recompiles counted): frdiff's modes, or peers-compiled
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False),
                                    reuse=kw.get("reuse", "hold"))
-                for label, kw in VARIANTS if forecasts or kw.get("reuse", "hold") == "hold"}
+                for label, kw in VARIANTS if variants and (forecasts or kw.get("reuse", "hold") == "hold")}
     if kwargs:
         policies = {"none": make_preset("none", den, steps), **policies}
     peers = dict(peers or {})
@@ -235,7 +239,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         policy = policies.get(label)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        graphs = graphs_compiled() if kwargs else 0
+        graphs = graphs_compiled() if compiled else 0
         captured = 0
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
@@ -267,7 +271,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
             kinds = policy.step_kinds()
             captured = sum(applied.report().captures_per_run)
         if timed:
-            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs + captured if kwargs else 0)
+            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs + captured if compiled else 0)
             if device.type == "cuda":
                 peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
         if timed and len(events) == steps + 1:
@@ -279,7 +283,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     failed: dict[str, str] = {}
     for label in list(peers):  # one untimed call each: a peer that does not run here is reported, not timed
         try:
-            run(label, timed=False)
+            warmup[label] = run(label, timed=False)
         except Exception as exc:  # another library's cache failing on this model is a result, not a crash
             failed[label] = f"{type(exc).__name__}: {str(exc)[:300]}"
             del peers[label]
@@ -299,7 +303,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
 
     def extra(label):
         return {"mode": mode, "median_s": statistics.median(times[label]), "recompiles": recompiles.get(label, 0),
-                "warmup_s": warmup.get(label) if kwargs else None, "peak_memory_bytes": peak.get(label)}
+                "warmup_s": warmup.get(label) if compiled else None, "peak_memory_bytes": peak.get(label)}
 
     rows = [{"variant": "none", "images": images, "latency_s": ref, "speedup": 1.0, "speedup_vs_stock_same_mode": 1.0,
              "predicted_speedup": 1.0, "predicted_from_step_ratio": 1.0, "denoiser_calls": steps,
@@ -358,7 +362,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
                     backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
                     checkpoint=None, channels_last: bool = False, profile: bool = False,
-                    forecasts: bool = True) -> dict:
+                    forecasts: bool = True, peers_compiled: bool = False) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
@@ -372,12 +376,16 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     peers: time :func:`speed_peers` beside the eager variants. channels_last: the denoisers' weights in channels-last
     layout (:func:`build`), every variant and mode alike. profile: also where a full and a reuse call spend their time
     by kind of op (:func:`profile_steps`: ``models.M.profile``). forecasts: also the taylor2 variants (without
-    them a compile mode compiles two graph structures, not three: a GPU session's time). checkpoint: called with
+    them a compile mode compiles two graph structures, not three: a GPU session's time). peers_compiled: also the
+    peers in their compiled mode (``peers-compiled``: stock and each peer over diffusers' regional compilation,
+    :func:`workbench.bench.peers.compiled_repeated_blocks`; speedups against stock compiled so). checkpoint: called with
     the report so far (marked ``partial``) before each mode and after each model and image count, so a run stopped
     at a time limit keeps what it measured.
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
     ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
+    from workbench.bench.peers import compiled_repeated_blocks
+
     compile = {True: "wrapped", False: "off"}.get(compile, compile)
     modes = gpu_speed_modes(compile, cuda_graphs)
     if cuda_graphs and not torch.cuda.is_available():
@@ -393,7 +401,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     report = {"suite": "gpu-speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
               "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
-              "repeats": repeats, "channels_last": channels_last, "forecasts": forecasts, "models": {}, "rows": []}
+              "repeats": repeats, "channels_last": channels_last, "forecasts": forecasts,
+              "peers_compiled": peers_compiled, "models": {}, "rows": []}
     for name in models:
         pipe = build(name, device, dtype, small, channels_last)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
@@ -421,13 +430,19 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                         rows.append({"model": name, **r})
                 return rows
 
-            for m in modes:
+            for m in modes + (["peers-compiled"] if peers and peers_compiled else []):
                 if checkpoint is not None:  # each finished mode is kept if a time limit stops the next one
                     checkpoint({**report, "rows": report["rows"] + rows_so_far(), "partial": True})
                 _log(f"{name}: {n} images, {m}")
                 try:
-                    per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"], mode=m,
-                                             backend=backend, images=n, forecasts=forecasts)
+                    if m == "peers-compiled":  # stock and the peers, their blocks compiled as diffusers does
+                        with compiled_repeated_blocks(pipe.denoiser, backend):
+                            per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
+                                                     mode=m, images=n, peers=speed_peers(pipe, steps),
+                                                     variants=False)
+                    else:
+                        per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
+                                                 mode=m, backend=backend, images=n, forecasts=forecasts)
                 except Exception as exc:  # a mode failing at one size is a result; the other modes still run
                     import traceback
 

@@ -65,6 +65,32 @@ def deepcache_peer(helper_cls, interval: int, branch: int = 0):
     return peer
 
 
+REPEATED_BLOCK = "BasicTransformerBlock"  # regional compilation's block where a model declares none (DiT)
+
+
+@contextlib.contextmanager
+def compiled_repeated_blocks(den, backend: str = "inductor"):
+    """diffusers' regional compilation for the peers' compiled mode, undone on exit: ``compile_repeated_blocks``
+    (each module of a class in the model's ``_repeated_blocks`` compiled in place, ``module.compile()``). DiT's class
+    declares none; its transformer blocks (:data:`REPEATED_BLOCK`, the class SD-1.5's UNet declares) are compiled
+    alike. Not ``fullgraph``: a peer's per-step decision (``torch.compiler.disable``d in diffusers' hooks) breaks the
+    graph where it sits, which is how those caches run compiled."""
+    names = set(getattr(den, "_repeated_blocks", None) or ()) or {REPEATED_BLOCK}
+    blocks = [m for m in den.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise NotApplicable(f"{type(den).__name__} has no {', '.join(sorted(names))} to compile")
+    try:
+        if getattr(den, "_repeated_blocks", None):
+            den.compile_repeated_blocks(backend=backend)
+        else:
+            for m in blocks:
+                m.compile(backend=backend)
+        yield blocks
+    finally:
+        for m in blocks:
+            m._compiled_call_impl = None
+
+
 def _hook_names(den) -> set[tuple[str, str]]:
     return {(mod_name, hook) for mod_name, mod in den.named_modules()
             for hook in (getattr(getattr(mod, "_diffusers_hook", None), "hooks", None) or {})}

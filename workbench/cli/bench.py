@@ -16,7 +16,7 @@ BENCH_OPTIONS = {
     "schedulers": ["models", "seeds", "scheduler_steps", "schedulers", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "channels_last", "profile",
-                  "no_peers", "no_forecasts"],
+                  "no_peers", "no_forecasts", "peers_compiled"],
     "engine-quality": ["models", "repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
@@ -72,7 +72,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
             raise UserError(f"--images takes image counts like 1,8, got {args.images!r}") from None
         extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None,
                  "models": models, "images": images, "peers": not args.no_peers,
-                 "channels_last": args.channels_last, "profile": args.profile, "forecasts": not args.no_forecasts}
+                 "channels_last": args.channels_last, "profile": args.profile, "forecasts": not args.no_forecasts,
+                 "peers_compiled": args.peers_compiled}
         if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped
             def checkpoint(partial, out=Path(args.out)):
                 out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,9 @@ def add_commands(sub) -> None:
     p.add_argument("--no-forecasts", action="store_true",
                    help="gpu-speed: skip the taylor2 variants (a compile mode then compiles two graph structures, "
                         "not three)")
+    p.add_argument("--peers-compiled", action="store_true",
+                   help="gpu-speed: also stock and the peers with their repeated blocks compiled as diffusers does "
+                        "(compile_repeated_blocks), speedups against stock compiled so")
     p.add_argument("--no-plans", action="store_true",
                    help="quality-vs-latency: skip the policies planned from a recorded run (policy from-run)")
     p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")
