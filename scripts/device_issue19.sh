@@ -32,6 +32,7 @@ fi
 for part in "$@"; do
   IFS=: read -r model images limit <<<"$part"
   [ "$limit" = rest ] && limit=$(( ${DEADLINE:-560} - ($(date +%s) - start) ))  # what is left of DEADLINE seconds
+  if [ "$limit" -lt 10 ]; then echo "$part skipped: ${limit} s left"; continue; fi  # (timeout 0 would mean none)
   name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
