@@ -256,7 +256,9 @@ def _static_input(t: torch.Tensor) -> torch.Tensor:
     """A step graph's static copy of an input, with the input's strides: a compiled graph guards on strides, so a
     plain clone of a broadcast input (a pipeline's timestep expanded to the batch has stride 0) or of a permuted one
     would compile the configuration again. A broadcast dimension stays broadcast over a one-element base, which a
-    replay refills (``_broadcast_dims``); a dense input gets a buffer of its own layout."""
+    replay refills (``_broadcast_dims``); a dense input gets a buffer of its own layout; an input with gaps (a strided
+    slice) gets a contiguous one, for which the configuration compiles once more, in the eager call before its
+    capture."""
     base, dims = _broadcast_dims(t)
     static = torch.empty_like(base, memory_format=torch.preserve_format).copy_(base)
     return static.expand(t.shape) if dims else static

@@ -210,7 +210,9 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     ``mode``: ``eager``, or one of frdiff's compile and CUDA-graph modes (:data:`APPLY_MODES`), where the reference
     is the no-reuse policy in the same mode — the stock model compiled (and captured) alike — and every variant
     first runs once untimed (``warmup_s``: compiling and capturing); ``recompiles`` counts the
-    graphs compiled during the timed runs. ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs.
+    graphs compiled, captures, and frames dynamo failed to compile (past its recompile limit they run eagerly)
+    during the timed runs; ``eager_fallbacks`` the frames dynamo gave up on, warm-up included.
+    ``peak_memory_bytes``: CUDA's peak allocation over the variant's runs.
     ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
     (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
     rounds; a peer that raises on entry is reported with its error instead of a time. ``forecasts``: also the
@@ -219,7 +221,15 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     :func:`workbench.bench.peers.compiled_repeated_blocks`)."""
     import random
 
+    from torch._dynamo.utils import counters
+
     from frdiff.compiling import graphs_compiled
+
+    def failed_frames():  # frames dynamo gave up on (past its recompile limit, say): they run eagerly from then on
+        return counters["frames"]["total"] - counters["frames"]["ok"]
+
+    def compiles():  # graphs compiled, and frames dynamo failed to compile
+        return graphs_compiled() + failed_frames()
 
     den = pipe.denoiser
     kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
@@ -233,13 +243,14 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     per_step: dict[str, dict[str, list[float]]] = {"none": {}, **{label: {} for label in [*policies, *peers]}}
     peak: dict[str, int] = {}
     recompiles: dict[str, int] = {}
+    fallbacks: dict[str, int] = {}  # frames dynamo gave up on, warm-up included (a compiled mode running eagerly)
     labels = [0] * images
 
     def run(label, timed=True):
         policy = policies.get(label)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        graphs = graphs_compiled() if compiled else 0
+        graphs, failed = (compiles(), failed_frames()) if compiled else (0, 0)
         captured = 0
         gen = torch.Generator("cpu").manual_seed(0)
         events = []
@@ -270,8 +281,10 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
                 elapsed = _timed(call, device)
             kinds = policy.step_kinds()
             captured = sum(applied.report().captures_per_run)
+        if compiled:
+            fallbacks[label] = fallbacks.get(label, 0) + failed_frames() - failed
         if timed:
-            recompiles[label] = recompiles.get(label, 0) + (graphs_compiled() - graphs + captured if compiled else 0)
+            recompiles[label] = recompiles.get(label, 0) + (compiles() - graphs + captured if compiled else 0)
             if device.type == "cuda":
                 peak[label] = max(peak.get(label, 0), torch.cuda.max_memory_allocated(device))
         if timed and len(events) == steps + 1:
@@ -303,6 +316,7 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
 
     def extra(label):
         return {"mode": mode, "median_s": statistics.median(times[label]), "recompiles": recompiles.get(label, 0),
+                "eager_fallbacks": fallbacks.get(label) if compiled else None,
                 "warmup_s": warmup.get(label) if compiled else None, "peak_memory_bytes": peak.get(label)}
 
     rows = [{"variant": "none", "images": images, "latency_s": ref, "speedup": 1.0, "speedup_vs_stock_same_mode": 1.0,
@@ -390,6 +404,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     modes = gpu_speed_modes(compile, cuda_graphs)
     if cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
+    if peers_compiled and not peers:
+        raise ValueError("--peers-compiled times the peers compiled; it cannot go with --no-peers")
     unknown = [m for m in models if m not in ("sd15-unet", "dit-xl-2")]
     if unknown:
         raise ValueError(f"gpu-speed models are sd15-unet and dit-xl-2, got {', '.join(unknown)}")
@@ -430,7 +446,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                         rows.append({"model": name, **r})
                 return rows
 
-            for m in modes + (["peers-compiled"] if peers and peers_compiled else []):
+            for m in modes + (["peers-compiled"] if peers_compiled else []):
                 if checkpoint is not None:  # each finished mode is kept if a time limit stops the next one
                     checkpoint({**report, "rows": report["rows"] + rows_so_far(), "partial": True})
                 _log(f"{name}: {n} images, {m}")

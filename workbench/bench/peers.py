@@ -74,11 +74,15 @@ def compiled_repeated_blocks(den, backend: str = "inductor"):
     (each module of a class in the model's ``_repeated_blocks`` compiled in place, ``module.compile()``). DiT's class
     declares none; its transformer blocks (:data:`REPEATED_BLOCK`, the class SD-1.5's UNet declares) are compiled
     alike. Not ``fullgraph``: a peer's per-step decision (``torch.compiler.disable``d in diffusers' hooks) breaks the
-    graph where it sits, which is how those caches run compiled."""
+    graph where it sits, which is how those caches run compiled. Dynamo's in-memory caches are reset on entry and
+    exit: a peer's hook code compiled at another image count would count towards dynamo's recompile limit, past
+    which it silently runs eagerly (a benchmark's concern; the blocks' earlier compile state is put back)."""
     names = set(getattr(den, "_repeated_blocks", None) or ()) or {REPEATED_BLOCK}
     blocks = [m for m in den.modules() if type(m).__name__ in names]
     if not blocks:
         raise NotApplicable(f"{type(den).__name__} has no {', '.join(sorted(names))} to compile")
+    before = [m._compiled_call_impl for m in blocks]
+    torch._dynamo.reset()
     try:
         if getattr(den, "_repeated_blocks", None):
             den.compile_repeated_blocks(backend=backend)
@@ -87,8 +91,9 @@ def compiled_repeated_blocks(den, backend: str = "inductor"):
                 m.compile(backend=backend)
         yield blocks
     finally:
-        for m in blocks:
-            m._compiled_call_impl = None
+        for m, impl in zip(blocks, before, strict=True):
+            m._compiled_call_impl = impl
+        torch._dynamo.reset()
 
 
 def _hook_names(den) -> set[tuple[str, str]]:
