@@ -378,13 +378,14 @@ class StepGraphs:
                     torch.cuda.synchronize()
                     with torch.cuda.graph(graph):
                         s_out = fn(*s_args, **s_kwargs)
-            self.graphs[key] = (graph, static, s_out)
+            targets = [_broadcast_dims(s)[0] if isinstance(s, torch.Tensor) else None for s in static]
+            self.graphs[key] = (graph, static, targets, s_out)
             self.captures += 1
             return out
-        graph, static, s_out = entry
-        for s, t in zip(static, flat, strict=True):
+        graph, static, targets, s_out = entry
+        for s, target, t in zip(static, targets, flat, strict=True):
             if isinstance(t, torch.Tensor) and s.data_ptr() != t.data_ptr():
-                _broadcast_dims(s)[0].copy_(_broadcast_dims(t)[0])
+                target.copy_(_broadcast_dims(t)[0])  # the one-element base of a broadcast input, else the input
         if self.fake:
             fresh, _ = tree_flatten(graph())
             for mine, new in zip(tree_flatten(s_out)[0], fresh, strict=True):

@@ -277,7 +277,6 @@ class _ReuseHook(ModelHook):
             return self.given
         return self._at_step(like.dtype if like is not None else _tensors(self.cache[0][0])[0].dtype)
 
-
     def capture(self, value: Value) -> None:
         """The static rule at a keyframe: hand the value out (regional mode: :meth:`commit` keeps it after the
         call) or, ``inline``, write it into the cache's buffers here, inside the graph of the whole call."""

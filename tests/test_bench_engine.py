@@ -115,8 +115,6 @@ def test_engine_quality_command_names_models_only_when_given():
 
 
 def test_gpu_speed_channels_last_puts_the_unet_s_weights_in_nhwc_and_runs():
-    import torch
-
     from workbench.bench.engine import build
 
     pipe = build("sd15-unet", torch.device("cpu"), torch.float32, small=True, channels_last=True)

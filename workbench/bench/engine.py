@@ -202,7 +202,7 @@ def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
                backend: str = "inductor", images: int = 1, peers: dict | None = None,
-               forecasts: bool = True, variants: bool = True) -> list[dict]:
+               forecasts: bool = True) -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
@@ -216,9 +216,9 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     ``images``: images per pipeline call (CFG doubles the denoiser's batch). ``peers``: ``{label: peer factory}``
     (:mod:`workbench.bench.peers`: another library's cache attached for one call), timed in the same interleaved
     rounds; a peer that raises on entry is reported with its error instead of a time. ``forecasts``: also the
-    taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile).
-    ``variants``: FRDiff's variants at all (``peers-compiled`` times stock and the peers only, inside
-    :func:`workbench.bench.peers.compiled_repeated_blocks`)."""
+    taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile). Mode
+    ``peers-compiled`` times stock and the peers only (no FRDiff variant), inside
+    :func:`workbench.bench.peers.compiled_repeated_blocks`."""
     import random
 
     from torch._dynamo.utils import counters
@@ -234,9 +234,10 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     den = pipe.denoiser
     kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
     compiled = mode != "eager"  # compiles (warm-up apart, recompiles counted): frdiff's modes, or peers-compiled
+    variants = [] if mode == "peers-compiled" else VARIANTS
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False),
                                    reuse=kw.get("reuse", "hold"))
-                for label, kw in VARIANTS if variants and (forecasts or kw.get("reuse", "hold") == "hold")}
+                for label, kw in variants if forecasts or kw.get("reuse", "hold") == "hold"}
     if kwargs:
         policies = {"none": make_preset("none", den, steps), **policies}
     peers = dict(peers or {})
@@ -454,8 +455,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     if m == "peers-compiled":  # stock and the peers, their blocks compiled as diffusers does
                         with compiled_repeated_blocks(pipe.denoiser, backend):
                             per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
-                                                     mode=m, images=n, peers=speed_peers(pipe, steps),
-                                                     variants=False)
+                                                     mode=m, images=n, peers=speed_peers(pipe, steps))
                     else:
                         per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
                                                  mode=m, backend=backend, images=n, forecasts=forecasts)
