@@ -192,6 +192,29 @@ def test_step_graphs_on_cuda_replay_the_eager_run(make, compile, reuse):
     frdiff.release_step_graphs(den)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are CUDA's (CI has none; the GPU runs it)")
+@pytest.mark.parametrize("make", [_dit, _unet])
+@pytest.mark.parametrize("compile,graphs", [("off", False), ("regional", "step"), ("full", "step")])
+def test_the_step_loop_never_waits_on_the_gpu(make, compile, graphs):
+    """No host sync in a warmed-up run's denoiser calls: ``torch.cuda.set_sync_debug_mode("error")`` raises at one
+    (an ``.item()``, a ``bool`` of a device value, a copy from pageable memory). Which blocks compute, the forecast
+    weights and score mixing come from the static policy, never read back from the device — eager hooks, regional
+    and whole-call graphs, with taylor2 forecasts and mixing, on a DiT and a UNet."""
+    den = make().cuda()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    call = _call(den)
+    kw = {"compile": compile, **({"cuda_graphs": graphs} if graphs else {})}
+    for strict in (False, True):  # the first apply compiles, captures and allocates; a later one must not sync
+        with torch.no_grad(), frdiff.apply(den, policy, check_model=False, **kw):
+            torch.cuda.set_sync_debug_mode("error" if strict else "default")
+            try:
+                outs = [call(s) for s in range(STEPS)]
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    assert len(outs) == STEPS and all(bool(torch.isfinite(o).all()) for o in outs)
+    frdiff.release_step_graphs(den)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
                     "bench gpu-speed measures them on the GPU)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
