@@ -98,3 +98,72 @@ def test_step_callback_sees_every_step(random_unet_pipe):
     assert [s[0] for s in seen] == [0, 1, 2, 3]
     assert [s[1] for s in seen] == random_unet_pipe.scheduler.timesteps.tolist()
     assert seen[0][2] == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp", "euler", "unipc"])
+def test_the_sampler_works_on_host_timesteps(random_unet_pipe, name, monkeypatch):
+    """The scheduler's timesteps stay on the CPU (its per-step arithmetic reads host values: no GPU sync per step)
+    and the denoiser's timesteps are views of one tensor uploaded before the loop; the images are those of a loop
+    that hands the scheduler's own timesteps to the denoiser, as before."""
+    pipe = random_unet_pipe
+    original = pipe.scheduler
+    pipe.scheduler = make_scheduler(name, original.config)
+    devices, storages = [], []
+    set_timesteps = pipe.scheduler.set_timesteps
+
+    def spy(n, *args, **kwargs):
+        devices.append(kwargs.get("device", args[0] if args else None))
+        return set_timesteps(n, *args, **kwargs)
+
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a: storages.append(a[1].untyped_storage().data_ptr()))
+    monkeypatch.setattr(pipe.scheduler, "set_timesteps", spy)
+    try:
+        got = pipe([0, 2], num_inference_steps=4, generator=_gens([0, 1]), output_type="pt").images
+        hook.remove()
+        assert devices == [None] and len(storages) == 4 and len(set(storages)) == 1
+        # by hand: the same loop with the scheduler's timestep handed to the denoiser
+        pipe.scheduler.set_timesteps(4)
+        latents = torch.cat([torch.randn(1, 3, 32, 32, generator=g) for g in _gens([0, 1])])
+        latents = latents * pipe.scheduler.init_noise_sigma
+        labels = torch.tensor([pipe.null_class] * 2 + [0, 2])
+        for t in pipe.scheduler.timesteps:
+            with torch.no_grad():
+                eps_u, eps_c = pipe.denoise(pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t), t,
+                                            labels).chunk(2)
+            eps = eps_u + pipe.config.default_guidance_scale * (eps_c - eps_u)
+            latents = pipe.scheduler.step(eps, t, latents).prev_sample
+        assert torch.equal(got, latents.clamp(-1, 1))
+    finally:
+        hook.remove()
+        pipe.scheduler = original
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are CUDA's (CI has none; the GPU runs it)")
+@pytest.mark.parametrize("name", ["ddim", "dpmpp", "euler", "unipc"])
+@pytest.mark.parametrize("model", ["tiny-unet", "tiny-dit"])
+@pytest.mark.parametrize("fr", [False, True])
+def test_the_sampling_loop_never_waits_on_the_gpu(model, name, fr):
+    """From the end of step 0 to the last step, the pipeline's loop — CFG, the scheduler's step, the denoiser, with
+    or without an FR policy (M=2, score mixing) — makes no host sync: ``torch.cuda.set_sync_debug_mode("error")``
+    raises at one. So the host queues step after step while the GPU computes, and the sampler's Python overlaps the
+    denoiser's work instead of adding to it. (The deterministic solvers: DDPM draws each step's noise from the
+    caller's CPU generators, an upload per step.)"""
+    import frdiff
+    from workbench.models.zoo import build_pipeline
+
+    pipe = build_pipeline(model, seed=0).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+
+    def strict(_pipe, i, _t, tensors):
+        torch.cuda.set_sync_debug_mode("error")
+        return tensors
+
+    policy = frdiff.make_preset("uniform", pipe.denoiser, 6, interval=2, mix=True)
+    with frdiff.apply(pipe, policy) if fr else frdiff.exclusive(pipe):
+        try:
+            images = pipe([0, 1], num_inference_steps=6, generator=_gens([0, 1]), output_type="pt",
+                          callback_on_step_end=strict).images
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert images.shape == (2, 3, 32, 32) and bool(torch.isfinite(images).all())

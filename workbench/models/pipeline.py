@@ -167,14 +167,21 @@ class ShapesPipeline(DiffusionPipeline):
         else:
             latents = latents.to(device=device, dtype=dtype)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # The scheduler's timesteps stay on the CPU, as DiTPipeline keeps them: its per-step arithmetic (DDIM indexes
+        # alphas_cumprod, a CPU tensor, with the timestep and branches on ``prev_timestep >= 0``) then reads host
+        # values. With them on the GPU, as StableDiffusionPipeline puts them, each step would wait for the GPU to
+        # finish the denoiser before the host could queue the next step, so the sampler's Python would add to every
+        # step's time instead of overlapping the GPU's work. The denoiser gets its timestep from one upload, made
+        # before the loop.
+        self.scheduler.set_timesteps(num_inference_steps)
         latents = latents * self.scheduler.init_noise_sigma
         extra = self._extra_step_kwargs(generator, eta)
         timesteps = self.scheduler.timesteps
+        model_timesteps = timesteps.to(device)
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = self.denoise(model_input, t, model_labels)
+            noise_pred = self.denoise(model_input, model_timesteps[i], model_labels)
             noise_pred = noise_pred[:, : latents.shape[1]]  # models that also predict variance
             if do_cfg:
                 uncond, cond_pred = noise_pred.chunk(2)
