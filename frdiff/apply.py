@@ -36,7 +36,16 @@ from diffusers.hooks import ModelHook
 from torch import nn
 
 from .blocks import denoiser_of, find_blocks, first_tensor
-from .compiling import StepGraphs, StepRunners, attach_compiled, attach_full, check_compile, graphs_compiled
+from .compiling import (
+    StepGraphs,
+    StepRunners,
+    attach_compiled,
+    attach_full,
+    check_compile,
+    check_compile_options,
+    graphs_compiled,
+    options_key,
+)
 from .policy import ORDERS, Policy, PolicyError, model_fingerprint
 from .prediction import check_scheduler, data_coefficients, from_data, to_data
 from .reuse import (
@@ -353,7 +362,7 @@ def _as_float(t) -> float:
 
 @contextmanager
 def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | None = None, compile: str = "off",
-          cuda_graphs: bool = False, backend: str = "inductor"):
+          cuda_graphs: bool = False, backend: str = "inductor", compile_options: dict | None = None):
     """Run ``pipe`` (a diffusers pipeline, or a denoiser module) with ``policy`` inside the ``with`` block.
 
     check_model: validate block names, granularities and the config fingerprint against this denoiser.
@@ -369,8 +378,12 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     captured once as one CUDA graph of the whole denoiser call and replayed (:class:`frdiff.compiling.StepGraphs`;
     forecasts read their per-step weights from a device buffer; ``report().captures_per_run``). CUDA only.
     backend: torch.compile's backend (``"inductor"``; ``"eager"`` traces without code generation, for tests).
+    compile_options: inductor's options for the compiled graphs (``torch.compile(options=...)``), e.g.
+    ``{"cpp_wrapper": True}``: the graphs launch their kernels from C++ instead of Python, for steps whose cost is
+    their kernel launches (compiled without CUDA graphs, at small batches). Graphs are kept per set of options.
     """
     graph_mode = check_compile(compile, cuda_graphs)
+    compile_options = check_compile_options(compile, backend, compile_options)
     denoiser = denoiser_of(pipe)
     device = next(denoiser.parameters(), torch.empty(0)).device
     fake = graph_mode == "step" and _FAKE_STEP_GRAPHS and device.type == "cpu"
@@ -404,7 +417,8 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
         if graph_mode == "step" or compile == "full":  # static caches, kept from apply to apply
             state.static_cache = True
             graphs = step_hook.step_graphs = step_graphs_of(denoiser, policy, compile, backend, fake,
-                                                            capture=graph_mode == "step")
+                                                            capture=graph_mode == "step",
+                                                            options=compile_options)
             graphs.fake_state = state if fake else None
             if any(state.orders):  # forecasts: their weights are a buffer the captured steps read
                 if graphs.weights is None:
@@ -416,13 +430,13 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
             step_hook.count_graphs = True
             targets = attach_full(denoiser, policy.blocks, policy.granularity, state, attached, idle)
             structure = (tuple(policy.blocks), tuple(policy.granularity), tuple(state.orders), tuple(idle),
-                         policy.cache_dtype, backend)
-            step_hook.runners = StepRunners(denoiser, targets, structure, backend)
+                         policy.cache_dtype, backend, options_key(compile_options))
+            step_hook.runners = StepRunners(denoiser, targets, structure, backend, compile_options)
         else:
             state.clone_values = step_hook.cuda_graphs = graph_mode == "blocks"
             step_hook.count_graphs = True
             attach_compiled(denoiser, policy.blocks, policy.granularity, state, attached, idle,
-                            graph_mode == "blocks", backend)
+                            graph_mode == "blocks", backend, compile_options)
         if graphs is not None and graphs.buffers is not None:  # the captured steps read and write these
             for hook, cache in zip(state.hooks, graphs.buffers, strict=True):
                 hook.cache = cache
@@ -451,14 +465,15 @@ _FAKE_STEP_GRAPHS = False  # tests only: cuda_graphs="step" on the CPU with Step
 
 
 def step_graphs_of(denoiser: nn.Module, policy: Policy, compile: str, backend: str, fake: bool,
-                   capture: bool = True) -> StepGraphs:
+                   capture: bool = True, options: dict | None = None) -> StepGraphs:
     """The step graphs of ``policy`` on ``denoiser``, kept on the denoiser (the 8 most recent policies), so a later
     ``apply`` of the same policy replays what an earlier one captured — with its cache buffers, which the graphs
     read and write. :func:`release_step_graphs` frees them."""
     kept = denoiser.__dict__.setdefault("_frdiff_step_graphs", {})
+    # the step kinds: which steps call the denoiser (mixing's λ = 0), hence which blocks ever reuse
     key = (tuple(policy.blocks), tuple(policy.granularity), tuple(policy.reuse), policy.keyframes.numpy().tobytes(),
            tuple(policy.keyframes.shape), tuple(policy.step_kinds()), policy.cache_dtype, compile, backend, fake,
-           capture)  # the step kinds: which steps call the denoiser (mixing's λ = 0), hence which blocks ever reuse
+           capture, options_key(options))
     graphs = kept.pop(key, None) or StepGraphs(fake=fake, capture=capture)
     kept[key] = graphs  # most recent last
     while len(kept) > 8:

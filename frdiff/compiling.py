@@ -65,6 +65,42 @@ def check_compile(compile: str, cuda_graphs: bool | str) -> str | None:
     return mode
 
 
+def check_compile_options(compile: str, backend: str, options: dict | None) -> dict | None:
+    """``options`` for torch.compile's inductor (``{"cpp_wrapper": True}``: the compiled code launches its kernels
+    from C++, not Python — the host cost of a step that is launch-bound), checked before anything compiles: a name
+    inductor does not know, or options without a compile mode or with another backend, get one message."""
+    if not options:
+        return None
+    if compile == "off":
+        raise ValueError("compile_options tune inductor's code: they need compile='regional' or 'full'")
+    if backend != "inductor":
+        raise ValueError(f"compile_options are inductor's; backend {backend!r} takes none")
+    from torch import _inductor
+
+    known = set(_inductor.list_options())
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"inductor has no option {', '.join(map(repr, unknown))} "
+                         f"(torch._inductor.list_options() lists them)")
+    return dict(options)
+
+
+def _compile(fn, backend: str, options: dict | None, mode: str | None = None):
+    """torch.compile of a runner, whole graph, static shapes; ``options`` (inductor's) with ``mode``'s own merged
+    in, since torch.compile takes a mode or options, not both."""
+    if not options:
+        return torch.compile(fn, backend=backend, mode=mode, fullgraph=True, dynamic=False)
+    from torch import _inductor
+
+    merged = {**(_inductor.list_mode_options(mode) if mode else {}), **options}
+    return torch.compile(fn, backend=backend, options=merged, fullgraph=True, dynamic=False)
+
+
+def options_key(options: dict | None) -> str:
+    """``options`` as part of a cache key (a different option is different compiled code)."""
+    return repr(sorted((options or {}).items()))
+
+
 def graphs_compiled() -> int:
     """Graphs dynamo has compiled in this process so far (all threads)."""
     from torch._dynamo.utils import counters
@@ -93,7 +129,7 @@ def _signature(module: nn.Module) -> tuple:
                                 itertools.chain(module.named_parameters(), module.named_buffers())))
 
 
-def _compiled_runner(module: nn.Module, cuda_graphs: bool, backend: str):
+def _compiled_runner(module: nn.Module, cuda_graphs: bool, backend: str, options: dict | None = None):
     """The compiled runner of ``module``'s kind of block: one per (class, parameter shapes), shared by identical
     blocks (dynamo's guards read the module's structure, not its identity, so the second block of a kind reuses the
     first one's graphs) and kept for the process, so a later ``apply`` of any policy finds the graphs the earlier ones
@@ -103,11 +139,11 @@ def _compiled_runner(module: nn.Module, cuda_graphs: bool, backend: str):
     addresses, and a graph shared by blocks would be re-captured at every call of another block."""
     mode = "reduce-overhead" if cuda_graphs else None
     if cuda_graphs:
-        runners, key = module.__dict__.setdefault("_frdiff_runners", {}), (backend,)
+        runners, key = module.__dict__.setdefault("_frdiff_runners", {}), (backend, options_key(options))
     else:
-        runners, key = _shared_runners, (backend, _signature(module))
+        runners, key = _shared_runners, (backend, options_key(options), _signature(module))
     if key not in runners:
-        runners[key] = torch.compile(_fresh_runner(), backend=backend, mode=mode, fullgraph=True, dynamic=False)
+        runners[key] = _compile(_fresh_runner(), backend, options, mode)
     return runners[key]
 
 
@@ -145,7 +181,8 @@ class CompiledBlockHook(ModelHook):
 
 
 def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[str], state: ReuseState,
-                    attached: list[tuple[nn.Module, str]], idle: list[bool], cuda_graphs: bool, backend: str) -> None:
+                    attached: list[tuple[nn.Module, str]], idle: list[bool], cuda_graphs: bool, backend: str,
+                    options: dict | None = None) -> None:
     """Compile mode: every block of ``blocks`` runs through a :class:`CompiledBlockHook`; blocks that reuse get their
     reuse hook (row i of ``state``) in static form, not as a registry hook."""
     modules = dict(denoiser.named_modules())
@@ -167,7 +204,8 @@ def attach_compiled(denoiser: nn.Module, blocks: list[str], granularity: list[st
                 target.forward = _static_forward(target)
                 attached.append((target, STATIC_FORWARD))
         hook_name = f"{HOOK_PREFIX}-compiled-{i}"
-        attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend), rule_first),
+        attach(module, CompiledBlockHook(hook, fn, _compiled_runner(module, cuda_graphs, backend, options),
+                                       rule_first),
                hook_name)
         attached.append((module, hook_name))
 
@@ -211,8 +249,9 @@ class StepRunners:
     and M=3, with or without mixing — share them. A run whose caches are not allocated yet (the first run, or the
     first after a change of shapes) runs its first step eagerly first: its keyframes allocate the buffers."""
 
-    def __init__(self, denoiser: nn.Module, targets: list[nn.Module], key: tuple, backend: str):
-        self.denoiser, self.targets, self.backend = denoiser, targets, backend
+    def __init__(self, denoiser: nn.Module, targets: list[nn.Module], key: tuple, backend: str,
+                 options: dict | None = None):
+        self.denoiser, self.targets, self.backend, self.options = denoiser, targets, backend, options
         self.runners = denoiser.__dict__.setdefault("_frdiff_full_runners", {}).setdefault(key, {})
 
     def __call__(self, phases: tuple, *args, **kwargs):
@@ -228,8 +267,7 @@ class StepRunners:
             forward(self.denoiser, *args, **kwargs)
         runner = self.runners.get(phases)
         if runner is None:
-            runner = self.runners[phases] = torch.compile(_fresh_runner(), backend=self.backend, fullgraph=True,
-                                                          dynamic=False)
+            runner = self.runners[phases] = _compile(_fresh_runner(), self.backend, self.options)
         try:
             return runner(forward, self.denoiser, *args, **kwargs)
         except torch._dynamo.exc.Unsupported as exc:

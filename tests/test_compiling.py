@@ -620,3 +620,69 @@ def test_full_graphs_name_a_graph_break_in_one_message():
     finally:
         del den.pos_embed.forward
     assert attached_hooks(den) == [] and all("forward" not in m.__dict__ for m in den.modules())
+
+
+def test_inductor_options_reach_the_compiled_graphs():
+    """compile_options go to inductor: with ``cpp_wrapper`` every graph of a ``full`` run launches its kernels from
+    C++ (the generated code is a C++ wrapper), the output is the eager hooks' within float32 rounding, a later apply
+    compiles nothing, and the same policy without the options gets graphs of its own (kept apart, not reused)."""
+    from torch._inductor.utils import run_and_get_code
+
+    den = _dit()
+    policy = _policy(den, mix=False)
+    (ref,), _ = _runs(den, policy, rounds=1)
+    ((got,), report), codes = run_and_get_code(
+        lambda: _runs(den, policy, rounds=1, compile="full", compile_options={"cpp_wrapper": True}))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert report.graphs_per_run == [2] and len(codes) == 2
+    assert all("CppWrapperCodeCache" in code for code in codes)
+    _, again = _runs(den, policy, rounds=1, compile="full", compile_options={"cpp_wrapper": True})
+    assert again.graphs_per_run == [0]
+    ((plain,), report), codes = run_and_get_code(lambda: _runs(den, policy, rounds=1, compile="full"))
+    assert report.graphs_per_run == [2] and not any("CppWrapperCodeCache" in code for code in codes)
+    torch.testing.assert_close(plain, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_compile_options_get_one_message():
+    den = _dit()
+    policy = _policy(den)
+    for kw, message in [({"compile": "full", "compile_options": {"cpp_wraper": True}}, "inductor has no option "
+                         "'cpp_wraper'"),
+                        ({"compile_options": {"cpp_wrapper": True}}, "need compile='regional' or 'full'"),
+                        ({"compile": "full", "backend": "eager", "compile_options": {"cpp_wrapper": True}},
+                         "backend 'eager' takes none")]:
+        with pytest.raises(ValueError, match=message):
+            with frdiff.apply(den, policy, check_model=False, **kw):
+                pass
+        assert attached_hooks(den) == []
+
+
+def test_inductor_options_on_the_command_line(capsys):
+    """``--inductor-option KEY=VALUE`` (run, bench gpu-speed): values typed, refused with one message without a
+    compile mode or for a name inductor does not know, and spelled out again in a benchmark's recorded command."""
+    import argparse
+
+    from workbench.cli import main
+    from workbench.cli.bench import bench_command
+    from workbench.cli.common import inductor_option
+
+    assert inductor_option("cpp_wrapper=true") == ("cpp_wrapper", True)
+    assert inductor_option(" max_autotune = False ") == ("max_autotune", False)
+    assert inductor_option("some_limit=3") == ("some_limit", 3)
+    assert inductor_option("max_autotune_gemm_backends=ATEN,TRITON") == ("max_autotune_gemm_backends", "ATEN,TRITON")
+    for bad in ("cpp_wrapper", "=1", "cpp_wrapper="):
+        with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+            inductor_option(bad)
+    run = ["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0"]
+    for argv, message in [
+            (run + ["--inductor-option", "cpp_wrapper=true"], "use it with --compile regional or full"),
+            (run + ["--compile", "full", "--inductor-option", "cpp_wraper=true"], "inductor has no option 'cpp_wraper'"),
+            (["bench", "gpu-speed", "--inductor-option", "cpp_wrapper=true"], "use it with --compile regional or full")]:
+        assert main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --inductor-option") and message in err and len(err.splitlines()) == 1
+    args = argparse.Namespace(models="dit-xl-2", images="1", repeats=3, small=False, compile="full", cuda_graphs="step",
+                              channels_last=False, profile=False, no_peers=True, no_forecasts=False,
+                              peers_compiled=False, inductor_option=[("cpp_wrapper", True), ("some_limit", 3)])
+    assert bench_command(args, "gpu-speed").endswith(
+        "--cuda-graphs step --no-peers --inductor-option cpp_wrapper=true --inductor-option some_limit=3")

@@ -49,10 +49,12 @@ def measure_savings(pipe, steps: int = 1, condition=0, options: Options | None =
 
 def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], steps: int, scheduler: str | None,
                 guidance_scale: float | None = None, batch_size: int = 64, compile: str = "off",
-                cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None):
+                cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None,
+                compile_options: dict | None = None):
     """Sample ``variant``; returns ``(SampleResult, frdiff.RunReport | None)``. Holds the pipeline's lock.
 
-    compile / cuda_graphs: :func:`frdiff.apply`'s; the stock variant then runs as the no-reuse policy in that mode."""
+    compile / cuda_graphs / compile_options: :func:`frdiff.apply`'s; the stock variant then runs as the no-reuse
+    policy in that mode."""
     steps = variant.steps or (variant.policy.steps if variant.policy else steps)
     sched = variant.scheduler or scheduler
     policy = variant.policy
@@ -62,7 +64,8 @@ def run_variant(pipe, variant: Variant, labels: list[int], seeds: list[int], ste
         with frdiff.exclusive(pipe):
             return sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
                           batch_size=batch_size, options=options), None
-    with frdiff.apply(pipe, policy, compile=compile, cuda_graphs=cuda_graphs, backend=backend) as run:
+    with frdiff.apply(pipe, policy, compile=compile, cuda_graphs=cuda_graphs, backend=backend,
+                      compile_options=compile_options) as run:
         result = sample(pipe, labels, seeds, steps=steps, guidance_scale=guidance_scale, scheduler=sched,
                         batch_size=batch_size, options=options)
     return result, run.report()
@@ -72,13 +75,14 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
             scheduler: str | None = "ddim", guidance_scale: float | None = None, repeats: int = 1,
             batch_size: int = 64, progress: Callable[[dict], None] | None = None,
             cancel: Callable[[], bool] | None = None, keep_images: bool = False, compile: str = "off",
-            cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None) -> dict:
+            cuda_graphs: bool = False, backend: str = "inductor", options: Options | None = None,
+            compile_options: dict | None = None) -> dict:
     """Reference + ``variants``, ``repeats`` interleaved timing rounds (latency = median; quality from round 1).
 
     Returns ``{"reference": {...}, "variants": [{...}, ...]}``; with ``keep_images`` each entry also holds its
-    ``images`` tensor. ``compile`` / ``cuda_graphs``: every entry (the reference as the no-reuse policy) runs in
-    :func:`frdiff.apply`'s compile mode, after one untimed round that compiles (``warmup_s``); ``recompiles``
-    counts the graphs compiled during the timed rounds.
+    ``images`` tensor. ``compile`` / ``cuda_graphs`` / ``compile_options``: every entry (the reference as the
+    no-reuse policy) runs in :func:`frdiff.apply`'s compile mode, after one untimed round that compiles
+    (``warmup_s``); ``recompiles`` counts the graphs compiled during the timed rounds.
     """
     if len(labels) != len(seeds):
         raise ValueError(f"{len(labels)} labels but {len(seeds)} seeds")
@@ -87,7 +91,8 @@ def compare(pipe, variants: list[Variant], labels: list[int], seeds: list[int], 
         sample(pipe, labels[:batch_size], seeds[:batch_size], steps=2, guidance_scale=guidance_scale,
                scheduler=scheduler, batch_size=batch_size, options=options)
     everything = [Variant("reference")] + list(variants)
-    mode = {"compile": compile, "cuda_graphs": cuda_graphs, "backend": backend, "options": options}
+    mode = {"compile": compile, "cuda_graphs": cuda_graphs, "backend": backend, "options": options,
+            "compile_options": compile_options}
     warmup: list[float | None] = [None] * len(everything)
     if compile != "off":  # compile (and capture) every variant's graphs before anything is timed
         for i, v in enumerate(everything):

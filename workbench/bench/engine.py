@@ -202,7 +202,7 @@ def gpu_speed_modes(compile: str, cuda_graphs) -> list[str]:
 @torch.no_grad()
 def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: float, mode: str = "eager",
                backend: str = "inductor", images: int = 1, peers: dict | None = None,
-               forecasts: bool = True) -> list[dict]:
+               forecasts: bool = True, compile_options: dict | None = None) -> list[dict]:
     """50-step runs of the reference and each variant, in a shuffled order each round (so no variant always
     follows another); speedups against the reference. On CUDA each step's time inside the run is also taken from
     events recorded at step ends (no syncs), giving the median time of full, FR and skipped steps in situ.
@@ -218,7 +218,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
     rounds; a peer that raises on entry is reported with its error instead of a time. ``forecasts``: also the
     taylor2 variants of :data:`VARIANTS` (under compilation they are a third graph structure to compile). Mode
     ``peers-compiled`` times stock and the peers only (no FRDiff variant), inside
-    :func:`workbench.bench.peers.compiled_repeated_blocks`."""
+    :func:`workbench.bench.peers.compiled_repeated_blocks`. ``compile_options``: inductor's, for frdiff's compile
+    modes (:func:`frdiff.apply`'s)."""
     import random
 
     from torch._dynamo.utils import counters
@@ -232,7 +233,8 @@ def end_to_end(pipe, device, steps: int, repeats: int, savings: dict, ratio: flo
         return graphs_compiled() + failed_frames()
 
     den = pipe.denoiser
-    kwargs = {**APPLY_MODES[mode], "backend": backend} if APPLY_MODES[mode] else {}
+    kwargs = {**APPLY_MODES[mode], "backend": backend, "compile_options": compile_options} if APPLY_MODES[mode] \
+        else {}
     compiled = mode != "eager"  # compiles (warm-up apart, recompiles counted): frdiff's modes, or peers-compiled
     variants = [] if mode == "peers-compiled" else VARIANTS
     policies = {label: make_preset(kw["preset"], den, steps, interval=kw["interval"], mix=kw.get("mix", False),
@@ -377,7 +379,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                     steps: int = 50, compile: str | bool = "off", cuda_graphs: bool = False,
                     backend: str = "inductor", images: tuple[int, ...] = (1,), peers: bool = True,
                     checkpoint=None, channels_last: bool = False, profile: bool = False,
-                    forecasts: bool = True, peers_compiled: bool = False) -> dict:
+                    forecasts: bool = True, peers_compiled: bool = False,
+                    compile_options: dict | None = None) -> dict:
     """The ``gpu-speed`` suite. On a machine without CUDA it runs the ``small`` CPU variant.
 
     compile: ``off`` (eager only), or a comma list of frdiff's compile modes — ``regional`` (each block a compiled
@@ -393,7 +396,9 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
     by kind of op (:func:`profile_steps`: ``models.M.profile``). forecasts: also the taylor2 variants (without
     them a compile mode compiles two graph structures, not three: a GPU session's time). peers_compiled: also the
     peers in their compiled mode (``peers-compiled``: stock and each peer over diffusers' regional compilation,
-    :func:`workbench.bench.peers.compiled_repeated_blocks`; speedups against stock compiled so). checkpoint: called with
+    :func:`workbench.bench.peers.compiled_repeated_blocks`; speedups against stock compiled so). compile_options:
+    inductor's options for every compiled mode of the run (``{"cpp_wrapper": True}``), the peers' included
+    (:func:`frdiff.apply`'s ``compile_options``; recorded in the JSON). checkpoint: called with
     the report so far (marked ``partial``) before each mode and after each model and image count, so a run stopped
     at a time limit keeps what it measured.
 
@@ -419,7 +424,7 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
               "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
               "repeats": repeats, "channels_last": channels_last, "forecasts": forecasts,
-              "peers_compiled": peers_compiled, "models": {}, "rows": []}
+              "peers_compiled": peers_compiled, "compile_options": compile_options, "models": {}, "rows": []}
     for name in models:
         pipe = build(name, device, dtype, small, channels_last)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,
@@ -453,12 +458,13 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
                 _log(f"{name}: {n} images, {m}")
                 try:
                     if m == "peers-compiled":  # stock and the peers, their blocks compiled as diffusers does
-                        with compiled_repeated_blocks(pipe.denoiser, backend):
+                        with compiled_repeated_blocks(pipe.denoiser, backend, compile_options):
                             per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
                                                      mode=m, images=n, peers=speed_peers(pipe, steps))
                     else:
                         per_mode[m] = end_to_end(pipe, device, steps, repeats, savings, st["reuse_over_full"],
-                                                 mode=m, backend=backend, images=n, forecasts=forecasts)
+                                                 mode=m, backend=backend, images=n, forecasts=forecasts,
+                                                 compile_options=compile_options)
                 except Exception as exc:  # a mode failing at one size is a result; the other modes still run
                     import traceback
 

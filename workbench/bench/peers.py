@@ -69,26 +69,28 @@ REPEATED_BLOCK = "BasicTransformerBlock"  # regional compilation's block where a
 
 
 @contextlib.contextmanager
-def compiled_repeated_blocks(den, backend: str = "inductor"):
+def compiled_repeated_blocks(den, backend: str = "inductor", options: dict | None = None):
     """diffusers' regional compilation for the peers' compiled mode, undone on exit: ``compile_repeated_blocks``
     (each module of a class in the model's ``_repeated_blocks`` compiled in place, ``module.compile()``). DiT's class
     declares none; its transformer blocks (:data:`REPEATED_BLOCK`, the class SD-1.5's UNet declares) are compiled
     alike. Not ``fullgraph``: a peer's per-step decision (``torch.compiler.disable``d in diffusers' hooks) breaks the
     graph where it sits, which is how those caches run compiled. Dynamo's in-memory caches are reset on entry and
     exit: a peer's hook code compiled at another image count would count towards dynamo's recompile limit, past
-    which it silently runs eagerly (a benchmark's concern; the blocks' earlier compile state is put back)."""
+    which it silently runs eagerly (a benchmark's concern; the blocks' earlier compile state is put back).
+    ``options``: inductor's, as FRDiff's compile modes of the same run get them."""
     names = set(getattr(den, "_repeated_blocks", None) or ()) or {REPEATED_BLOCK}
     blocks = [m for m in den.modules() if type(m).__name__ in names]
     if not blocks:
         raise NotApplicable(f"{type(den).__name__} has no {', '.join(sorted(names))} to compile")
     before = [m._compiled_call_impl for m in blocks]
+    kwargs = {"backend": backend, **({"options": options} if options else {})}
     torch._dynamo.reset()
     try:
         if getattr(den, "_repeated_blocks", None):
-            den.compile_repeated_blocks(backend=backend)
+            den.compile_repeated_blocks(**kwargs)
         else:
             for m in blocks:
-                m.compile(backend=backend)
+                m.compile(**kwargs)
         yield blocks
     finally:
         for m, impl in zip(blocks, before, strict=True):

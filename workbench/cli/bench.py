@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli.common import UserError, file_out, folder_out, parse_seeds
+from workbench.cli.common import UserError, compile_options, file_out, folder_out, inductor_option, parse_seeds
 
 # Options each suite reads (recorded with its JSON as the exact command that produced it).
 BENCH_OPTIONS = {
@@ -16,7 +16,7 @@ BENCH_OPTIONS = {
     "schedulers": ["models", "seeds", "scheduler_steps", "schedulers", "repeats", "device", "small"],
     "overhead": ["repeats", "small", "no_app"],
     "gpu-speed": ["models", "images", "repeats", "small", "compile", "cuda_graphs", "channels_last", "profile",
-                  "no_peers", "no_forecasts", "peers_compiled"],
+                  "no_peers", "no_forecasts", "peers_compiled", "inductor_option"],
     "engine-quality": ["models", "repeats", "seeds", "scheduler_seeds"],
     "run-throughput": ["repeats", "small", "seeds", "steps"],
     "autofr": ["models", "steps", "autofr_iterations", "train_seeds", "val_seeds", "repeats", "device"],
@@ -40,6 +40,9 @@ def bench_command(args: argparse.Namespace, suite: str) -> str:
         flag = "--" + name.replace("_", "-")
         if value is True:
             parts.append(flag)
+        elif isinstance(value, list):  # a repeatable KEY=VALUE option
+            for key, item in value:
+                parts += [flag, f"{key}={str(item).lower() if isinstance(item, bool) else item}"]
         elif value not in (None, False):
             parts += [flag, str(value)]
     return " ".join(parts)
@@ -73,7 +76,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
         extra = {"compile": args.compile, "cuda_graphs": args.cuda_graphs, "small": True if small else None,
                  "models": models, "images": images, "peers": not args.no_peers,
                  "channels_last": args.channels_last, "profile": args.profile, "forecasts": not args.no_forecasts,
-                 "peers_compiled": args.peers_compiled}
+                 "peers_compiled": args.peers_compiled,
+                 "compile_options": compile_options(args, [c.strip() for c in str(args.compile).split(",")])}
         if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped
             def checkpoint(partial, out=Path(args.out)):
                 out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,9 @@ def add_commands(sub) -> None:
     p.add_argument("--cuda-graphs", nargs="?", const="blocks", default=False, choices=["blocks", "step", "both"],
                    help="gpu-speed, CUDA only: also the regional graphs captured as CUDA graphs (blocks, the default), "
                         "whole steps captured as CUDA graphs over each compile mode (step), or both")
+    p.add_argument("--inductor-option", action="append", type=inductor_option, metavar="KEY=VALUE",
+                   help="gpu-speed, with --compile regional or full: an option of inductor's for every compiled "
+                        "mode of the run (the peers' too), repeatable; cpp_wrapper=true launches kernels from C++")
     p.add_argument("--profile", action="store_true",
                    help="gpu-speed: also where a full and a reuse denoiser call spend their time, by kind of op")
     p.add_argument("--channels-last", action="store_true",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from workbench.errors import UserError
 
-__all__ = ["UserError", "add_condition_arguments", "check_steps", "conditions_for", "example_call", "file_out",
-           "folder_out", "load_model", "parse_seeds", "prompt_list", "quiet_diffusers", "scheduler_arg"]
+__all__ = ["UserError", "add_condition_arguments", "check_steps", "compile_options", "conditions_for", "example_call",
+           "file_out", "folder_out", "inductor_option", "load_model", "parse_seeds", "prompt_list", "quiet_diffusers",
+           "scheduler_arg"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -45,6 +46,40 @@ def scheduler_arg(text: str) -> str:
     if key not in SCHEDULER_NAMES:
         raise argparse.ArgumentTypeError(f"unknown scheduler {text!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
     return key
+
+
+def inductor_option(text: str) -> tuple[str, object]:
+    """argparse ``type`` of ``--inductor-option``: ``KEY=VALUE``, the value true/false, a number, or text."""
+    key, sep, raw = str(text).partition("=")
+    if not sep or not key.strip() or not raw.strip():
+        raise argparse.ArgumentTypeError(f"an inductor option is KEY=VALUE (e.g. cpp_wrapper=true), got {text!r}")
+    raw = raw.strip()
+    value: object = {"true": True, "false": False}.get(raw.lower(), raw)
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key.strip(), value
+
+
+def compile_options(args: argparse.Namespace, compile_modes: list[str]) -> dict | None:
+    """``--inductor-option``s as :func:`frdiff.apply`'s ``compile_options``, checked (names inductor knows, and a
+    compile mode of frdiff's among ``compile_modes`` to use them) before anything loads."""
+    options = dict(getattr(args, "inductor_option", None) or [])
+    if not options:
+        return None
+    from frdiff.compiling import check_compile_options
+
+    mode = next((m for m in compile_modes if m in ("regional", "full")), "off")
+    if mode == "off":
+        raise UserError("--inductor-option tunes inductor's compiled graphs: use it with --compile regional or full")
+    try:
+        return check_compile_options(mode, "inductor", options)
+    except ValueError as exc:
+        raise UserError(f"--inductor-option: {exc}") from None
 
 
 def check_steps(pipe, steps: int, what: str = "--steps") -> None:

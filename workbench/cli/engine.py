@@ -10,9 +10,11 @@ from workbench.cli.common import (
     UserError,
     add_condition_arguments,
     check_steps,
+    compile_options,
     conditions_for,
     file_out,
     folder_out,
+    inductor_option,
     load_model,
     parse_seeds,
     quiet_diffusers,
@@ -248,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if not str(device).startswith("cuda"):
             raise UserError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+    inductor = compile_options(args, [args.compile])
     folder_out(args.out)
     if (args.policy is None) == (args.preset is None):
         raise UserError("give exactly one of --policy P.json or --preset NAME")
@@ -281,7 +284,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         return compare(pipe, [Variant(name, policy)], distributed.shard(labels), distributed.shard(seeds),
                        steps=steps, scheduler=args.scheduler, guidance_scale=args.guidance, repeats=args.repeats,
                        batch_size=args.batch_size, keep_images=bool(args.out) or sharded, compile=args.compile,
-                       cuda_graphs=args.cuda_graphs, options=options)
+                       cuda_graphs=args.cuda_graphs, options=options, compile_options=inductor)
 
     result = distributed.together(run_shard)
     if sharded:
@@ -293,7 +296,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         report["fd_shapes"] = v["fd_shapes"]
         report["reference_fd_shapes"] = ref["fd_shapes"]
     if args.compile != "off":
-        report.update(compile=args.compile, cuda_graphs=args.cuda_graphs, warmup_s=v["warmup_s"],
+        report.update(compile=args.compile, cuda_graphs=args.cuda_graphs, compile_options=inductor,
+                      warmup_s=v["warmup_s"],
                       reference_warmup_s=ref["warmup_s"], recompiles=result["recompiles"])
     if "class_metrics" in v:
         report["class_metrics"] = v["class_metrics"]
@@ -393,6 +397,9 @@ def add_commands(sub) -> None:
                    help="CUDA only: blocks (the default; with --compile regional): each block's graphs replayed as "
                         "CUDA graphs; step: each distinct step configuration captured as one CUDA graph of the whole "
                         "denoiser call (any compile mode)")
+    p.add_argument("--inductor-option", action="append", type=inductor_option, metavar="KEY=VALUE",
+                   help="with --compile: an option of inductor's for the compiled graphs, repeatable; "
+                        "cpp_wrapper=true launches their kernels from C++ (steps whose cost is kernel launches)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
