@@ -6,8 +6,8 @@
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1] [KEEP_CACHE=1]
 #   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230); SECONDS
 #   "rest": what is left of DEADLINE seconds (default 560) from the script's start.
-# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py (TESTS_LIMIT seconds, default 300; TESTS_K: a
-# pytest -k expression, default cuda); EXTRA:
+# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py and tests/test_pipeline.py (TESTS_LIMIT
+# seconds, default 300; TESTS_K: a pytest -k expression, default "cuda or never_waits"); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
 # call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
@@ -25,7 +25,8 @@ mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
 [ -f .work/inductor-cache.tgz ] && tar -xzf .work/inductor-cache.tgz -C "$TORCHINDUCTOR_CACHE_DIR" \
   && echo "inductor cache: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) from .work/inductor-cache.tgz"
 if [ -n "${TESTS:-}" ]; then
-  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py -k "${TESTS_K:-cuda}" -rs \
+  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py tests/test_pipeline.py \
+    -k "${TESTS_K:-cuda or never_waits}" -rs \
     >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
