@@ -82,7 +82,27 @@ def check_compile_options(compile: str, backend: str, options: dict | None) -> d
     if unknown:
         raise ValueError(f"inductor has no option {', '.join(map(repr, unknown))} "
                          f"(torch._inductor.list_options() lists them)")
-    return dict(options)
+    checked = {key: _as_config_type(key, value) for key, value in options.items()}
+    try:  # inductor checks the values' types when torch.compile is called, not at the first compiled call
+        torch.compile(lambda x: x, backend="inductor", options=checked)
+    except RuntimeError as exc:
+        raise ValueError(f"inductor refuses these options: {exc}") from None
+    return checked
+
+
+def _as_config_type(key: str, value):
+    """``value`` as the type of inductor's current setting of ``key`` where that loses nothing (0/1 for a flag, an
+    integer for a float setting), as written on a command line; anything else is left for inductor to judge."""
+    from torch._inductor import config
+
+    current = config
+    for part in key.split("."):  # "triton.cudagraphs" is config.triton.cudagraphs
+        current = getattr(current, part, None)
+    if isinstance(current, bool) and type(value) is int and value in (0, 1):
+        return bool(value)
+    if type(current) is float and type(value) is int:
+        return float(value)
+    return value
 
 
 def _compile(fn, backend: str, options: dict | None, mode: str | None = None):

@@ -650,7 +650,9 @@ def test_bad_compile_options_get_one_message():
                          "'cpp_wraper'"),
                         ({"compile_options": {"cpp_wrapper": True}}, "need compile='regional' or 'full'"),
                         ({"compile": "full", "backend": "eager", "compile_options": {"cpp_wrapper": True}},
-                         "backend 'eager' takes none")]:
+                         "backend 'eager' takes none"),
+                        ({"compile": "full", "compile_options": {"cpp_wrapper": "yes"}},
+                         "inductor refuses these options: .*cpp_wrapper.* should be bool")]:
         with pytest.raises(ValueError, match=message):
             with frdiff.apply(den, policy, check_model=False, **kw):
                 pass
@@ -670,14 +672,20 @@ def test_inductor_options_on_the_command_line(capsys):
     assert inductor_option(" max_autotune = False ") == ("max_autotune", False)
     assert inductor_option("some_limit=3") == ("some_limit", 3)
     assert inductor_option("max_autotune_gemm_backends=ATEN,TRITON") == ("max_autotune_gemm_backends", "ATEN,TRITON")
+    from frdiff.compiling import check_compile_options
+
+    # as written on a command line: 0/1 for a flag, an integer for a float setting
+    assert check_compile_options("full", "inductor", {"cpp_wrapper": 1}) == {"cpp_wrapper": True}
     for bad in ("cpp_wrapper", "=1", "cpp_wrapper="):
         with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
             inductor_option(bad)
     run = ["run", "--model", "tiny-dit", "--preset", "uniform", "--steps", "4", "--seeds", "0"]
+    no_mode = "use it with --compile regional or full"
     for argv, message in [
-            (run + ["--inductor-option", "cpp_wrapper=true"], "use it with --compile regional or full"),
-            (run + ["--compile", "full", "--inductor-option", "cpp_wraper=true"], "inductor has no option 'cpp_wraper'"),
-            (["bench", "gpu-speed", "--inductor-option", "cpp_wrapper=true"], "use it with --compile regional or full")]:
+            (run + ["--inductor-option", "cpp_wrapper=true"], no_mode),
+            (run + ["--compile", "full", "--inductor-option", "cpp_wraper=true"], "no option 'cpp_wraper'"),
+            (run + ["--compile", "regional", "--inductor-option", "cpp_wrapper=yes"], "should be bool"),
+            (["bench", "gpu-speed", "--inductor-option", "cpp_wrapper=true"], no_mode)]:
         assert main(argv) != 0
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --inductor-option") and message in err and len(err.splitlines()) == 1
