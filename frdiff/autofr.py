@@ -274,7 +274,10 @@ def sample(denoise: Callable, scheduler, noise: torch.Tensor, cond, steps: int, 
     ``state``: the gated hooks' state; its ``step`` is set before each call. ``use_checkpoint``: recompute each
     step in the backward pass (needs ``state`` so the step's starting caches can be restored).
     """
-    scheduler.set_timesteps(steps, device=noise.device)
+    # the scheduler's timesteps on the CPU, the denoiser's from one upload (DDIM's step indexes a CPU table with the
+    # timestep: a GPU timestep would make every step wait for the GPU, as in the project's pipeline)
+    scheduler.set_timesteps(steps)
+    model_timesteps = scheduler.timesteps.to(noise.device)
     x = noise * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
 
@@ -284,7 +287,7 @@ def sample(denoise: Callable, scheduler, noise: torch.Tensor, cond, steps: int, 
                 if caches is not None:  # checkpoint recompute: start from the caches this step started with
                     for hook, cache in zip(state.hooks, caches, strict=True):
                         hook.cache = cache
-            eps = denoise(scheduler.scale_model_input(x, t), t, cond)
+            eps = denoise(scheduler.scale_model_input(x, t), model_timesteps[i], cond)
             return scheduler.step(eps, t, x, return_dict=False)[0]
 
         if use_checkpoint and state is not None and torch.is_grad_enabled():
