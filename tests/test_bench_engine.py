@@ -219,3 +219,25 @@ def test_gpu_speed_profile_splits_a_full_and_a_reuse_call_by_kind_of_op():
     assert full["total"] == pytest.approx(sum(v for k, v in full.items() if k != "total"))
     text = "\n".join(_gpu_section("x.json", r, "bench"))
     assert "| attention | " in text and "Time by kind of op" in text
+
+
+def test_timed_calls_hold_the_garbage_collector_off_and_restore_it():
+    """As timeit does: no cyclic collection inside a timed call (a full one of a heap grown by compiled graphs takes
+    hundreds of milliseconds); the collector's state is put back afterwards, also when the call raises."""
+    import gc
+
+    from workbench.bench.engine import _timed
+
+    seen = []
+    assert gc.isenabled()
+    assert _timed(lambda: seen.append(gc.isenabled()), torch.device("cpu")) >= 0
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        _timed(lambda: 1 / 0, torch.device("cpu"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _timed(lambda: None, torch.device("cpu"))
+        assert not gc.isenabled()  # a caller's choice is left as it was
+    finally:
+        gc.enable()

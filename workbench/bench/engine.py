@@ -16,6 +16,7 @@ and to the prediction from the measured per-step ratio; optionally the same unde
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -88,11 +89,21 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
+    """Wall time of ``fn()`` from an idle device to an idle device, with Python's cyclic garbage collector held off
+    during the call, as ``timeit`` does: once compiled graphs have grown the heap (700 k objects after compiling the
+    small DiT-XL/2 here), a full collection takes hundreds of milliseconds on this CPU and would land in whichever
+    variant's run allocation happened to trigger it. Collections run between the timed calls instead."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @torch.no_grad()
