@@ -713,3 +713,30 @@ def test_inductor_options_on_the_command_line(capsys):
                               peers_compiled=False, inductor_option=[("cpp_wrapper", True), ("some_limit", 3)])
     assert bench_command(args, "gpu-speed").endswith(
         "--cuda-graphs step --no-peers --inductor-option cpp_wrapper=true --inductor-option some_limit=3")
+
+
+@pytest.mark.parametrize("compile", ["regional", "full"])
+def test_a_50_step_run_compiles_what_6_steps_do_and_then_nothing(compile):
+    """No recompilation from step to step across a 50-step run, the timestep and the forecast weights changing at
+    every step (taylor2, score mixing, M=3): the first run compiles what a 6-step run of the same structure compiles
+    (its configurations, not its steps), the second run nothing."""
+    den = _dit()
+
+    def run(steps, rounds):
+        policy = frdiff.make_preset("uniform", den, steps, interval=3, reuse="taylor2", mix=True)
+        timesteps = [torch.tensor([999 - (999 // steps) * s] * 2) for s in range(steps)]
+        x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+        with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile=compile, backend="eager") as r:
+            for _ in range(rounds):
+                for s in range(steps):
+                    den(x, timestep=timesteps[s], class_labels=y)
+        return r.report()
+
+    torch._dynamo.reset()
+    short = run(6, 1).graphs_per_run
+    torch._dynamo.reset()
+    frdiff.release_step_graphs(den)
+    den.__dict__.pop("_frdiff_full_runners", None)  # compiled runners kept on the model: start afresh
+    long = run(50, 2)
+    assert long.graphs_per_run == [short[0], 0] and short[0] > 0
+    assert long.step_kinds.count("skip") > 0 and long.block_reuses > 0
