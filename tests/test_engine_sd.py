@@ -70,3 +70,27 @@ def test_reuse_runs_on_stable_diffusion_and_leaves_it_stock(sd_pipe):
     assert report.denoiser_calls == 4 and report.block_reuses == len(policy.blocks)
     assert 0 < (out - ref).abs().max() < 1
     assert frdiff.attached_hooks(sd_pipe) == [] and torch.equal(_sd(sd_pipe), ref)
+
+
+@pytest.mark.parametrize("mode", [{"compile": "regional"}, {"compile": "full"},
+                                  {"compile": "full", "cuda_graphs": "step"}])
+def test_static_modes_run_a_stock_stable_diffusion_pipeline_as_the_eager_hooks_do(sd_pipe, mode, monkeypatch):
+    """The compile and step-graph modes on a stock text-to-image pipeline — a positional 0-d timestep, the text
+    encoder's states, the call's None keywords — give the eager hooks' images bit for bit (dynamo's ``eager``
+    backend traces without generating code; step graphs on the CPU stand-in, two configurations captured), and a
+    second pipeline call compiles and captures nothing."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("frdiff.apply"), "_FAKE_STEP_GRAPHS", True)
+    policy = frdiff.make_preset("uniform", sd_pipe.unet, 5, interval=2, mix=True)
+    with frdiff.apply(sd_pipe, policy):
+        ref = _sd(sd_pipe)
+    with frdiff.apply(sd_pipe, policy, backend="eager", **mode) as run:
+        first, second = _sd(sd_pipe), _sd(sd_pipe)
+    report = run.report()
+    assert torch.equal(first, ref) and torch.equal(second, ref)
+    assert report.graphs_per_run[1] == 0  # (the first call's graphs may have been compiled by an earlier apply)
+    if "cuda_graphs" in mode:
+        assert report.captures_per_run == [2, 0]
+    frdiff.release_step_graphs(sd_pipe)
+    assert frdiff.attached_hooks(sd_pipe) == []
