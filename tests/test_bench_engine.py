@@ -241,3 +241,21 @@ def test_timed_calls_hold_the_garbage_collector_off_and_restore_it():
         assert not gc.isenabled()  # a caller's choice is left as it was
     finally:
         gc.enable()
+
+
+def test_report_marks_gpu_runs_timed_before_the_sync_free_loop():
+    """A gpu-speed JSON without ``timing`` was measured while DDIM synced every step (GPU) and the garbage collector
+    ran inside timed calls: its section says so; a current run's JSON records how it was timed and gets no note."""
+    from workbench.bench.engine import TIMING
+    from workbench.bench.report import _gpu_section
+
+    def section(**extra):
+        rep = {"suite": "gpu-speed", "models": {}, "rows": [], **extra}
+        return "\n".join(_gpu_section("x.json", rep, "bench"))
+
+    assert "each DDIM step waited for the GPU" in section(device="NVIDIA H200")
+    cpu = section(device="cpu")
+    assert "Measured with the earlier timing: the garbage collector" in cpu and "DDIM" not in cpu
+    assert "earlier timing" not in section(device="NVIDIA H200", timing=TIMING)
+    r = bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=2, peers=False, forecasts=False)
+    assert r["timing"] == TIMING

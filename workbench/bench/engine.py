@@ -88,6 +88,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# How gpu-speed's timed calls run, recorded with each JSON: ``bench report`` marks the runs measured before these
+# (the pipeline then handed DDIM GPU timesteps, a host sync every step; the garbage collector ran inside timed calls).
+TIMING = {"scheduler_timesteps": "cpu (no host sync per DDIM step)", "garbage_collector": "off during timed calls"}
+
+
 def _timed(fn, device) -> float:
     """Wall time of ``fn()`` from an idle device to an idle device, with Python's cyclic garbage collector held off
     during the call, as ``timeit`` does: once compiled graphs have grown the heap (700 k objects after compiling the
@@ -435,7 +440,8 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
               "torch": torch.__version__, "compile": compile, "cuda_graphs": cuda_graphs,
               "dtype": str(dtype).replace("torch.", ""), "small": small, "steps": steps, "images": list(images),
               "repeats": repeats, "channels_last": channels_last, "forecasts": forecasts,
-              "peers_compiled": peers_compiled, "compile_options": compile_options, "models": {}, "rows": []}
+              "peers_compiled": peers_compiled, "compile_options": compile_options, "timing": TIMING,
+              "models": {}, "rows": []}
     for name in models:
         pipe = build(name, device, dtype, small, channels_last)
         args, kwargs = capture_denoiser_call(pipe, lambda pipe=pipe: pipe([0], num_inference_steps=1,

@@ -259,6 +259,13 @@ def _half_steps_lines(header: list | None, rows: list) -> list[str]:
 
 def _gpu_section(fname, rep, rel) -> list[str]:
     out = [f"## Engine speed on real-size architectures (`{fname}`)", ""] + _provenance(fname, rep, rel) + [""]
+    if "timing" not in rep:  # measured before the loop kept the scheduler's timesteps on the CPU and timed calls
+        # held the garbage collector off (workbench.bench.engine.TIMING)
+        gpu = "cpu" not in str(rep.get("device", "cpu")).lower()
+        why = ("the scheduler got GPU timesteps, so each DDIM step waited for the GPU (a host sync), and the garbage "
+               "collector could run inside a timed call") if gpu else \
+            "the garbage collector could run inside a timed call"
+        out += [f"Measured with the earlier timing: {why} (docs/engine.md, \"The sampling loop's host syncs\").", ""]
     if rep.get("partial"):
         out += ["Partial: the run stopped after the rows below (each mode is written when it finishes).", ""]
     models = {**rep["models"], **{r["model"]: None for r in rep.get("rows", []) if r["model"] not in rep["models"]}}
