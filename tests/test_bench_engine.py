@@ -181,6 +181,8 @@ def test_gpu_speed_times_the_peers_compiled_as_diffusers_compiles_and_undoes_it(
     assert all(b._compiled_call_impl is None for b in blocks)
     with pytest.raises(ValueError, match="cannot go with --no-peers"):
         bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=2, peers=False, peers_compiled=True)
+    with pytest.raises(ValueError, match="need compile='regional' or 'full'"):  # before any model is built
+        bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=2, compile_options={"cpp_wrapper": True})
 
 
 def test_report_shows_a_partial_gpu_run_stopped_inside_its_first_image_count():

@@ -420,10 +420,13 @@ def bench_gpu_speed(repeats: int = 5, small: bool | None = None, models: tuple[s
 
     ``rows``: one flat row per (model, images, mode, variant) with ``speedup_vs_stock_same_mode`` and
     ``speedup_vs_eager_stock`` (against the eager stock run of the same model and image count)."""
+    from frdiff.compiling import check_compile_options
     from workbench.bench.peers import compiled_repeated_blocks
 
     compile = {True: "wrapped", False: "off"}.get(compile, compile)
     modes = gpu_speed_modes(compile, cuda_graphs)
+    compile_options = check_compile_options(next((m for m in modes if m in ("regional", "full")), "off"), backend,
+                                            compile_options)  # refused now, not in each mode's first apply
     if cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--cuda-graphs needs a CUDA device; this machine has none")
     if peers_compiled and not peers:
