@@ -75,6 +75,17 @@ def check_compile_options(compile: str, backend: str, options: dict | None) -> d
         raise ValueError("compile_options tune inductor's code: they need compile='regional' or 'full'")
     if backend != "inductor":
         raise ValueError(f"compile_options are inductor's; backend {backend!r} takes none")
+    key = options_key(options)
+    if key not in _checked_options:  # inductor's check costs about a millisecond: once per set, not per apply
+        _checked_options[key] = _inductor_checked(options)
+    return dict(_checked_options[key])
+
+
+_checked_options: dict[str, dict] = {}
+
+
+def _inductor_checked(options: dict) -> dict:
+    """``options`` with names inductor knows and values of the types it takes (converted where lossless)."""
     from torch import _inductor
 
     known = set(_inductor.list_options())
