@@ -4,8 +4,11 @@
 # process is one interleaved run (ratios inside it). The inductor cache on disk carries compiled kernels from part to
 # part.
 # Usage: [COMPILE=regional|full|regional,full] [GRAPHS=blocks|step|both] [REPEATS=3] [CHANNELS_LAST=1] [KEEP_CACHE=1]
-#   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS (e.g. dit-xl-2:1,8:230); SECONDS
-#   "rest": what is left of DEADLINE seconds (default 560) from the script's start.
+#   bash scripts/device_issue19.sh PART... where PART is MODEL:IMAGES:SECONDS[:OPTIONS] (e.g. dit-xl-2:1,8:230);
+#   SECONDS "rest": what is left of DEADLINE seconds (default 560) from the script's start; OPTIONS: inductor
+#   options for that part only, comma-separated (dit-xl-2:1:200:cpp_wrapper=true,freezing=true gives
+#   --inductor-option cpp_wrapper=true --inductor-option freezing=true and the file name
+#   gpu-speed-dit-xl-2-1-cpp_wrapper-freezing.json), so one call can compare sets of options part by part.
 # With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py and tests/test_pipeline.py (TESTS_LIMIT
 # seconds, default 300; TESTS_K: a pytest -k expression, default "cuda or never_waits"); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
@@ -31,13 +34,15 @@ if [ -n "${TESTS:-}" ]; then
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi
 for part in "$@"; do
-  IFS=: read -r model images limit <<<"$part"
+  IFS=: read -r model images limit options <<<"$part"
+  opts=() tag=""
+  for option in ${options//,/ }; do opts+=(--inductor-option "$option"); tag+="-${option%%=*}"; done
   [ "$limit" = rest ] && limit=$(( ${DEADLINE:-560} - ($(date +%s) - start) ))  # what is left of DEADLINE seconds
   if [ "$limit" -lt 10 ]; then echo "$part skipped: ${limit} s left"; continue; fi  # (timeout 0 would mean none)
-  name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}"
+  name="gpu-speed-$model-${images//,/-}${CHANNELS_LAST:+-cl}$tag"
   timeout "$limit" python3 -m workbench --debug bench gpu-speed --models "$model" --images "$images" \
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
-    ${CHANNELS_LAST:+--channels-last} --profile ${EXTRA:-} --json >/dev/null 2>"$OUT/$name.log"
+    ${CHANNELS_LAST:+--channels-last} --profile "${opts[@]}" ${EXTRA:-} --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
   [ -f "$OUT/$name/gpu-speed.json" ] && mv "$OUT/$name/gpu-speed.json" "$OUT/$name.json" && rmdir "$OUT/$name"
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12
