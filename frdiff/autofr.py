@@ -1,6 +1,6 @@
 """Auto-FR: learn which steps (and, ours, which blocks) recompute, by gradient descent through the sampler.
 
-PAPER.md, "Auto-FR": the model is frozen; one gate logit g_t per step, shared by all blocks (step 0 always
+The FRDiff paper, "Auto-FR": the model is frozen; one gate logit g_t per step, shared by all blocks (step 0 always
 computed). Straight-through gates: the forward pass uses round(σ(g)) — exactly the hard policy — and the backward
 pass the gradient of σ(g). At a computed step a block's cache is refreshed, otherwise reused. The loss is the MSE
 between the final sample with feature reuse and the full-compute sample from the same noise, plus a term that
@@ -71,7 +71,7 @@ class AutoFRConfig:
         whole block, DeepCache / Learning-to-Cache style: saves more FLOPs per gate, costs more quality).
     target_compute: compute fraction (1 = full cost) to steer to with the Lagrange multiplier; ``None`` uses the
         paper's fixed penalty ``penalty``·Σ ReLU(2σ(g) − 1) instead.
-    penalty: the paper's weight w (used only when ``target_compute`` is None; PAPER.md reports ≈ 1e-3).
+    penalty: the paper's weight w (used only when ``target_compute`` is None; the paper reports ≈ 1e-3).
     iterations: Adam steps. Each costs one forward and backward pass through all steps for ``batch_size`` images.
     lr: Adam learning rate on the logits. With ``init_logit`` 0.1 a gate can flip after ~2 steps at 5e-2.
     batch_size: images per iteration (the training set is cycled in a seeded random order).
@@ -183,7 +183,7 @@ class AutoFRResult:
 
 # ---- gates -----------------------------------------------------------------------------------------------------------
 def straight_through_gate(logits: torch.Tensor) -> torch.Tensor:
-    """round(σ(logits)) in the forward pass, the gradient of σ(logits) in the backward pass (PAPER.md, Auto-FR).
+    """round(σ(logits)) in the forward pass, the gradient of σ(logits) in the backward pass (FRDiff's Auto-FR).
 
     Written as hard + (soft − soft.detach()) so the forward value is exactly 0 or 1 (the bracket is exactly 0).
     A logit of exactly 0 (σ = 0.5) counts as computed.

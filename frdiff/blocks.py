@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-# Class name → kind. Kinds decide which feature-reuse rule applies (PAPER.md, "Feature reuse").
+# Class name → kind. Kinds decide which feature-reuse rule applies (the FRDiff paper, "Feature reuse").
 BLOCK_KINDS: dict[str, str] = {
     "ResnetBlock2D": "resnet",
     "Transformer2DModel": "attention",

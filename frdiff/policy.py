@@ -3,7 +3,7 @@
 A policy holds, for one denoiser, scheduler and step count:
 
 - ``keyframes``: a boolean mask ``[blocks × steps]``. ``True`` = the block is computed at that step (a keyframe for
-  it, its cache refreshed); ``False`` = the block reuses what it cached at its last keyframe (PAPER.md, "Feature
+  it, its cache refreshed); ``False`` = the block reuses what it cached at its last keyframe (the FRDiff paper, "Feature
   reuse"). Step 0 is always a keyframe for every block. Blocks the policy does not list are always computed.
 - ``granularity`` per block: ``"feature"`` reuses the paper's timestep-independent part (resnet ``conv1`` branch,
   attention residual branch, DiT self-attention before gating); ``"block"`` reuses the whole output and skips the
@@ -13,7 +13,7 @@ A policy holds, for one denoiser, scheduler and step count:
   polynomial through them (linear / quadratic extrapolation in the forecast axis, TaylorSeer's idea, arXiv
   2503.06923). A forecast needs as many keyframes behind it: until it has them it uses the highest order it can,
   ``hold`` with one.
-- ``mixing``: score mixing (PAPER.md, "Score mixing"). At a step where any listed block reuses (an *FR step*) the
+- ``mixing``: score mixing (the FRDiff paper). At a step where any listed block reuses (an *FR step*) the
   denoiser output is ε̂ = λ(r)·ε_FR + (1 − λ(r))·ε_key, r = step / steps. Where λ = 0 the denoiser is not called.
 - ``skip_reuse``: ε_key at such steps — ``hold`` (the last full step's output, as in the paper) or forecast from the
   last full steps' outputs (``taylor1``/``taylor2``), so multistep solvers see a changing ε.
@@ -94,7 +94,7 @@ class PolicyError(ValueError):
 
 @dataclass
 class Mixing:
-    """Score-mixing schedule λ(r), r = step / steps (PAPER.md, "Score mixing").
+    """Score-mixing schedule λ(r), r = step / steps (the FRDiff paper, "Score mixing").
 
     enabled: off means λ = 1 at every FR step (plain feature reuse).
     schedule: ``linear`` = the paper's clipped ramp clip((slope·(r − center) + 2) / 4, 0, 1); ``sigmoid`` =
@@ -486,7 +486,7 @@ class Policy:
 
         With A(x) = the number of old keyframes at old steps < x, new step j is a keyframe where
         ⌊A((j+1)·S/S₂)·S₂/S⌋ increases (step 0 always). Consequences, pinned by tests: S₂ = S is the identity;
-        fewer steps keep each block's keyframe *fraction* and pattern (50 steps every 2nd → 25 steps every 2nd);
+        fewer steps keep each block's keyframe *fraction* (50 steps every 2nd → 13 of 25: 0, 1, 3, 5, …, 23);
         more steps keep the keyframe *count* at the same relative positions (50 every 2nd → 100 every 4th), since
         A is a step function. To keep an interval M at a new step count, make the preset again (``policy make``).
         Mixing is defined on r = step / steps and carries over unchanged.

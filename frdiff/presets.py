@@ -75,7 +75,7 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
     """Build preset ``name`` (one of :data:`PRESETS` except ``threshold``, see :func:`threshold_policy`).
 
     - ``none``: every block computed at every step; runs exactly as the stock pipeline.
-    - ``uniform``: keyframes every ``interval`` steps for all blocks, feature-level reuse (PAPER.md); ``mix`` turns
+    - ``uniform``: keyframes every ``interval`` steps for all blocks, feature-level reuse (the paper); ``mix`` turns
       on score mixing with the paper's defaults (or ``mixing``).
     - ``reduced-nfe``: keyframes every ``interval`` steps and λ = 0: non-keyframe steps reuse the last denoiser
       output without calling it. For DDIM that is DDIM on the keyframe timesteps (tests check it).

@@ -1,4 +1,4 @@
-"""Feature-reuse hooks, one per block type (PAPER.md, "Feature reuse"), on diffusers' ``HookRegistry``.
+"""Feature-reuse hooks, one per block type (the FRDiff paper, "Feature reuse"), on diffusers' ``HookRegistry``.
 
 Each hook wraps one stock module's ``forward`` (no class swapping). At a step where its block is a keyframe the
 stock forward runs unchanged and the hook caches the block's heavy, timestep-independent part; at other steps it
@@ -11,7 +11,7 @@ skips that part and recomputes only the light remainder from the current inputs:
   output − input; a reuse step returns current input + cache.
 - :class:`SelfAttentionFeatureHook` (hooked on a transformer block's ``attn1``): caches the self-attention output
   *before* gating. The block's own forward still runs, so adaLN-Zero's shift/scale/gate come from the current
-  timestep and class and the MLP branch is recomputed (DiT, PAPER.md). For other transformer blocks (PixArt's, with
+  timestep and class and the MLP branch is recomputed (DiT, as in FRDiff). For other transformer blocks (PixArt's, with
   cross-attention; plain ``BasicTransformerBlock``) the same rule applies: self-attention is reused, cross-attention
   and the feed-forward are recomputed — cross-attention depends on the changing hidden states, and the feed-forward
   is where adaLN-single's timestep modulation acts.

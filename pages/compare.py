@@ -115,7 +115,7 @@ if st.button("Run", type="primary", key="compare_run"):
     result["setup"] = {"model": source, "steps": steps, "scheduler": scheduler, "labels": labels, "seeds": seeds,
                        "selection": selection, "options": options}
     st.session_state["comparison"] = result
-    st.session_state.pop("attribution", None)
+    st.session_state.pop("compare_attribution", None)
 
 result = st.session_state.get("comparison")
 if result is None or "setup" not in result:
@@ -166,9 +166,9 @@ if st.button("Attribute", key="compare_attribute"):
             setup["steps"], setup["scheduler"], options=setup.get("options"),
             progress=lambda info: bar.progress(info["done"] / info["total"], text=f"{info['variant']} done"))
     bar.empty()
-    st.session_state["attribution"] = {"policy": target, "rows": app_runs.attribution_rows(attr, target),
+    st.session_state["compare_attribution"] = {"policy": target, "rows": app_runs.attribution_rows(attr, target),
                                        "coverage": app_runs.attribution_coverage(attr, policies[target], target)}
-attribution = st.session_state.get("attribution")
+attribution = st.session_state.get("compare_attribution")
 if attribution:
     rows = attribution["rows"]
     if not rows:

@@ -216,7 +216,7 @@ def test_compare_runs_presets_baselines_and_attribution():
 
     at.button(key="compare_attribute").click().run()
     ok(at)
-    rows = at.session_state["attribution"]["rows"]
+    rows = at.session_state["compare_attribution"]["rows"]
     assert {r["group"] for r in rows} == {"down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block",
                                           "up_blocks.0", "up_blocks.1", "up_blocks.2"}
 

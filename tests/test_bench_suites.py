@@ -158,3 +158,12 @@ def test_bench_errors_are_one_line(capsys):
     assert main(["bench", "schedulers", "--small", "--schedulers", "dpmpp,heun"]) == 2
     err = capsys.readouterr().err
     assert "--schedulers: unknown scheduler 'heun'" in err and len(err.strip().splitlines()) == 1
+    # an option the suite would not read is refused, not ignored (--device cuda on a suite that never moves)
+    assert main(["bench", "engine-quality", "--device", "cuda", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "bench engine-quality does not take --device; it takes --json, --models, --out" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["bench", "report", "--from", "x", "--out", "x.md", "--repeats", "5", "--images", "8"]) == 2
+    assert "bench report does not take --images, --repeats; it takes --json, --out, --from" in capsys.readouterr().err
+    assert main(["bench", "all", "--out", "x", "--train-seeds", "0-3"]) == 2  # autofr's, not in all's four suites
+    assert "bench all does not take --train-seeds" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Frequency analysis: radial power spectra of feature maps, predicted x0 and images, and error spectra.
 
-The paper's claim to test (PAPER.md, "FR vs fewer steps"): fewer steps keep low-frequency structure and lose
+The paper's claim to test (the FRDiff paper): fewer steps keep low-frequency structure and lose
 high-frequency detail, feature reuse keeps the detail. An *error spectrum* -- the radial spectrum of
 (variant − reference) from the same seed -- shows which frequencies a variant loses.
 

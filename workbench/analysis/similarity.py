@@ -1,4 +1,4 @@
-"""Temporal similarity of block features across sampling steps (PAPER.md, "The observation").
+"""Temporal similarity of block features across sampling steps (the FRDiff paper).
 
 All functions take whole arrays ``[steps, batch, ...]`` (step 0 = noisiest) and are vectorised with torch; nothing
 loops over pixels or channels. Relative L1 of step s against step t is Σ|x_s − x_t| / Σ|x_t|, so the adjacent value

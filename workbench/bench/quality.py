@@ -14,7 +14,7 @@ where it runs, and the engine's ``deepcache`` preset) and diffusers' built-in ca
 that do not apply to a model are listed with the reason (the exception they raise, or that they hook nothing).
 
 ``schedulers``: FR under DDIM, DPM-Solver++, Euler and UniPC at 20 and 50 steps, each against the full run of the
-same scheduler, next to the stock scheduler at half the steps (the answer to PAPER.md's open question on multistep
+same scheduler, next to the stock scheduler at half the steps (the answer to the paper's open question on multistep
 solvers, whose updates combine several past score evaluations).
 
 ``overhead``: the ``record-overhead``, ``analysis`` and ``app-startup`` suites in one JSON.

@@ -26,7 +26,8 @@ SELF_QUIETED = ("policy",)
 
 # Packages beyond torch + diffusers, and the extra of pyproject.toml that installs each.
 OPTIONAL = {"numpy": "cli", "scipy": "cli", "skimage": "cli", "PIL": "cli", "tqdm": "cli", "zarr": "cli",
-            "safetensors": "cli", "plotly": "app", "streamlit": "app", "DeepCache": "bench", "playwright": "bench"}
+            "safetensors": "cli", "transformers": "cli", "plotly": "app", "streamlit": "app", "pandas": "app",
+            "DeepCache": "bench", "playwright": "bench"}
 EXIT_ERROR = 2
 
 

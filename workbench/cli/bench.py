@@ -24,6 +24,31 @@ BENCH_OPTIONS = {
     "cli-startup": ["repeats"],
 }
 ALL_SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead")
+SUITES = ("quality-vs-latency", "schedulers", "gpu-speed", "overhead", "autofr", "run-throughput", "foundation",
+          "record-overhead", "analysis", "engine-quality", "app-startup", "memory", "cli-startup")
+
+
+def options_taken(suite: str) -> set[str]:
+    """The bench options ``suite`` reads (argparse names); every suite also takes --out and --json."""
+    if suite == "report":
+        return {"source", "out", "json"}
+    if suite == "all":
+        return {name for each in ALL_SUITES for name in BENCH_OPTIONS[each]} | {"report", "out", "json"}
+    return {*BENCH_OPTIONS.get(suite, ["repeats"]), "out", "json"}
+
+
+def refuse_unused_options(args: argparse.Namespace) -> None:
+    """An option the suite does not read is refused, with the ones it does: silently ignoring ``--device cuda`` would
+    leave a user believing a CPU measurement was taken on the GPU."""
+    taken = options_taken(args.suite)
+    given = sorted(name for name, default in args.option_defaults.items()
+                   if name not in taken and getattr(args, name) != default)
+    if given:
+        flags = lambda names: ", ".join(OPTION_FLAGS.get(n, "--" + n.replace("_", "-")) for n in sorted(names))  # noqa: E731
+        raise UserError(f"bench {args.suite} does not take {flags(given)}; it takes {flags(taken)}")
+
+
+OPTION_FLAGS = {"source": "--from"}
 
 
 def default_models(suite: str) -> str:
@@ -64,7 +89,7 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
               "run-throughput": bench_run_throughput, "autofr": bench_autofr, "memory": bench_memory,
               "cli-startup": bench_cli_startup}
     if suite not in suites:
-        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*suites, 'all', 'report'])}")
+        raise UserError(f"unknown suite {suite!r}; choose one of {', '.join([*SUITES, 'all', 'report'])}")
     small = bool(args.small)
     models = tuple(m.strip() for m in (args.models or default_models(suite)).split(",") if m.strip())
     extra: dict = {}
@@ -146,6 +171,8 @@ def _bench_report(args: argparse.Namespace, folder: Path, markdown: Path) -> dic
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
+    if args.suite in (*SUITES, "all", "report"):
+        refuse_unused_options(args)
     if args.suite == "report":  # --out is the markdown file; otherwise the folder of the suites' JSONs
         file_out(args.out, example="benchmarks.md")
     else:
@@ -234,4 +261,5 @@ def add_commands(sub) -> None:
     p.add_argument("--from", dest="source", default=None, help="report: folder of the suites' JSONs")
     p.add_argument("--report", default=None, help="all: where to write the markdown (default OUT/benchmarks.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, option_defaults={a.dest: a.default for a in p._actions
+                                                    if a.dest not in ("help", "suite")})

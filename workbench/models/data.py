@@ -4,7 +4,7 @@ Every image is 32×32 RGB: one shape of one of six classes (random colour, size,
 background with a colour gradient plus a texture (stripes, checks, pixel noise or none). The shapes carry the
 low-frequency structure, the textures and anti-aliased edges the high-frequency detail, so both halves of the
 spectrum are present -- which matters for FRDiff's claim that feature reuse keeps detail while fewer steps keep
-structure (PAPER.md, "FR vs fewer steps").
+structure (the FRDiff paper).
 
 Generation is vectorised torch over the whole batch; all random draws come from one CPU ``torch.Generator``
 seeded by the caller, so ``make_shapes(n, seed)`` is deterministic and identical on every device.

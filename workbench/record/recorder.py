@@ -52,7 +52,7 @@ _COND_FIRST = {"DiTPipeline"}
 
 
 def adjacent_stats(cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample cosine similarity and relative L1 Σ|cur − prev| / Σ|prev| (PAPER.md, "The observation")."""
+    """Per-sample cosine similarity and relative L1 Σ|cur − prev| / Σ|prev| (the FRDiff paper)."""
     a, b = cur.flatten(1).float(), prev.flatten(1).float()
     cos = F.cosine_similarity(a, b, dim=1, eps=1e-12)
     rel = (a - b).abs().sum(1) / b.abs().sum(1).clamp_min(1e-12)
