@@ -5,7 +5,7 @@
     print(run.report())
 
 One hook on the denoiser counts its calls (call k = step k; one call per step, CFG batched, as in SD, DiT and the
-project's pipeline, for DDIM, DPM-Solver++ (multistep), Euler and UniPC) and, per step (PAPER.md):
+project's pipeline, for DDIM, DPM-Solver++ (multistep), Euler and UniPC) and, per step (the FRDiff paper):
 
 - *full* step (every policy block a keyframe): the stock forward; its output becomes ε_key.
 - *FR* step with λ(r) > 0: the forward with the block hooks reusing their caches, then ε̂ = λ·ε_FR + (1 − λ)·ε_key
@@ -178,11 +178,11 @@ class _StepHook(ModelHook):
         self.calls = 0
         if self.count_graphs:
             self.graphs_at_start = graphs_compiled()
+        self._set_eps(None)  # the last run's ε history: its bytes no longer held
         if self.step_graphs is not None:  # the captured steps own the cache buffers: kept from run to run
             self.captures_at_start = self.step_graphs.captures
         else:
             self.state.clear()
-        self.eps = None
         self.state.positions = _timestep_positions(scheduler, self.policy) \
             if self.policy.forecast_axis == "timestep" else None
         self.weight_table = self._weight_table() if self.state.weights is not None else None
@@ -207,15 +207,17 @@ class _StepHook(ModelHook):
             raise PolicyError([f"the denoiser call's batch changed from {self.static_batch} at the run's first step to "
                                f"{batch} at step {s}; a policy run must keep one batch for all its steps"])
 
-    def _start_static_run(self, args: tuple, kwargs: dict) -> None:
-        """Step 0 with static caches: new input shapes drop the kept buffers (this run's first keyframes allocate
-        new ones); otherwise the forecasting blocks' kept slots are zeroed, so the previous run's values — weighed
-        0 until this run has keyframes enough — cannot bring a non-finite value in (0·inf is NaN)."""
-        if self.step_graphs.start_run(args, kwargs):
-            for h in self.state.hooks:
+    def _start_static_run(self, module, args: tuple, kwargs: dict) -> None:
+        """Step 0 with static caches: another run signature (input shapes, where the weights live, grad and
+        inference mode: ``run_signature``) swaps the blocks' buffers for those kept for it (none yet: this run's
+        first keyframes allocate them); then the forecasting blocks' kept slots are zeroed, so an earlier run's
+        values — weighed 0 until this run has keyframes enough — cannot bring a non-finite value in (0·inf is NaN)."""
+        swapped = self.step_graphs.start_run(module, args, kwargs, [h.cache for h in self.state.hooks])
+        if swapped is not None:
+            for i, h in enumerate(self.state.hooks):
                 self.state.account(h.cache, None)
-                h.cache = None
-            return
+                h.cache = swapped[i] if swapped else None
+                self.state.account(None, h.cache)
         slots = [t for h in self.state.hooks if h.order for t in h.cached_tensors()]
         if slots:
             torch._foreach_zero_(slots)
@@ -293,7 +295,7 @@ class _StepHook(ModelHook):
                                    f"graph per step): pass torch.tensor(t) as diffusers' pipelines do"])
             self._check_static_batch(s, args, kwargs)
             if s == 0:
-                self._start_static_run(args, kwargs)
+                self._start_static_run(module, args, kwargs)
             phases = tuple(self.state.mask[h.idx][s] for h in self.state.hooks)
             if self.weight_table is not None:  # this step's forecast weights, where the captured step reads them
                 self.state.weights.copy_(self.weight_table[s])
@@ -421,8 +423,9 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
                                                             options=compile_options)
             graphs.fake_state = state if fake else None
             if any(state.orders):  # forecasts: their weights are a buffer the captured steps read
-                if graphs.weights is None:
-                    graphs.weights = torch.zeros(len(policy.blocks), max(state.orders) + 1, device=device)
+                if graphs.weights is None:  # written in place at every step, under inference_mode or not
+                    with torch.inference_mode(False):
+                        graphs.weights = torch.zeros(len(policy.blocks), max(state.orders) + 1, device=device)
                 state.weights = graphs.weights
         if compile == "off":
             attach_reuse_hooks(denoiser, policy.blocks, policy.granularity, state, "reuse", attached, skip=idle)

@@ -93,6 +93,11 @@ def _inductor_checked(options: dict) -> dict:
     if unknown:
         raise ValueError(f"inductor has no option {', '.join(map(repr, unknown))} "
                          f"(torch._inductor.list_options() lists them)")
+    graphs = sorted(k for k in options if k in ("triton.cudagraphs", "triton.cudagraph_trees"))
+    if graphs:  # inductor's own graphs would replay the hooks' cache writes without the mark-step and clone
+        # safeguards of cuda_graphs="blocks", or nest inside a step graph's capture
+        raise ValueError(f"{', '.join(map(repr, graphs))}: CUDA graphs are chosen with cuda_graphs= ('blocks' or "
+                         f"'step'), which keeps the caches safe; not with inductor's options")
     checked = {key: _as_config_type(key, value) for key, value in options.items()}
     try:  # inductor checks the values' types when torch.compile is called, not at the first compiled call
         torch.compile(lambda x: x, backend="inductor", options=checked)
@@ -321,15 +326,16 @@ def _broadcast_dims(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return t, dims
 
 
-def _static_input(t: torch.Tensor) -> torch.Tensor:
+def _static_input(t: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
     """A step graph's static copy of an input, with the input's strides: a compiled graph guards on strides, so a
     plain clone of a broadcast input (a pipeline's timestep expanded to the batch has stride 0) or of a permuted one
     would compile the configuration again. A broadcast dimension stays broadcast over a one-element base, which a
     replay refills (``_broadcast_dims``); a dense input gets a buffer of its own layout; an input with gaps (a strided
     slice) gets a contiguous one, for which the configuration compiles once more, in the eager call before its
-    capture."""
+    capture. ``device``: where a CPU input's copy lives (the captured work's GPU)."""
     base, dims = _broadcast_dims(t)
-    static = torch.empty_like(base, memory_format=torch.preserve_format).copy_(base)
+    where = device if device is not None and t.device.type == "cpu" else base.device
+    static = torch.empty_like(base, memory_format=torch.preserve_format, device=where).copy_(base)
     return static.expand(t.shape) if dims else static
 
 
@@ -341,6 +347,24 @@ def _raised_by_the_model(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+MAX_SIGNATURES = 4  # run signatures whose graphs and cache buffers a StepGraphs keeps
+_run_ids = itertools.count()
+
+
+def run_signature(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """What a captured step depends on beyond its configuration: the first call's inputs (shapes, strides, dtypes,
+    devices, plain values), where the denoiser's weights live (a graph reads them by address: ``pipe.to()``, offloading
+    or ``load_state_dict(assign=True)`` move them) and the modes the call runs in (grad, inference mode — a buffer made
+    under ``inference_mode`` cannot be written outside it — and autocast)."""
+    from torch.utils._pytree import tree_flatten
+
+    flat, spec = tree_flatten((args, kwargs))
+    weights = tuple((t.data_ptr(), t.dtype, t.device) for t in itertools.chain(module.parameters(), module.buffers()))
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+             *((torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")))
+    return StepGraphs._signature(flat), spec, weights, modes
 
 
 class StepGraphs:
@@ -368,24 +392,42 @@ class StepGraphs:
         self.graphs: dict = {}
         self.captures = 0  # configurations captured so far (a run after warm-up captures none)
         self.buffers: list | None = None  # the blocks' cache buffers the graphs were captured with
-        self.inputs: tuple | None = None  # the input signature the buffers were made for
+        self.inputs: tuple | None = None  # the run signature (``run_signature``) the buffers were made for
+        self.run_id: int | None = None  # a small number for it, in the graphs' keys (hashed at every step)
+        self.ids: dict = {}  # run signature → its number, for the signatures kept
+        self.stashed: dict = {}  # other run signatures' cache buffers, oldest first (their graphs stay too)
+        self.streams: dict = {}  # per CUDA device: the side stream captures run on
         self.weights: torch.Tensor | None = None  # forecasts: this step's weights [blocks, slots], read by the graphs
         self.tables: dict = {}  # forecasts: every step's weights per set of forecast positions, on the device
         self.fake_state = None  # fake: the current run's ReuseState (a replay pins its step to the captured one)
 
-    def start_run(self, args: tuple, kwargs: dict) -> bool:
-        """At a run's first step: whether the inputs' shapes differ from those the graphs and buffers were made for;
-        if so the graphs are dropped (the caller drops the buffers) and this run captures afresh."""
-        from torch.utils._pytree import tree_flatten
-
-        flat, spec = tree_flatten((args, kwargs))
-        sig = (self._signature(flat), spec)
-        changed = self.inputs is not None and sig != self.inputs
-        if changed:
+    def start_run(self, module: nn.Module, args: tuple, kwargs: dict, buffers: list) -> list | None:
+        """At a run's first step, with the blocks' cache buffers as they stand: ``None`` where the run signature is
+        the one the buffers were made for; otherwise the buffers kept for the new signature (a list, or ``[]`` for
+        none: this run's first keyframes allocate them). The current ones are kept for the old signature, so calls
+        that alternate between signatures — a last, smaller batch of seeds; ``inference_mode`` and ``no_grad`` —
+        capture each configuration once, not at every change. ``MAX_SIGNATURES`` are kept, with their graphs; where
+        the weights moved, none is (the graphs read the weights by address)."""
+        sig = run_signature(module, args, kwargs)
+        if sig == self.inputs:
+            return None
+        if self.inputs is not None and sig[2] != self.inputs[2]:  # the weights moved: every graph read the old
             self.graphs.clear()
-            self.buffers = None
-        self.inputs = sig
-        return changed
+            self.stashed.clear()
+            self.ids.clear()
+        elif self.inputs is not None:
+            self.stashed[self.inputs] = buffers
+        if sig not in self.ids:
+            self.ids[sig] = next(_run_ids)
+        restored = self.stashed.pop(sig, [])
+        self.inputs, self.run_id = sig, self.ids[sig]
+        while len(self.stashed) >= MAX_SIGNATURES:  # the oldest signature goes, with its graphs
+            oldest = next(iter(self.stashed))
+            del self.stashed[oldest]
+            dropped = self.ids.pop(oldest)
+            for key in [k for k in self.graphs if k[1] == dropped]:
+                del self.graphs[key]
+        return restored
 
     def _fake_capture(self, fn, args: tuple, kwargs: dict) -> None:
         """The CPU stand-in's capture: the call's Python runs, as in a CUDA capture, and must compile nothing (a
@@ -415,6 +457,23 @@ class StepGraphs:
 
         return replay
 
+    def _capture(self, graph, device: torch.device, fn, args: tuple, kwargs: dict):
+        """One CUDA-graph capture of ``fn`` on a side stream of ``device`` (one per device: torch.cuda.graph's default
+        capture stream belongs to the first device that used it). Nothing may compile during it: the eager call
+        before it compiled what this configuration needs, and a guard that fails anyway raises dynamo's error here
+        instead of an opaque CUDA one. The caller's stream is current again afterwards, whatever happened."""
+        with torch.cuda.device(device):
+            stream = self.streams.get(device)
+            if stream is None:
+                stream = self.streams[device] = torch.cuda.Stream(device)
+            caller = torch.cuda.current_stream(device)
+            torch.cuda.synchronize(device)
+            try:
+                with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(graph, stream=stream):
+                    return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_stream(caller)
+
     @staticmethod
     def _signature(flat) -> tuple:
         # strides too: a static input keeps the caller's layout (a broadcast dimension is refilled from one element)
@@ -427,10 +486,16 @@ class StepGraphs:
         if not self.capture:
             return fn(*args, **kwargs)
         flat, spec = tree_flatten((args, kwargs))
-        key = (phases, self._signature(flat), spec)
+        key = (phases, self.run_id, self._signature(flat), spec)
         entry = self.graphs.get(key)
         if entry is None:
-            static = [_static_input(t) if isinstance(t, torch.Tensor) else t for t in flat]
+            device = None if self.fake else next(
+                (t.device for t in flat if isinstance(t, torch.Tensor) and t.is_cuda), None)
+            if device is None and not self.fake:
+                raise RuntimeError("cuda_graphs='step' captures CUDA work: the denoiser call has no CUDA tensor")
+            # a CPU tensor (a stock DDIMPipeline's 0-d timestep) gets a static copy on the GPU, refilled without a
+            # sync at each replay: the model's own upload of it would be a blocking copy, which a capture refuses
+            static = [_static_input(t, device) if isinstance(t, torch.Tensor) else t for t in flat]
             s_args, s_kwargs = tree_unflatten(static, spec)
             # eager, on the static inputs (they keep the caller's strides, so what compiled for the caller's tensors
             # serves them; anything that compiles still does so now, not during the capture): this step's result;
@@ -441,12 +506,8 @@ class StepGraphs:
                 graph = self._fake_graph(fn, s_args, s_kwargs)
                 s_out = tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
             else:
-                device = next(t.device for t in static if isinstance(t, torch.Tensor) and t.is_cuda)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.device(device):  # the capture stream is the model's device's, not device 0's
-                    torch.cuda.synchronize()
-                    with torch.cuda.graph(graph):
-                        s_out = fn(*s_args, **s_kwargs)
+                s_out = self._capture(graph, device, fn, s_args, s_kwargs)
             targets = [_broadcast_dims(s)[0] if isinstance(s, torch.Tensor) else None for s in static]
             self.graphs[key] = (graph, static, targets, s_out)
             self.captures += 1
@@ -454,7 +515,12 @@ class StepGraphs:
         graph, static, targets, s_out = entry
         for s, target, t in zip(static, targets, flat, strict=True):
             if isinstance(t, torch.Tensor) and s.data_ptr() != t.data_ptr():
-                target.copy_(_broadcast_dims(t)[0])  # the one-element base of a broadcast input, else the input
+                base = _broadcast_dims(t)[0]  # the one-element base of a broadcast input, else the input
+                if base.device != target.device:  # a CPU input: staged in pinned memory, which the caching host
+                    # allocator keeps until the copy has run, so the upload waits for nothing
+                    target.copy_(base.pin_memory(), non_blocking=True)
+                else:
+                    target.copy_(base)
         if self.fake:
             fresh, _ = tree_flatten(graph())
             for mine, new in zip(tree_flatten(s_out)[0], fresh, strict=True):

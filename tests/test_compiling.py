@@ -26,14 +26,16 @@ def _unet():
 
 
 def _call(den):
+    """The denoiser's call at step s, its noisy input and timestep new at every step, as in a sampler (a graph's
+    replay must refill both)."""
     torch.manual_seed(1)
     dev, dtype = next(den.parameters()).device, next(den.parameters()).dtype
     t = [torch.tensor([900 - 150 * s] * 2, device=dev) for s in range(STEPS)]
     if isinstance(den, DiTTransformer2DModel):
-        x, y = torch.randn(2, 4, 8, 8).to(dev, dtype), torch.tensor([1, 2], device=dev)
-        return lambda s: den(x, timestep=t[s], class_labels=y).sample
-    x = torch.randn(2, 3, 8, 8).to(dev, dtype)
-    return lambda s: den(x, t[s]).sample
+        x, y = torch.randn(STEPS, 2, 4, 8, 8).to(dev, dtype), torch.tensor([1, 2], device=dev)
+        return lambda s: den(x[s], timestep=t[s], class_labels=y).sample
+    x = torch.randn(STEPS, 2, 3, 8, 8).to(dev, dtype)
+    return lambda s: den(x[s], t[s]).sample
 
 
 def _runs(den, policy, rounds=2, **kw):
@@ -181,11 +183,41 @@ def test_cuda_graphs_replay_the_compiled_policy():
     call = _call(den)
     with torch.no_grad(), frdiff.apply(den, policy, check_model=False):
         ref = torch.stack([call(s).clone() for s in range(STEPS)])
+    torch._dynamo.utils.counters.clear()
     with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="regional", cuda_graphs=True) as run:
         for _ in range(3):
             got = torch.stack([call(s).clone() for s in range(STEPS)])
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     assert run.report().graphs_per_run[-1] == 0
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0  # graphs, not a silent eager fallback
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
+                    "bench gpu-speed measures them on the GPU)")
+@pytest.mark.parametrize("compile", ["off", "full"])
+def test_step_graphs_take_a_stock_ddim_pipelines_cpu_timestep(compile):
+    """A stock DDIMPipeline passes its 0-d timestep on the CPU, which the UNet uploads itself: a blocking copy that
+    a capture refuses. The step graphs keep a GPU copy of it, refilled without a sync; the images equal the same
+    mode's run without graphs, and a second call captures nothing."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    unet = _unet().cuda()
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    policy = _policy(unet, "taylor2", "feature", mix=True)
+
+    def images(**kw):
+        with torch.no_grad(), frdiff.apply(pipe, policy, **kw) as run:
+            out = pipe(batch_size=2, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                       output_type="np").images
+        return torch.from_numpy(out), run.report().captures_per_run
+
+    ref, _ = images(compile=compile)
+    for expected in ([2], [0]):
+        got, captures = images(compile=compile, cuda_graphs="step")
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        assert captures == expected
+    frdiff.release_step_graphs(pipe)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (CI has none; "
@@ -347,9 +379,10 @@ def test_step_graphs_replay_the_eager_run_from_static_buffers(make, compile, gra
     assert "_frdiff_step_graphs" not in den.__dict__ and attached_hooks(den) == []
 
 
-def test_step_graphs_capture_afresh_when_the_batch_changes(fake_step_graphs):
-    """The same policy at another batch size: its graphs and cache buffers are made again (a buffer of the old
-    batch would be broadcast into silently), and the output equals the eager run at that size."""
+def test_step_graphs_capture_each_batch_once_and_keep_both(fake_step_graphs):
+    """The same policy at another batch size: its graphs and cache buffers are made for it (a buffer of the old
+    batch would be broadcast into silently), and the output equals the eager run at that size. Both sizes are kept:
+    runs that alternate (seeds in batches with a smaller last one) capture each size once."""
     den = _dit()
     policy = _policy(den, "hold", "feature", mix=True)
     call = _call(den)
@@ -361,13 +394,89 @@ def test_step_graphs_capture_afresh_when_the_batch_changes(fake_step_graphs):
         with frdiff.apply(den, policy, check_model=False):
             ref1 = torch.stack([den(x1, timestep=t1[s], class_labels=y1).sample for s in range(STEPS)])
         got, reports = [], []
-        for one in (False, True, False):
+        for one in (False, True, False, True):
             with frdiff.apply(den, policy, check_model=False, cuda_graphs="step") as run:
                 got.append(torch.stack([den(x1, timestep=t1[s], class_labels=y1).sample if one else call(s)
                                         for s in range(STEPS)]))
             reports.append(run.report().captures_per_run)
     assert torch.equal(got[0], ref) and torch.equal(got[1], ref1) and torch.equal(got[2], ref)
-    assert reports == [[2], [2], [2]]  # each change of batch captures again
+    assert torch.equal(got[3], ref1)
+    assert reports == [[2], [2], [0], [0]]  # each batch size captured once
+    frdiff.release_step_graphs(den)
+
+
+def test_step_graphs_keep_up_to_four_batch_sizes(fake_step_graphs):
+    """Kept run signatures are bounded (``MAX_SIGNATURES``): a fifth batch size drops the oldest one's graphs and
+    buffers, which a later run of that size captures again; the others are still replayed."""
+    from frdiff.compiling import MAX_SIGNATURES
+
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    ts = [torch.tensor(900.0 - 150 * s) for s in range(STEPS)]
+
+    def run(batch, **kw):
+        torch.manual_seed(batch)
+        x, y = torch.randn(batch, 4, 8, 8), torch.arange(batch)
+        with frdiff.apply(den, policy, check_model=False, **kw) as r:
+            out = torch.stack([den(x, timestep=t.expand(batch), class_labels=y).sample for t in ts])
+        return out, r.report().captures_per_run
+
+    sizes = [1, 2, 3, 4, 5, 1, 5]
+    with torch.no_grad():
+        got = [run(b, cuda_graphs="step") for b in sizes]
+        for b, (out, _) in zip(sizes, got, strict=True):
+            assert torch.equal(out, run(b)[0])
+    assert MAX_SIGNATURES == 4 and [n for _, n in got] == [[2]] * 6 + [[0]]  # 1 was dropped for 5, not 5
+    frdiff.release_step_graphs(den)
+
+
+def test_step_graphs_keep_buffers_apart_for_inference_mode_and_no_grad(fake_step_graphs):
+    """A buffer made under ``torch.inference_mode`` cannot be written outside it: a run under ``no_grad`` after one
+    under ``inference_mode`` (and back) gets buffers of its own, with forecasts (their weights buffer, written at
+    every step, is made outside inference mode), and each mode is captured once."""
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    call = _call(den)
+    with torch.no_grad():
+        (ref,), _ = _runs(den, policy, rounds=1)
+    got = []
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode, torch.no_grad):
+        with mode(), frdiff.apply(den, policy, check_model=False, cuda_graphs="step") as run:
+            got.append(torch.stack([call(s) for s in range(STEPS)]))
+        assert torch.equal(got[-1], ref)
+        got[-1] = run.report().captures_per_run
+    assert got == [[2], [2], [0], [0]]
+    frdiff.release_step_graphs(den)
+
+
+def test_step_graphs_capture_again_where_the_weights_moved(fake_step_graphs):
+    """A captured graph reads the weights by address: after ``load_state_dict(assign=True)`` (as ``pipe.to()`` or
+    offloading would) the next run captures afresh, keeps nothing of the old graphs, and uses the new weights."""
+    from frdiff.apply import step_graphs_of
+
+    den = _dit()
+    policy = _policy(den, "hold", "feature", mix=True)
+    _runs(den, policy, rounds=1, cuda_graphs="step")
+    _runs(den, policy, rounds=1, cuda_graphs="step", compile="off")
+    with torch.no_grad():
+        den.load_state_dict({k: v * 1.01 for k, v in den.state_dict().items()}, assign=True)
+        (ref,), _ = _runs(den, policy, rounds=1)
+    (out,), report = _runs(den, policy, rounds=1, cuda_graphs="step")
+    assert report.captures_per_run == [2] and torch.equal(out, ref)
+    graphs = step_graphs_of(den, policy, "off", "inductor", True)
+    assert len(graphs.graphs) == 2 and graphs.stashed == {}
+    frdiff.release_step_graphs(den)
+
+
+@pytest.mark.parametrize("kw", [{"cuda_graphs": "step"}, {"compile": "full", "backend": "eager"}])
+def test_static_caches_count_their_bytes_once_over_several_runs(kw, fake_step_graphs):
+    """Three runs in one apply with static caches (kept from run to run) and mixing (an ε history): the report's
+    cache bytes are the eager run's, not growing by a stale ε history per run."""
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    _, eager = _runs(den, policy, rounds=3)
+    _, report = _runs(den, policy, rounds=3, **kw)
+    assert report.cache_bytes == eager.cache_bytes > 0
     frdiff.release_step_graphs(den)
 
 
@@ -671,7 +780,11 @@ def test_bad_compile_options_get_one_message():
                         ({"compile": "full", "backend": "eager", "compile_options": {"cpp_wrapper": True}},
                          "backend 'eager' takes none"),
                         ({"compile": "full", "compile_options": {"cpp_wrapper": "yes"}},
-                         "inductor refuses these options: .*cpp_wrapper.* should be bool")]:
+                         "inductor refuses these options: .*cpp_wrapper.* should be bool"),
+                        ({"compile": "regional", "compile_options": {"triton.cudagraphs": True}},
+                         "'triton.cudagraphs': CUDA graphs are chosen with cuda_graphs="),
+                        ({"compile": "full", "compile_options": {"triton.cudagraph_trees": False}},
+                         "'triton.cudagraph_trees': CUDA graphs are chosen with cuda_graphs=")]:
         with pytest.raises(ValueError, match=message):
             with frdiff.apply(den, policy, check_model=False, **kw):
                 pass
