@@ -327,10 +327,14 @@ class Policy:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
+        mask = os.umask(0o022)  # mkstemp makes a file its owner alone may read: give it open()'s mode
+        os.umask(mask)
+        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~mask
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(self.to_json())
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -159,7 +159,7 @@ def test_bench_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert "--schedulers: unknown scheduler 'heun'" in err and len(err.strip().splitlines()) == 1
     # an option the suite would not read is refused, not ignored (--device cuda on a suite that never moves)
-    assert main(["bench", "engine-quality", "--device", "cuda", "--seeds", "2"]) == 2
+    assert main(["bench", "engine-quality", "--device", "cpu", "--seeds", "2"]) == 2
     err = capsys.readouterr().err
     assert "bench engine-quality does not take --device; it takes --json, --models, --out" in err
     assert len(err.strip().splitlines()) == 1
@@ -167,3 +167,29 @@ def test_bench_errors_are_one_line(capsys):
     assert "bench report does not take --images, --repeats; it takes --json, --out, --from" in capsys.readouterr().err
     assert main(["bench", "all", "--out", "x", "--train-seeds", "0-3"]) == 2  # autofr's, not in all's four suites
     assert "bench all does not take --train-seeds" in capsys.readouterr().err
+
+
+def test_a_stopped_gpu_run_keeps_the_finished_one_it_would_replace(tmp_path, monkeypatch, capsys):
+    """``bench gpu-speed --out DIR`` checkpoints each finished part to ``gpu-speed.partial.json``: stopped, an earlier
+    finished ``gpu-speed.json`` is as it was (the checkpoint used to overwrite it); finished, the run replaces it and
+    the partial file goes."""
+    import workbench.bench.engine as engine
+
+    finished = tmp_path / "gpu-speed.json"
+    finished.write_text('{"suite": "gpu-speed", "rows": ["earlier"]}\n')
+
+    def stopped(checkpoint=None, **kwargs):
+        checkpoint({"suite": "gpu-speed", "partial": True, "rows": ["part"]})
+        raise KeyboardInterrupt
+
+    def whole(checkpoint=None, **kwargs):
+        checkpoint({"suite": "gpu-speed", "partial": True, "rows": ["part"]})
+        return {"suite": "gpu-speed", "rows": ["new"]}
+
+    monkeypatch.setattr(engine, "bench_gpu_speed", stopped)
+    assert main(["bench", "gpu-speed", "--small", "--out", str(tmp_path), "--json"]) != 0
+    assert json.loads(finished.read_text())["rows"] == ["earlier"]
+    assert json.loads((tmp_path / "gpu-speed.partial.json").read_text())["rows"] == ["part"]
+    monkeypatch.setattr(engine, "bench_gpu_speed", whole)
+    assert main(["bench", "gpu-speed", "--small", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(finished.read_text())["rows"] == ["new"] and not (tmp_path / "gpu-speed.partial.json").exists()

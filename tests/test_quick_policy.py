@@ -177,12 +177,10 @@ def test_the_fast_path_imports_neither_torch_nor_diffusers(tmp_path):
 
 # ---- what the fast path does not serve ----------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,error", [
-    (("--interval", "0"), "error: invalid policy: interval must be ≥ 1, got 0"),
     (("--preset", "sometimes"), "error: invalid policy: unknown preset 'sometimes'; choose one of none, uniform, "
                                 "reduced-nfe, deepcache, threshold"),
     (("--preset", "threshold"), "error: invalid policy: the threshold preset needs a recorded run: use "
                                 "threshold_policy (CLI: policy from-run)"),
-    (("--steps", "0"), "error: --steps must be a whole number of at least 1, got 0"),
     (("--steps", "5000"), "error: --steps 5000 is more than the scheduler's 1000 training timesteps; use at most 1000"),
 ])
 def test_bad_input_takes_the_slow_path_and_its_one_line_error(argv, error, capsys, tmp_path, monkeypatch, pipes):
@@ -191,6 +189,19 @@ def test_bad_input_takes_the_slow_path_and_its_one_line_error(argv, error, capsy
     rc, out, err, written = _make(capsys, tmp_path / "p.json", "--model", "tiny-dit", *argv)
     assert (rc, served, written) == (2, [False], None)
     assert err == error + "\n" and out == ""
+
+
+@pytest.mark.parametrize("argv,error", [
+    (("--interval", "0"), "error: argument --interval: must be an integer ≥ 1, got '0'"),
+    (("--steps", "0"), "error: argument --steps: must be an integer ≥ 1 and ≤ 10000, got '0'"),
+])
+def test_counts_out_of_range_are_refused_before_either_path(argv, error, capsys, tmp_path, monkeypatch):
+    served = _spy(monkeypatch)
+    with pytest.raises(SystemExit) as exc:  # argparse
+        _make(capsys, tmp_path / "p.json", "--model", "tiny-dit", *argv)
+    err = capsys.readouterr().err
+    assert (exc.value.code, served, err.splitlines()[0].split(" (see")[0]) == (2, [], error)
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_only_the_cpu_is_served_from_the_metadata():

@@ -92,7 +92,7 @@ def test_an_unknown_scheduler_lists_the_choices(capsys, command):
 def test_argparse_errors_are_one_line(capsys):
     assert fails(capsys, "record", "--model", "tiny-dit").startswith(
         "error: the following arguments are required: --out (see `python -m workbench record --help`)")
-    assert "argument --steps: invalid int value: 'many'" in fails(capsys, "sample", "--steps", "many")
+    assert "argument --steps: an integer is needed, got 'many'" in fails(capsys, "sample", "--steps", "many")
 
 
 def test_too_many_steps_or_images(capsys, tmp_path):
@@ -279,3 +279,131 @@ def test_kill_9_while_recording_then_record_again_and_analyze_both(capsys, tmp_p
     assert np.isfinite(maps).all() and (np.abs(maps).reshape(len(maps), -1).max(1) > 0).all()
     assert np.isfinite(rel[1:]).all() and (rel[1:] > 0).all()
     assert np.isfinite(store.latents()).all() and (store.latents().reshape(len(maps), -1).std(1) > 0).all()
+
+
+# ---- the second audit (session 13): what used to be lost, or reported as a bug ---------------------------------------
+def test_policy_commands_replace_policies_and_nothing_else(capsys, run, tmp_path):
+    """``policy make/remap/from-run`` and ``autofr`` write policies: an existing file that is not one — a run's
+    manifest.json, notes — is refused before any work (it used to be overwritten, and the run lost); a policy file
+    is replaced, keeping its mode."""
+    before = snapshot(run)
+    line = fails(capsys, "policy", "make", "--model", "tiny-dit", "--steps", "4", "--out", str(run / "manifest.json"))
+    assert line == (f"error: --out {run / 'manifest.json'} exists and is not an FRDiff policy file; give another "
+                    f"file name (nothing was written)")
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    for argv in (("policy", "remap", str(notes), "--steps", "4"), ("autofr", "--model", "tiny-dit"),
+                 ("policy", "from-run", str(run), "--threshold", "0.1")):
+        assert "exists and is not an FRDiff policy file" in fails(capsys, *argv, "--out", str(notes))
+    assert snapshot(run) == before and notes.read_text() == '{"mine": 1}'
+    policy = tmp_path / "p.json"
+    ok(capsys, "policy", "make", "--model", "tiny-dit", "--steps", "4", "--out", str(policy))
+    os.chmod(policy, 0o640)
+    ok(capsys, "policy", "remap", str(policy), "--steps", "6", "--out", str(policy))  # in place
+    assert json.loads(policy.read_text())["steps"] == 6 and policy.stat().st_mode & 0o777 == 0o640
+    fresh = tmp_path / "fresh.json"
+    ok(capsys, "policy", "make", "--model", "tiny-dit", "--steps", "4", "--out", str(fresh))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~mask  # open()'s mode, not mkstemp's owner-only 0600
+
+
+def test_a_failed_image_write_keeps_the_earlier_image(capsys, tmp_path, monkeypatch):
+    """``sample --out grid.png`` over an earlier grid, the disk full mid-write: the earlier file is intact (it used to
+    be truncated in place), no temporary file is left, and the error is one line."""
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(grid)
+    before = grid.read_bytes()
+
+    def full_disk(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    line = fails(capsys, "sample", "--model", "tiny-dit", "--n", "1", "--steps", "1", "--out", str(grid))
+    assert "No space left on device" in line
+    assert grid.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("record", "--model", "tiny-dit", "--guidance", "nan", "--out", "r"), "argument --guidance: must be a finite "
+     "number ≥ 0, got 'nan'"),
+    (("sample", "--guidance", "inf"), "argument --guidance: must be a finite number ≥ 0, got 'inf'"),
+    (("policy", "from-run", "r", "--threshold", "nan", "--out", "p.json"), "argument --threshold: must be a finite "
+     "number ≥ 0, got 'nan'"),
+    (("analyze", "r", "--threshold", "nan"), "argument --threshold: must be a finite number ≥ 0"),
+    (("record", "--budget-mb", "nan", "--out", "r"), "argument --budget-mb: must be a finite number > 0"),
+    (("policy", "remap", "p.json", "--steps", "10001", "--out", "q.json"), "argument --steps: must be an integer ≥ 1 "
+     "and ≤ 10000, got '10001'"),
+    (("policy", "remap", "p.json", "--out", "q.json"), "policy remap needs --steps S"),
+    (("policy", "from-run", "r", "--threshold", "0.1", "--candidates", "0", "--out", "p.json"),
+     "argument --candidates: must be an integer ≥ 1, got '0'"),
+    (("policy", "from-run", "r", "--threshold", "0.1", "--scheduler", "euler", "--out", "p.json"),
+     "--scheduler is for policy make and run"),
+    (("policy", "validate", "p.json", "--out", "q.json"), "policy validate reads a policy and writes nothing"),
+    (("run", "--policy", "p.json", "--steps", "99"), "--steps is for presets; p.json carries its own step count"),
+    (("autofr", "--target-compute", "abc"), "argument --target-compute: a number is needed, got 'abc'"),
+    (("autofr", "--iterations", "0"), "argument --iterations: must be an integer ≥ 1, got '0'"),
+    (("autofr", "--penalty", "-1"), "argument --penalty: must be a finite number ≥ 0, got '-1'"),
+    (("sample", "--seed", "99999999999999999999"), "argument --seed: must be an integer ≥ 0"),
+    (("run", "--preset", "uniform", "--seeds", "0-999999999"), "'0-999999999' asks for more than 100000 images"),
+    (("sample", "--model", "tiny-sd", "--prompt", "x", "--height", "100000"), "argument --height: must be an "
+     "integer ≥ 8 and ≤ 4096, got '100000'"),
+    (("sample", "--model", "tiny-sd", "--prompt", "x", "--width", "100"), "argument --width: must be a multiple of 8"),
+    (("sample", "--device", "banana"), "argument --device: a device is cpu, cuda, cuda:N or mps, got 'banana'"),
+    (("sample", "--out", "grid.txt"), "--out grid.txt: cannot write an image with extension '.txt'"),
+    (("train", "--model", "tiny-dit", "--sample-every", "-1", "--out", "t"), "warmup and sample_every must be 0 or "
+     "more, got 500 and -1"),
+    (("train", "--model", "tiny-dit", "--time-limit-min", "-1", "--out", "t"), "time_limit_min must be a positive "
+     "number of minutes, got -1.0"),
+])
+def test_bad_values_are_one_line_before_any_work(capsys, tmp_path, monkeypatch, argv, message):
+    """NaN, infinities, out-of-range counts, typos that would ask for terabytes, flags a command would ignore: one
+    line each, before any model loads (these were accepted, ignored, or reported as a bug)."""
+    monkeypatch.chdir(tmp_path)
+    line = fails(capsys, *argv)
+    assert message in line
+    assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = fails(capsys, "blocks", "--model", "tiny-dit", "--device", "cuda")
+    assert "argument --device: cuda: this machine (or this torch" in line and "use --device cpu" in line
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(capsys, tmp_path):
+    """A file where a folder should be, or a read-only folder: refused before training or sampling (it used to come
+    after, the work lost)."""
+    (tmp_path / "file").write_text("x")
+    line = fails(capsys, "autofr", "--model", "tiny-dit", "--out", str(tmp_path / "file" / "af.json"))
+    assert line == f"error: --out {tmp_path / 'file' / 'af.json'} cannot be written: {tmp_path / 'file'} is a file, " \
+                   f"not a folder"
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            assert fails(capsys, "sample", "--out", str(locked / "g.png")).endswith(f"{locked} is not writable")
+        finally:
+            locked.chmod(0o700)
+
+
+def test_train_refuses_a_folder_holding_a_model(capsys, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model_index.json").write_text("{}")
+    (out / "training.json").write_text("{}")
+    line = fails(capsys, "train", "--model", "tiny-dit", "--steps", "1", "--out", str(out))
+    assert line == (f"error: --out {out} already holds a trained model (model_index.json, training.json); train into "
+                    f"a new folder, or pass --overwrite to replace it (checkpoints are written there as training goes)")
+    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "training.json"]
+
+
+def test_a_model_index_that_is_not_an_object_is_one_line(capsys, tmp_path):
+    (tmp_path / "model_index.json").write_text("[1, 2]")
+    assert fails(capsys, "blocks", "--model", str(tmp_path)) == (
+        f"error: {tmp_path / 'model_index.json'} is not a diffusers model index (a JSON list, not an object)")

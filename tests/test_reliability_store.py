@@ -71,10 +71,29 @@ def test_overwrite_replaces_only_the_runs_own_files(run, random_dit_pipe):
     (run / ".manifest-leftover.json").write_text("{")  # a temporary a hard kill left: the run's own
     _record(random_dit_pipe, run, steps=2, overwrite=True)
     assert (run / "notes.txt").read_text() == "my notes" and (run / "mine" / "data.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # recorded beside it, then moved in
     assert not (run / ".manifest-leftover.json").exists()
     store = FeatureStore.open(run)
     assert store.complete and store.steps_done == 2 and store.manifest["steps"] == 2
     assert store.features(BLOCKS[0]).shape[0] == 2 and zarr.open_array(str(run / "arrays.zarr/latents")).shape[0] == 2
+
+
+def test_an_overwrite_that_stops_leaves_the_earlier_run_as_it_was(run, random_dit_pipe):
+    """``--overwrite`` records beside the earlier run and replaces it only once complete: stopped at step 1 (Ctrl-C,
+    a crash), the earlier run is byte for byte what it was, and nothing of the new one is left in its folder."""
+    before = snapshot(run)
+    calls = []
+
+    def stop() -> bool:  # the recorder asks between steps; at its second question, stop as Ctrl-C does
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        _record(random_dit_pipe, run, steps=3, overwrite=True, cancel=stop)
+    assert len(calls) == 2 and snapshot(run) == before
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # no half-recorded sibling left
 
 
 def test_a_folder_of_other_files_is_refused_even_with_overwrite(tmp_path, random_dit_pipe):

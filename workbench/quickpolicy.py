@@ -13,8 +13,6 @@ message is the one users always got.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 # frdiff.policy's and frdiff.presets' values (the tests compare them).
@@ -123,19 +121,12 @@ def to_json(policy: dict) -> str:
 
 def save(policy: dict, path: str | Path) -> Path:
     """:meth:`frdiff.Policy.save`: written atomically (a temporary file in the same folder, then ``os.replace``)."""
+    from workbench.files import write_text
+
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(to_json(policy))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, to_json(policy))
 
 
 # ---- what Policy derives (frdiff.policy) ------------------------------------------------------------------------

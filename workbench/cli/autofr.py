@@ -9,12 +9,16 @@ import signal
 import sys
 
 from workbench.cli.common import (
+    MAX_SEED,
+    MAX_STEPS,
     UserError,
     add_condition_arguments,
     check_steps,
     conditions_for,
+    device_arg,
     file_out,
     load_model,
+    number,
     parse_seeds,
     prompt_list,
 )
@@ -58,8 +62,8 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
 
     if not args.out:
         raise UserError("autofr needs --out P.json")
-    file_out(args.out)  # refused before training, not after
-    target = None if str(args.target_compute).lower() == "none" else float(args.target_compute)
+    file_out(args.out, kind="policy")  # refused before training, not after
+    target = args.target_compute
     config = AutoFRConfig(gates=args.gates, granularity=args.granularity, reuse=args.reuse, target_compute=target,
                           penalty=args.penalty,
                           iterations=args.iterations, lr=args.lr, batch_size=args.batch_size, init=args.init,
@@ -175,11 +179,18 @@ def cmd_autofr(args: argparse.Namespace) -> dict:
     return report
 
 
+def target_compute(text: str) -> float | None:
+    """``--target-compute``: a compute fraction in (0, 1], or ``none`` for the paper's fixed penalty."""
+    if text.strip().lower() == "none":
+        return None
+    return number(float, 0, 1, above=True)(text)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("autofr", help="learn a keyframe policy by gradient descent through the sampler (Auto-FR)")
     p.add_argument("--model", default="tiny-unet", help="embedded name or local diffusers folder")
     add_condition_arguments(p)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=50)
     p.add_argument("--gates", choices=["step", "block"], default="step",
                    help="gates per step (the paper's, shared by all blocks) or per block × step")
     p.add_argument("--granularity", choices=["feature", "block"], default="feature",
@@ -187,27 +198,30 @@ def add_commands(sub) -> None:
     p.add_argument("--reuse", choices=["hold", "taylor1", "taylor2"], default="hold",
                    help="what a reusing block uses: its last keyframe value (hold) or a forecast from the last "
                         "2 / 3 keyframes (taylor1 / taylor2), learned with that mode in place")
-    p.add_argument("--target-compute", default="0.6",
+    p.add_argument("--target-compute", type=target_compute, default=0.6,
                    help="compute fraction to steer to (1 = full), or 'none' for the paper's fixed penalty")
-    p.add_argument("--penalty", type=float, default=1e-3, help="the paper's penalty weight (--target-compute none)")
+    p.add_argument("--penalty", type=number(float, 0), default=1e-3,
+                   help="the paper's penalty weight (--target-compute none)")
     p.add_argument("--train-seeds", default="0-31", help="training images: seeds (class = seed mod classes)")
     p.add_argument("--val-seeds", default="100-163", help="held-out images for validation")
-    p.add_argument("--iterations", type=int, default=20, help="Adam steps")
-    p.add_argument("--lr", type=float, default=5e-2)
-    p.add_argument("--batch-size", type=int, default=2, help="images per iteration")
+    p.add_argument("--iterations", type=number(int, 1), default=20, help="Adam steps")
+    p.add_argument("--lr", type=number(float, 0, above=True), default=5e-2)
+    p.add_argument("--batch-size", type=number(int, 1), default=2, help="images per iteration")
     p.add_argument("--init", choices=["uniform", "full"], default="uniform",
                    help="start from evenly spaced keyframes at the target's cost, or from all steps computed")
     p.add_argument("--estimator", choices=["round", "budget"], default="round",
                    help="forward mask while training: round(σ(g)) (paper) or the budget projection of the logits")
     p.add_argument("--checkpoint", action="store_true", help="gradient checkpointing per step (less memory)")
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0, help="order of the training images")
+    p.add_argument("--guidance", type=number(float, 0), default=None)
+    p.add_argument("--seed", type=number(int, 0, MAX_SEED), default=0, help="order of the training images")
     p.add_argument("--baselines", action="store_true",
                    help="also measure uniform M=2,3,4 (± mixing) and reduced-nfe M=2,3,4 on the validation seeds")
-    p.add_argument("--no-measure", action="store_true", help="skip the validation run (no PSNR or measured speedup)")
-    p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds on the validation seeds")
+    p.add_argument("--no-measure", action="store_true",
+                   help="skip the validation run (no PSNR or measured speedup)")
+    p.add_argument("--repeats", type=number(int, 1), default=1,
+                   help="interleaved timing rounds on the validation seeds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--out", default=None, help="where to write the policy JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_autofr)

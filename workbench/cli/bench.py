@@ -7,7 +7,18 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli.common import UserError, compile_options, file_out, folder_out, inductor_option, parse_seeds
+from workbench.cli.common import (
+    MAX_STEPS,
+    UserError,
+    compile_options,
+    device_arg,
+    file_out,
+    folder_out,
+    inductor_option,
+    number,
+    parse_seeds,
+)
+from workbench.files import write_json
 
 # Options each suite reads (recorded with its JSON as the exact command that produced it).
 BENCH_OPTIONS = {
@@ -103,11 +114,11 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
                  "channels_last": args.channels_last, "profile": args.profile, "forecasts": not args.no_forecasts,
                  "peers_compiled": args.peers_compiled,
                  "compile_options": compile_options(args, [c.strip() for c in str(args.compile).split(",")])}
-        if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped
+        if args.out:  # a long GPU run keeps each finished (model, image count) if it is stopped: beside, not over,
+            # an earlier complete result, which the finished run replaces
             def checkpoint(partial, out=Path(args.out)):
-                out.mkdir(parents=True, exist_ok=True)
                 partial = {**partial, "command": bench_command(args, suite)}
-                (out / f"{suite}.json").write_text(json.dumps(partial, indent=2, default=str) + "\n")
+                write_json(out / f"{suite}.partial.json", partial, default=str)
 
             extra["checkpoint"] = checkpoint
     elif suite == "engine-quality":
@@ -155,9 +166,8 @@ def _run_suite(args: argparse.Namespace, suite: str) -> dict:
 
         report["machine"] = machine_info()
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{suite}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(Path(args.out) / f"{suite}.json", report, default=str)
+        (Path(args.out) / f"{suite}.partial.json").unlink(missing_ok=True)
     return report
 
 
@@ -223,11 +233,11 @@ def add_commands(sub) -> None:
                    help="gpu-speed: the denoisers' weights in channels-last layout (NHWC convolutions), all variants")
     p.add_argument("--small", action="store_true",
                    help="tiny sizes (CI smoke; gpu-speed: reduced-size models, the CPU variant)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=number(int, 1), default=None,
                    help="samples per method (default 64; FD-shapes from 64; --small: 4)")
-    p.add_argument("--scheduler-seeds", type=int, default=None,
+    p.add_argument("--scheduler-seeds", type=number(int, 1), default=None,
                    help="engine-quality: samples per variant in the scheduler comparison (default: --seeds)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=None,
                    help="quality-vs-latency: steps of the DDIM reference (default 50; sweeps scale with it)")
     p.add_argument("--scheduler-steps", default=None, help="schedulers: step counts (default 20,50)")
     p.add_argument("--schedulers", default=None,
@@ -237,10 +247,10 @@ def add_commands(sub) -> None:
                         "tiny-unet,tiny-dit; engine-quality also tiny-sd, on the scene captions); "
                         "gpu-speed: sd15-unet,dit-xl-2")
     p.add_argument("--images", default=None, help="gpu-speed: images per call, e.g. 1,8 (default 1)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--no-autofr", action="store_true", help="quality-vs-latency: skip Auto-FR (training takes minutes)")
-    p.add_argument("--autofr-iterations", type=int, default=None, help="Auto-FR Adam steps (default 30)")
-    p.add_argument("--autofr-train-seeds", type=int, default=None,
+    p.add_argument("--autofr-iterations", type=number(int, 1), default=None, help="Auto-FR Adam steps (default 30)")
+    p.add_argument("--autofr-train-seeds", type=number(int, 1), default=None,
                    help="Auto-FR training seeds, from 1000 (default 32; evaluation seeds start at 0)")
     p.add_argument("--train-seeds", default=None, help="autofr: Auto-FR training seeds (default 0-31)")
     p.add_argument("--val-seeds", default=None, help="autofr: held-out evaluation seeds (default 100-163)")
@@ -254,9 +264,10 @@ def add_commands(sub) -> None:
                         "(compile_repeated_blocks), speedups against stock compiled so")
     p.add_argument("--no-plans", action="store_true",
                    help="quality-vs-latency: skip the policies planned from a recorded run (policy from-run)")
-    p.add_argument("--flop-seeds", type=int, default=None, help="images of the FLOP-counting run (default 4)")
+    p.add_argument("--flop-seeds", type=number(int, 1), default=None,
+                   help="images of the FLOP-counting run (default 4)")
     p.add_argument("--no-app", action="store_true", help="overhead: skip the app start-up part")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    p.add_argument("--repeats", type=number(int, 1), default=3, help="timed repeats; the median is reported")
     p.add_argument("--out", default=None, help="folder for the suites' JSON (report: the markdown file)")
     p.add_argument("--from", dest="source", default=None, help="report: folder of the suites' JSONs")
     p.add_argument("--report", default=None, help="all: where to write the markdown (default OUT/benchmarks.md)")

@@ -5,13 +5,67 @@ counts and output paths, and the error it raises for bad input (:class:`workbenc
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from pathlib import Path
 
 from workbench.errors import UserError
 
-__all__ = ["UserError", "add_condition_arguments", "check_steps", "compile_options", "conditions_for", "example_call",
-           "file_out", "folder_out", "inductor_option", "load_model", "parse_seeds", "prompt_list", "quiet_diffusers",
-           "scheduler_arg"]
+__all__ = ["MAX_SEED", "MAX_STEPS", "UserError", "add_condition_arguments", "check_steps", "compile_options",
+           "conditions_for", "device_arg", "example_call", "file_out", "folder_out", "inductor_option", "load_model",
+           "number", "parse_seeds", "prompt_list", "quiet_diffusers", "scheduler_arg"]
+
+
+MAX_SEEDS = 100_000  # images one command may be asked for (a typo like 0-999999999 is refused, not run out of memory)
+MAX_SEED = 2**63 - 1  # torch generators take seeds up to here
+MAX_STEPS = 10_000  # as a policy file allows
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, above: bool = False):
+    """An argparse ``type`` for a finite number of ``kind`` with ``low ≤ value ≤ high`` (``above``: ``low < value``),
+    refused in one line naming the range — NaN and infinities included, which comparisons would let through."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is needed, "
+                                             f"got {text!r}") from None
+        ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
+            and (high is None or value <= high)
+        if not ok:
+            shown = (lambda v: str(v)) if kind is int else (lambda v: f"{v:g}")
+            bounds = [f"{'>' if above else '≥'} {shown(low)}" if low is not None else "",
+                      f"≤ {shown(high)}" if high is not None else ""]
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(" ".join([f"must be {what}", " and ".join(b for b in bounds if b)])
+                                             .rstrip() + f", got {text!r}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in some messages
+    return parse
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: cpu, cuda, cuda:N or mps, and one this machine has (torch is imported
+    only for a GPU device, which a command then loads a model onto anyway)."""
+    name = text.strip()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise argparse.ArgumentTypeError(f"a device is cpu, cuda, cuda:N or mps, got {text!r}")
+    if name == "cpu":
+        return name
+    import torch
+
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError("this machine has no MPS device; use --device cpu")
+        return name
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name}: this machine (or this torch, {torch.__version__}) has no CUDA "
+                                         f"device; use --device cpu")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -25,9 +79,15 @@ def parse_seeds(text: str) -> list[int]:
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
-                seeds.extend(range(lo_i, hi_i + 1))
             elif part:
-                seeds.append(int(part))
+                lo_i = hi_i = int(part)
+            else:
+                continue
+            if not 0 <= lo_i <= hi_i <= MAX_SEED:
+                raise UserError(f"seeds lie in 0..{MAX_SEED}, got {part!r} in {text!r}")
+            if len(seeds) + hi_i - lo_i + 1 > MAX_SEEDS:
+                raise UserError(f"{text!r} asks for more than {MAX_SEEDS} images; give fewer seeds")
+            seeds.extend(range(lo_i, hi_i + 1))
     except ValueError:
         raise UserError(f"bad seed list {text!r}; use e.g. 0-7 or 1,5,9") from None
     if not seeds:
@@ -94,15 +154,40 @@ def check_steps(pipe, steps: int, what: str = "--steps") -> None:
 
 
 def folder_out(path: str | None, flag: str = "--out") -> None:
-    """Refuse an output folder that is an existing file (before any work is done)."""
-    if path is not None and Path(path).exists() and not Path(path).is_dir():
+    """Refuse an output folder that is an existing file or cannot be made or written (before any work is done)."""
+    from workbench.files import writable_parent
+
+    if path is None:
+        return
+    if Path(path).exists() and not Path(path).is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")
+    why = writable_parent(Path(path) / "x")
+    if why:
+        raise UserError(f"{flag} {path} cannot be written: {why}")
 
 
-def file_out(path: str | None, flag: str = "--out", example: str = "P.json") -> None:
-    """Refuse an output file that is an existing folder (before any work is done, so nothing is left behind)."""
-    if path is not None and Path(path).is_dir():
+def file_out(path: str | None, flag: str = "--out", example: str = "P.json", kind: str | None = None) -> None:
+    """Refuse, before any work is done, an output file that is an existing folder, that cannot be written (a file
+    where a folder should be, a read-only folder), or — ``kind`` ``"policy"`` — an existing file that is not an
+    FRDiff policy (a run's manifest.json, say: a policy command replaces policies, nothing else), or — ``kind``
+    ``"image"`` — whose extension is no image format."""
+    from workbench.files import image_format, is_policy_file, writable_parent
+
+    if path is None:
+        return
+    if Path(path).is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name such as {Path(path) / example}")
+    why = writable_parent(path)
+    if why:
+        raise UserError(f"{flag} {path} cannot be written: {why}")
+    if kind == "policy" and Path(path).exists() and not is_policy_file(path):
+        raise UserError(f"{flag} {path} exists and is not an FRDiff policy file; give another file name (nothing "
+                        f"was written)")
+    if kind == "image":
+        try:
+            image_format(path)
+        except ValueError as exc:
+            raise UserError(f"{flag} {exc}") from None
 
 
 def quiet_diffusers() -> None:
@@ -136,8 +221,19 @@ def add_condition_arguments(p) -> None:
                    help="text-to-image pipelines: a prompt; repeat it for several (image i gets prompt i mod P)")
     p.add_argument("--prompts-file", default=None, help="text-to-image pipelines: a UTF-8 file, one prompt per line")
     p.add_argument("--negative-prompt", default=None, help="text-to-image pipelines: the negative prompt")
-    p.add_argument("--height", type=int, default=None, help="text-to-image pipelines: image height in pixels")
-    p.add_argument("--width", type=int, default=None, help="text-to-image pipelines: image width in pixels")
+    p.add_argument("--height", type=pixels, default=None,
+                   help="text-to-image pipelines: image height in pixels (a multiple of 8, at most 4096)")
+    p.add_argument("--width", type=pixels, default=None,
+                   help="text-to-image pipelines: image width in pixels (a multiple of 8, at most 4096)")
+
+
+def pixels(text: str) -> int:
+    """An argparse ``type`` for an image side: a multiple of 8 (the VAE's downsampling) from 8 to 4096 (a typo like
+    100000 would ask for terabytes)."""
+    value = number(int, 8, 4096)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {text!r}")
+    return value
 
 
 def prompt_list(args: argparse.Namespace) -> list[str]:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from workbench.cli.common import (
+    MAX_STEPS,
     UserError,
     add_condition_arguments,
     check_steps,
     compile_options,
     conditions_for,
+    device_arg,
     file_out,
     folder_out,
     inductor_option,
     load_model,
+    number,
     parse_seeds,
     quiet_diffusers,
     scheduler_arg,
 )
+from workbench.files import write_json
 
 
 def _policy_error(exc) -> UserError:
@@ -110,8 +113,9 @@ def cmd_policy(args: argparse.Namespace) -> dict:
     if args.action == "make":
         if not args.out:
             raise UserError("policy make needs --out P.json")
-        file_out(args.out)  # before anything is made: a folder is refused, not written into
+        file_out(args.out, kind="policy")  # before anything is made: a folder is refused, not written into
         args.model = args.model or "tiny-unet"
+        args.steps = 50 if args.steps is None else args.steps
         report = _quick_make(args)
         if report is None:  # load the model: its blocks, fingerprint and FLOP shares from the real thing
             quiet_diffusers()
@@ -125,6 +129,9 @@ def cmd_policy(args: argparse.Namespace) -> dict:
     elif args.action == "validate":
         if not args.file:
             raise UserError("policy validate needs a policy JSON file")
+        if args.out or args.steps is not None:  # refused, not silently ignored
+            raise UserError("policy validate reads a policy and writes nothing; --out and --steps are for make and "
+                            "remap")
         policy = _load_policy(args.file)
         if args.model:
             import frdiff
@@ -146,9 +153,9 @@ def cmd_policy(args: argparse.Namespace) -> dict:
     elif args.action == "remap":
         if not args.out or not args.file:
             raise UserError("policy remap needs a policy file, --steps S and --out P.json")
-        file_out(args.out)
-        if args.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {args.steps}")
+        if args.steps is None:
+            raise UserError("policy remap needs --steps S, the step count to remap the policy to")
+        file_out(args.out, kind="policy")
         policy = _load_policy(args.file).remap(args.steps)
         policy.save(args.out)
         report = {"out": args.out, "steps": policy.steps, "denoiser_calls": policy.denoiser_calls(),
@@ -162,12 +169,14 @@ def cmd_policy(args: argparse.Namespace) -> dict:
             ("--reuse", args.reuse, "hold"), ("--skip-reuse", args.skip_reuse, None),
             ("--skip-space", args.skip_space, "output"), ("--forecast-axis", args.forecast_axis, "step"),
             ("--cache-dtype", args.cache_dtype, None), ("--warmup", args.warmup, 0),
-            ("--last-keyframe", args.last_keyframe, False)) if value != default]
+            ("--last-keyframe", args.last_keyframe, False), ("--steps", args.steps, None),
+            ("--preset", args.preset, "uniform"), ("--interval", args.interval, 2),
+            ("--scheduler", args.scheduler, "ddim")) if value != default]
         if ignored:  # refused, not silently dropped
             raise UserError(f"policy from-run chooses the keyframes and reuse modes from the run itself; "
                             f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for policy make and run "
                             f"(edit the result in the Policy builder to change them)")
-        file_out(args.out)
+        file_out(args.out, kind="policy")
         quiet_diffusers()
         report = _policy_from_run(args)
     else:
@@ -254,6 +263,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
     folder_out(args.out)
     if (args.policy is None) == (args.preset is None):
         raise UserError("give exactly one of --policy P.json or --preset NAME")
+    if args.policy and args.steps is not None:  # refused, not silently ignored
+        raise UserError(f"--steps is for presets; {args.policy} carries its own step count (change it with "
+                        f"`python -m workbench policy remap {args.policy} --steps S --out P.json`)")
     pipe = load_model(args)
     seeds = parse_seeds(args.seeds)
     classes = [s % pipe.num_classes for s in seeds] if hasattr(pipe, "num_classes") else None
@@ -269,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
             raise UserError("invalid policy for " + args.model + ": " + "; ".join(problems))
         name = Path(args.policy).stem
     else:
-        steps = args.steps
+        steps = 50 if args.steps is None else args.steps
         check_steps(pipe, steps)
         policy = _preset(args, pipe, steps)
         name = args.preset + (f"-M{args.interval}" if args.preset != "none" else "") + ("-mix" if args.mix else "") \
@@ -315,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         save_grid(v["images"], out / "variant.png", rows=rows)
         save_grid(ref["images"], out / "reference.png", rows=rows)
         policy.save(out / "policy.json")
-        (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / "result.json", report)
     if args.out:
         report["out"] = str(Path(args.out))
     if not args.json:
@@ -357,19 +369,22 @@ def add_commands(sub) -> None:
     p.add_argument("file", nargs="?", default=None, help="policy JSON (validate, remap) or run folder (from-run)")
     p.add_argument("--model", default=None,
                    help="embedded name, local folder or hub id (make: default tiny-unet; from-run: the run's model)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=None,
+                   help="make: steps of the policy (default 50); remap: the new step count")
     p.add_argument("--preset", default="uniform", help="none | uniform | reduced-nfe | deepcache")
-    p.add_argument("--interval", type=int, default=2, help="keyframe every M steps (uniform, reduced-nfe, deepcache)")
+    p.add_argument("--interval", type=number(int, 1), default=2,
+                   help="keyframe every M steps (uniform, reduced-nfe, deepcache)")
     p.add_argument("--mix", action="store_true", help="score mixing with the paper's defaults")
     p.add_argument("--scheduler", default="ddim", type=scheduler_arg,
                    help="scheduler the policy is for (ddim, dpmpp, euler, unipc)")
-    p.add_argument("--threshold", type=float, default=None, help="from-run: accumulated relative L1 per keyframe")
-    p.add_argument("--target-compute", type=float, default=None,
+    p.add_argument("--threshold", type=number(float, 0), default=None,
+                   help="from-run: accumulated relative L1 per keyframe")
+    p.add_argument("--target-compute", type=number(float, 0, 1, above=True), default=None,
                    help="from-run: plan keyframes and reuse mode per block at compute ≤ this fraction of the full run")
-    p.add_argument("--candidates", type=int, default=3,
+    p.add_argument("--candidates", type=number(int, 1), default=3,
                    help="from-run --target-compute: planned candidates run on the recorded seeds to pick from")
     _reuse_arguments(p)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--out", default=None, help="where to write the policy JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_policy)
@@ -378,17 +393,20 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
     p.add_argument("--policy", default=None, help="policy JSON")
     p.add_argument("--preset", default=None, help="none | uniform | reduced-nfe | deepcache (instead of --policy)")
-    p.add_argument("--interval", type=int, default=2)
+    p.add_argument("--interval", type=number(int, 1), default=2)
     p.add_argument("--mix", action="store_true")
-    p.add_argument("--steps", type=int, default=50, help="steps (presets; a policy file carries its own)")
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=None,
+                   help="steps of a preset (default 50; a policy file carries its own)")
     _reuse_arguments(p)
     p.add_argument("--seeds", default="0-7", help="one image per seed: 0-7, 1,5,9 …")
     p.add_argument("--class", dest="cls", default="all", help="class name, or 'all' (seed mod classes)")
     add_condition_arguments(p)
     p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc")
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--repeats", type=int, default=1, help="interleaved timing rounds (median latency)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per pipeline call (per rank under torchrun)")
+    p.add_argument("--guidance", type=number(float, 0), default=None)
+    p.add_argument("--repeats", type=number(int, 1), default=1,
+                   help="interleaved timing rounds (median latency)")
+    p.add_argument("--batch-size", type=number(int, 1), default=64,
+                   help="images per pipeline call (per rank under torchrun)")
     p.add_argument("--compile", default="off", choices=["off", "regional", "full"],
                    help="regional: every block a compiled graph with its reuse rule inside; full: each step "
                         "configuration one compiled graph of the whole denoiser call (the reference: the stock model "
@@ -400,7 +418,7 @@ def add_commands(sub) -> None:
     p.add_argument("--inductor-option", action="append", type=inductor_option, metavar="KEY=VALUE",
                    help="with --compile: an option of inductor's for the compiled graphs, repeatable; "
                         "cpp_wrapper=true launches their kernels from C++ (steps whose cost is kernel launches)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--out", default=None, help="folder for image grids, the policy and result.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)

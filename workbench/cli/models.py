@@ -8,13 +8,18 @@ import sys
 from pathlib import Path
 
 from workbench.cli.common import (
+    MAX_SEED,
+    MAX_STEPS,
     UserError,
     add_condition_arguments,
     check_steps,
     conditions_for,
+    device_arg,
     example_call,
     file_out,
+    folder_out,
     load_model,
+    number,
     scheduler_arg,
 )
 from workbench.models.catalog import CLASSES
@@ -48,7 +53,7 @@ def cmd_sample(args: argparse.Namespace) -> dict:
                         f"(--seed S starts each at seed S)")
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
-    file_out(args.out, example="grid.png")
+    file_out(args.out, example="grid.png", kind="image")
     pipe = load_model(args)
     check_steps(pipe, args.steps)
     classes = [i % pipe.num_classes for i in range(args.n)] if hasattr(pipe, "num_classes") else None
@@ -88,6 +93,15 @@ def cmd_sample(args: argparse.Namespace) -> dict:
     return report
 
 
+def trained_files(folder: Path) -> list[str]:
+    """What of a trained model ``folder`` holds (a pipeline's model_index.json, a model's config.json and weights,
+    training.json): the files a training run into it would replace."""
+    if not folder.is_dir():
+        return []
+    names = ("model_index.json", "training.json", "config.json")
+    return sorted(p.name for p in folder.iterdir() if p.name in names or p.suffix == ".safetensors")
+
+
 def cmd_train(args: argparse.Namespace) -> dict:
     from workbench import distributed
     from workbench.models.train import TrainConfig, train_classifier, train_diffusion
@@ -106,7 +120,12 @@ def cmd_train(args: argparse.Namespace) -> dict:
         distributed.refuse(f"{one_process[cfg.model]} trains in one process; run it without torchrun")
     if args.model == "tiny-sd" and args.init_from and not (Path(args.init_from) / "model_index.json").is_file():
         raise UserError(f"--init-from {args.init_from} is not a tiny-sd folder (no model_index.json in it)")
+    folder_out(args.out)
     out = Path(args.out)
+    held = trained_files(out)
+    if held and not args.overwrite:  # before any training: its first checkpoint would replace them
+        raise UserError(f"--out {out} already holds a trained model ({', '.join(held[:3])}); train into a new "
+                        f"folder, or pass --overwrite to replace it (checkpoints are written there as training goes)")
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.steps, desc=f"train {args.model}", unit="step", file=sys.stderr,
@@ -208,11 +227,13 @@ def add_commands(sub) -> None:
     add_condition_arguments(p)
     p.add_argument("--n", type=int, default=16,
                    help=f"number of images (FD-shapes from 64 on; at most {MAX_SAMPLES})")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
-    p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's shipped value)")
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=50, help="sampling steps")
+    p.add_argument("--seed", type=number(int, 0, MAX_SEED - MAX_SAMPLES), default=0,
+                   help="first seed; image i uses seed + i")
+    p.add_argument("--guidance", type=number(float, 0), default=None,
+                   help="CFG scale (default: the model's shipped value)")
     p.add_argument("--scheduler", default=None, type=scheduler_arg, help="ddim (default), dpmpp, euler, unipc, ddpm")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", default=None, help="write the image grid to this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_sample)
@@ -221,14 +242,17 @@ def add_commands(sub) -> None:
     p.add_argument("--model", required=True,
                    choices=["tiny-unet", "tiny-dit", "tiny-sd", "shape-classifier", "scene-judge"])
     p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=256, help="images per step (per process under torchrun)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=500, help="linear warm-up steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-seed", type=int, default=1)
-    p.add_argument("--sample-every", type=int, default=2000, help="steps between sample grids (0: never)")
-    p.add_argument("--time-limit-min", type=float, default=None, help="stop after this many minutes")
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=number(int, 0, MAX_SEED), default=0)
+    p.add_argument("--data-seed", type=number(int, 0, MAX_SEED), default=1)
+    p.add_argument("--sample-every", type=int, default=2000,
+                   help="steps between sample grids (0: never)")
+    p.add_argument("--time-limit-min", type=float, default=None,
+                   help="stop after this many minutes")
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--fp32", action="store_true", help="train in fp32 (TF32) instead of bf16 autocast on CUDA")
     p.add_argument("--init-from", default=None, help="pipeline folder to continue training from")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
@@ -237,26 +261,29 @@ def add_commands(sub) -> None:
     p.add_argument("--loss-weighting", default="none", choices=["none", "min-snr"],
                    help="per-noise-level weights of the ε loss: none, or Min-SNR-γ (arXiv 2303.09556)")
     p.add_argument("--min-snr-gamma", type=float, default=5.0, help="γ of Min-SNR-γ weighting")
-    p.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average (shipped)")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the weights' moving average (shipped)")
     p.add_argument("--teacher", default=None, help="pipeline (embedded name or folder) to distil from")
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="share of the teacher's predicted noise in the target, 0-1 (needs --teacher)")
-    p.add_argument("--vae-minutes", type=float, default=2.0,
+    p.add_argument("--vae-minutes", type=number(float, 0), default=2.0,
                    help="tiny-sd: minutes of the VAE stage before the text encoder and UNet (skipped with --init-from)")
     p.add_argument("--out", required=True, help="folder for the trained model, grids and training.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a folder that already holds a model, replacing it at the first checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("scenes", help="print N scene captions (tiny-sd's evaluation prompts: shape i mod 6, the "
                                       "other attributes drawn from --seed), one per line, for --prompts-file")
     p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, 0, MAX_SEED), default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_scenes)
 
     p = sub.add_parser("blocks", help="table of the denoiser's hookable blocks with shapes and FLOP shares")
     p.add_argument("--model", default="tiny-unet", help="embedded name, local diffusers folder or hub id")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_blocks)
 

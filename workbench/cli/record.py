@@ -6,11 +6,14 @@ import argparse
 import sys
 
 from workbench.cli.common import (
+    MAX_STEPS,
     UserError,
     add_condition_arguments,
     check_steps,
     conditions_for,
+    device_arg,
     load_model,
+    number,
     parse_seeds,
     scheduler_arg,
 )
@@ -131,18 +134,19 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default="tiny-unet")
     p.add_argument("--class", dest="cls", default="circle", help="class name or index (class-conditional models)")
     add_condition_arguments(p)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=number(int, 1, MAX_STEPS), default=50)
     p.add_argument("--seed", default="0-3", help="seeds, one image each: 0-3, 1,5,9 …")
     p.add_argument("--scheduler", default=None, type=scheduler_arg,
                    help="ddim | dpmpp | euler | unipc | ddpm (default: the pipeline's own; the shipped models': DDIM)")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance", type=number(float, 0), default=None)
     p.add_argument("--reduce", default="pool16", choices=["full", "pool16", "stats"],
                    help="full maps, maps pooled to ≤16×16 in float16, or streaming statistics only")
     p.add_argument("--blocks", default=None, help="comma-separated block names (default: all)")
-    p.add_argument("--budget-mb", type=float, default=None, help="refuse runs whose store would exceed this")
-    p.add_argument("--memory-budget-mb", type=float, default=None,
+    p.add_argument("--budget-mb", type=number(float, 0, above=True), default=None,
+                   help="refuse runs whose store would exceed this")
+    p.add_argument("--memory-budget-mb", type=number(float, 0, above=True), default=None,
                    help="refuse runs whose recorder would hold more device memory than this")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--out", required=True, help="run folder: new or empty (created)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (only its manifest.json, arrays.zarr and part-* folders)")
@@ -159,7 +163,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("analyze", help="per-block temporal redundancy of a recorded run, its spread across samples, "
                                        "and the frequency content of features, predicted x0 and final images")
     p.add_argument("dir", help="a run folder written by `record`")
-    p.add_argument("--threshold", type=float, default=0.1,
+    p.add_argument("--threshold", type=number(float, 0), default=0.1,
                    help="keyframe whenever the accumulated relative L1 since the last one exceeds this")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_analyze)

@@ -84,6 +84,10 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.warmup < 0 or self.sample_every < 0:
+            raise ValueError(f"warmup and sample_every must be 0 or more, got {self.warmup} and {self.sample_every}")
+        if self.time_limit_min is not None and not (math.isfinite(self.time_limit_min) and self.time_limit_min > 0):
+            raise ValueError(f"time_limit_min must be a positive number of minutes, got {self.time_limit_min}")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -114,7 +118,8 @@ def loss_weights(alphas_cumprod_t: torch.Tensor, cfg: TrainConfig) -> torch.Tens
 
 
 def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
-    """Write [-1, 1] images as a PNG grid with ``rows`` rows, upscaled 2× for viewing."""
+    """Write [-1, 1] images as a PNG grid with ``rows`` rows, upscaled 2× for viewing (atomically: a failed write
+    leaves an earlier file at ``path`` as it was)."""
     from PIL import Image
 
     u = to_uint8(images).numpy()
@@ -124,7 +129,9 @@ def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
     for i in range(n):
         r, k = divmod(i, cols)
         grid[r * h : (r + 1) * h, k * w : (k + 1) * w] = u[i]
-    Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.NEAREST).save(path)
+    from workbench.files import save_image
+
+    save_image(Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.NEAREST), path)
 
 
 def train_diffusion(cfg: TrainConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict:

@@ -128,6 +128,8 @@ def _load_folder(path: Path, dtype: torch.dtype):
         config = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{index} is not a diffusers model index (a JSON {type(config).__name__}, not an object)")
     for component, entry in config.items():
         # Components are [library, class] pairs; other entries are plain pipeline config values.
         is_component = isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str | None) for e in entry)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,6 +28,7 @@ from frdiff.blocks import denoiser_of, first_tensor, stream_tensor
 from workbench.conditions import call_kwargs
 from workbench.record.plan import (
     REDUCTIONS,
+    BudgetError,
     RecordPlan,
     Reduction,
     check_budget,
@@ -42,6 +45,7 @@ from workbench.record.store import (
     check_out_dir,
     free_disk,
     remove_run_files,
+    replace_run,
     run_bytes,
     write_manifest,
     written_record,
@@ -311,8 +315,12 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
                               scheduler=scheduler, reduction=red, blocks=blocks, guidance_scale=guidance_scale,
                               disk_budget=disk_budget, memory_budget=memory_budget, progress=progress, cancel=cancel,
                               overwrite=overwrite)
-    out = Path(out_dir)
-    earlier = check_out_dir(out, overwrite)  # before the model runs: a refusal costs nothing
+    target = Path(out_dir)
+    earlier = check_out_dir(target, overwrite)  # before the model runs: a refusal costs nothing
+    # overwriting: this run is recorded beside the earlier one, which it replaces only once complete (an interrupted
+    # or failed run leaves the earlier one as it was); a rank's part of a sharded run replaces its part in place
+    swap = earlier and part is None
+    out = target.parent / f".{target.name}.new-{os.getpid()}" if swap else target
     with scheduler_swapped(pipe, scheduler):
         check_steps(pipe.scheduler, steps)
         if guidance_scale is None:
@@ -321,8 +329,15 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
         call = recording_call(pipe, conditions, seeds, steps, guidance_scale, options)
         t0 = time.perf_counter()
         plan = plan_recording(pipe, call, steps, len(conditions), red, blocks)
-        # the free disk where the run will be (nothing is created to measure it), plus what overwriting frees
-        check_budget(plan, disk_budget, memory_budget, free_disk(out) + (run_bytes(out) if earlier else 0))
+        # the free disk where the run will be (nothing is created to measure it), plus what overwriting a part frees
+        try:
+            check_budget(plan, disk_budget, memory_budget,
+                         free_disk(target) + (run_bytes(target) if earlier and not swap else 0))
+        except BudgetError as exc:
+            if swap:
+                raise BudgetError(f"{exc} (--overwrite keeps the earlier run until this one is complete; remove "
+                                  f"it first to record in its space)") from None
+            raise
         manifest = base_manifest(pipe, model_id, plan, scheduler or scheduler_name(pipe.scheduler), steps, seeds,
                                  list(conditions), guidance_scale,
                                  cfg_layout(pipe, guidance_scale))
@@ -331,8 +346,10 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
         if part is not None:
             manifest["part"] = part
         manifest["timing"] = {"plan_s": time.perf_counter() - t0}
-        if earlier:
+        if earlier and not swap:
             remove_run_files(out)
+        if swap and out.exists():  # a hard-killed earlier attempt of this process id
+            shutil.rmtree(out)
         made = not out.exists()
         recorder = Recorder(pipe, plan, out, manifest, progress=progress, cancel=cancel)
         try:
@@ -341,10 +358,14 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
                 call()
                 manifest["timing"]["sampling_s"] = time.perf_counter() - t1
         except BaseException:
-            if made and out.is_dir() and not any(out.iterdir()):  # refused before writing: leave nothing
+            if swap:  # the earlier run in target is as it was
+                shutil.rmtree(out, ignore_errors=True)
+            elif made and out.is_dir() and not any(out.iterdir()):  # refused before writing: leave nothing
                 out.rmdir()
             raise
-        return out
+        if swap:
+            replace_run(out, target)
+        return target
 
 
 def part_name(rank: int) -> str:

@@ -50,7 +50,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,7 +65,8 @@ VERSION = 2  # 2: crc32c chunks and the manifest's ``written`` record; 1: neithe
 VERSIONS = (1, 2)
 LAYOUTS = ("none", "uncond_first", "cond_first")
 PART = re.compile(r"part-\d{5}")  # a rank's part of a sharded run (``record_sharded``)
-_TEMPORARY = re.compile(r"\.manifest-.*\.json")  # write_manifest's temporary file, left by a hard kill
+_TEMPORARY = re.compile(r"\.manifest(-.*\.json|\.json\..*\.tmp)")  # write_manifest's temporary file (this or an older
+# naming), left by a hard kill
 
 
 class StoreError(RuntimeError):
@@ -80,17 +80,10 @@ class OutDirError(StoreError, UserError):
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Write ``manifest.json`` atomically (readers see the old or the new file, never a mix)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from workbench.files import replacing
+
+    with replacing(directory / MANIFEST) as f:
+        json.dump(manifest, f, indent=2, default=str)
 
 
 # ---- what a flush wrote, and what the steps done need --------------------------------------------------------------
@@ -334,6 +327,17 @@ def remove_run_files(directory: str | Path, keep_parts: Iterable[str] = ()) -> N
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def replace_run(new: str | Path, target: str | Path) -> None:
+    """Move the complete run recorded in ``new`` over the earlier run in ``target`` (``record --overwrite``): the
+    earlier run's own files go (``remove_run_files``; other files stay), the new run's arrays move in, its manifest
+    last (a reader finds the new run whole or no run), and ``new`` is removed."""
+    new, target = Path(new), Path(target)
+    remove_run_files(target)
+    for entry in sorted(new.iterdir(), key=lambda p: p.name == MANIFEST):
+        os.replace(entry, target / entry.name)
+    new.rmdir()
 
 
 # ---- reading --------------------------------------------------------------------------------------------------------
