@@ -423,7 +423,9 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
                                                             options=compile_options)
             graphs.fake_state = state if fake else None
             if any(state.orders):  # forecasts: their weights are a buffer the captured steps read
-                if graphs.weights is None:  # written in place at every step, under inference_mode or not
+                if graphs.weights is None or graphs.weights.device != torch.device(device):  # written in place
+                    # at every step, under inference_mode or not; on the model's device (after a pipe.to(), too)
+                    graphs.tables.clear()
                     with torch.inference_mode(False):
                         graphs.weights = torch.zeros(len(policy.blocks), max(state.orders) + 1, device=device)
                 state.weights = graphs.weights

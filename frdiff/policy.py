@@ -327,9 +327,8 @@ class Policy:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        mask = os.umask(0o022)  # mkstemp makes a file its owner alone may read: give it open()'s mode
-        os.umask(mask)
-        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~mask
+        # mkstemp makes a file its owner alone may read: give it open()'s mode (or the replaced file's)
+        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -519,6 +518,19 @@ class Policy:
                       skip_reuse=self.skip_reuse, skip_space=self.skip_space, forecast_axis=self.forecast_axis,
                       cache_dtype=self.cache_dtype)
         return Policy(**{**fields, **changes})
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where there is one (setting it to read it races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _json_type(value) -> str:

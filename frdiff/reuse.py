@@ -225,7 +225,11 @@ class _ReuseHook(ModelHook):
         state.hooks.append(self)
 
     def reset_state(self, module):
-        self.cache = None
+        """diffusers' reset of stateful hooks (a pipeline's ``maybe_free_model_hooks`` at the end of a call): the
+        cache goes, except a static one — captured steps read and write its buffers by address, so it stays with
+        them (a run's first step refills it)."""
+        if not self.state.static_cache:
+            self.cache = None
         return module
 
     def cached_tensors(self) -> list[torch.Tensor]:

@@ -44,9 +44,9 @@ for part in "$@"; do
     --compile "${COMPILE:-regional}" --cuda-graphs "${GRAPHS:-both}" --repeats "${REPEATS:-3}" --out "$OUT/$name" \
     ${CHANNELS_LAST:+--channels-last} --profile "${opts[@]}" ${EXTRA:-} --json >/dev/null 2>"$OUT/$name.log"
   echo "$name exit $? at $(( $(date +%s) - start )) s"
-  for f in gpu-speed.json gpu-speed.partial.json; do  # the finished run, else what a time limit left
-    [ -f "$OUT/$name/$f" ] && [ ! -f "$OUT/$name.json" ] && mv "$OUT/$name/$f" "$OUT/$name.json"
-  done
+  if [ -f "$OUT/$name/gpu-speed.json" ]; then mv -f "$OUT/$name/gpu-speed.json" "$OUT/$name.json"  # finished
+  elif [ -f "$OUT/$name/gpu-speed.partial.json" ]; then mv -f "$OUT/$name/gpu-speed.partial.json" "$OUT/$name.json"
+  fi  # else nothing measured; a partial file beside a finished one is dropped
   rm -f "$OUT/$name/gpu-speed.partial.json"; rmdir "$OUT/$name" 2>/dev/null
   grep -v "^\s*$" "$OUT/$name.log" | grep -v Warning | tail -n 12
   if [ -n "${KEEP_CACHE:-}" ]; then  # after each part, so a call stopped in the next keeps what compiled so far

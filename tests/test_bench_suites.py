@@ -190,6 +190,12 @@ def test_a_stopped_gpu_run_keeps_the_finished_one_it_would_replace(tmp_path, mon
     assert main(["bench", "gpu-speed", "--small", "--out", str(tmp_path), "--json"]) != 0
     assert json.loads(finished.read_text())["rows"] == ["earlier"]
     assert json.loads((tmp_path / "gpu-speed.partial.json").read_text())["rows"] == ["part"]
+    from workbench.bench.report import load_reports
+
+    assert [name for name, _ in load_reports(tmp_path)] == ["gpu-speed.json"]  # the partial one beside it: not read
+    finished.rename(tmp_path / "earlier.txt")
+    assert [name for name, _ in load_reports(tmp_path)] == ["gpu-speed.partial.json"]  # alone, it is what there is
+    (tmp_path / "earlier.txt").rename(finished)
     monkeypatch.setattr(engine, "bench_gpu_speed", whole)
     assert main(["bench", "gpu-speed", "--small", "--out", str(tmp_path), "--json"]) == 0
     assert json.loads(finished.read_text())["rows"] == ["new"] and not (tmp_path / "gpu-speed.partial.json").exists()

@@ -361,6 +361,28 @@ def _rounds_in_separate_applies(den, policy, rounds=3, **kw):
     return outs, reports
 
 
+def test_a_pipelines_reset_of_its_hooks_keeps_the_captured_buffers(fake_step_graphs):
+    """A stock pipeline ends each call with ``maybe_free_model_hooks``, which resets stateful hooks (CacheMixin
+    models: Flux, SD3, …). A captured step reads and writes its cache buffers by address, so the reset keeps them:
+    the next run replays into the same buffers, and equals the eager run."""
+    den = _dit()
+    policy = _policy(den, "taylor2", "feature", mix=True)
+    call = _call(den)
+    with torch.no_grad():
+        (ref,), _ = _runs(den, policy, rounds=1)
+        with frdiff.apply(den, policy, check_model=False, cuda_graphs="step") as run:
+            outs, addresses = [], []
+            for _ in range(2):
+                outs.append(torch.stack([call(s) for s in range(STEPS)]))
+                hooks = [h for m in den.modules() if hasattr(m, "_diffusers_hook")
+                         for h in m._diffusers_hook.hooks.values() if hasattr(h, "cached_tensors")]
+                addresses.append([t.data_ptr() for h in hooks for t in h.cached_tensors()])
+                den._diffusers_hook.reset_stateful_hooks()  # as the pipeline's maybe_free_model_hooks would
+    assert all(torch.equal(o, ref) for o in outs)
+    assert addresses[0] and addresses[1] == addresses[0] and run.report().captures_per_run == [2, 0]
+    frdiff.release_step_graphs(den)
+
+
 @pytest.mark.parametrize("make", [_dit, _unet])
 @pytest.mark.parametrize("compile", ["off", "regional", "full"])
 @pytest.mark.parametrize("granularity", ["feature", "block"])

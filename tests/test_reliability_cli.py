@@ -393,14 +393,23 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(capsys, tmp_
 
 
 def test_train_refuses_a_folder_holding_a_model(capsys, tmp_path):
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "model_index.json").write_text("{}")
-    (out / "training.json").write_text("{}")
+    """The folder the model is written to — ``--out/tiny-dit`` (as the shipped tiny-dit's), ``--out`` itself for
+    tiny-sd — holding a model is refused before training (it used to be replaced, by a 1-step checkpoint if
+    stopped); a fresh ``--out`` beside such a folder is not."""
+    from workbench.models.zoo import embedded_path
+
+    out = tmp_path / "runs"
+    shutil.copytree(embedded_path("tiny-dit"), out / "tiny-dit")
+    before = snapshot(out)
     line = fails(capsys, "train", "--model", "tiny-dit", "--steps", "1", "--out", str(out))
-    assert line == (f"error: --out {out} already holds a trained model (model_index.json, training.json); train into "
-                    f"a new folder, or pass --overwrite to replace it (checkpoints are written there as training goes)")
-    assert sorted(p.name for p in out.iterdir()) == ["model_index.json", "training.json"]
+    assert line.startswith(f"error: {out / 'tiny-dit'} already holds a trained model (") and line.endswith(
+        "); train into a new folder, or pass --overwrite to replace it (checkpoints are written there as training "
+        "goes)")
+    (out / "sd").mkdir()
+    (out / "sd" / "model_index.json").write_text("{}")
+    assert fails(capsys, "train", "--model", "tiny-sd", "--steps", "1", "--out", str(out / "sd")).startswith(
+        f"error: {out / 'sd'} already holds a trained model (model_index.json)")
+    assert snapshot(out) == {**before, "sd/model_index.json": b"{}"}
 
 
 def test_a_model_index_that_is_not_an_object_is_one_line(capsys, tmp_path):

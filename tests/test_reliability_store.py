@@ -71,7 +71,7 @@ def test_overwrite_replaces_only_the_runs_own_files(run, random_dit_pipe):
     (run / ".manifest-leftover.json").write_text("{")  # a temporary a hard kill left: the run's own
     _record(random_dit_pipe, run, steps=2, overwrite=True)
     assert (run / "notes.txt").read_text() == "my notes" and (run / "mine" / "data.bin").read_bytes() == b"\x00\x01"
-    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # recorded beside it, then moved in
+    assert sorted(p.name for p in run.iterdir()) == ["arrays.zarr", "manifest.json", "mine", "notes.txt"]
     assert not (run / ".manifest-leftover.json").exists()
     store = FeatureStore.open(run)
     assert store.complete and store.steps_done == 2 and store.manifest["steps"] == 2
@@ -92,8 +92,19 @@ def test_an_overwrite_that_stops_leaves_the_earlier_run_as_it_was(run, random_di
 
     with pytest.raises(KeyboardInterrupt):
         _record(random_dit_pipe, run, steps=3, overwrite=True, cancel=stop)
-    assert len(calls) == 2 and snapshot(run) == before
-    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # no half-recorded sibling left
+    assert len(calls) == 2 and snapshot(run) == before  # nothing of the new run left in it either
+
+
+def test_a_killed_overwrite_is_not_listed_and_the_next_one_clears_it(run, random_dit_pipe):
+    """``kill -9`` during ``record --overwrite`` leaves its ``.new-PID`` folder inside the run: ``runs`` does not list
+    it as a run of its own, and the next overwrite removes it with the earlier run."""
+    stale = run / ".new-999999999"  # no process has this id
+    shutil.copytree(run / "arrays.zarr", stale / "arrays.zarr")
+    shutil.copy(run / "manifest.json", stale / "manifest.json")
+    assert [r["path"] for r in list_runs(run.parent)] == [str(run)]
+    _record(random_dit_pipe, run, steps=2, overwrite=True)
+    assert not stale.exists() and FeatureStore.open(run).steps_done == 2
+    assert sorted(p.name for p in run.iterdir()) == ["arrays.zarr", "manifest.json"]
 
 
 def test_a_folder_of_other_files_is_refused_even_with_overwrite(tmp_path, random_dit_pipe):

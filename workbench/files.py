@@ -19,7 +19,15 @@ from typing import IO
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    """The process's umask, read from /proc where there is one (setting it to read it would race with other
+    threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: reading it means setting it; put it straight back
     os.umask(mask)
     return mask
 
@@ -30,6 +38,8 @@ def replacing(path: str | Path, binary: bool = False) -> Iterator[IO]:
     block ends without an exception; otherwise it is removed and ``path`` is as it was. A new file gets the mode
     ``open`` would give it, a replaced one keeps its own."""
     path = Path(path)
+    if path.is_symlink():  # write what the link points to, and keep the link
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -17,12 +17,15 @@ BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # fractions of the reference's de
 
 
 def load_reports(folder: Path) -> list[tuple[str, dict]]:
-    """``(file name, report)`` of every suite JSON in ``folder``, sorted by name."""
+    """``(file name, report)`` of every suite JSON in ``folder``, sorted by name. ``SUITE.partial.json`` (what a
+    stopped run checkpointed) counts only where no finished ``SUITE.json`` lies beside it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of benchmark JSONs")
     out = []
     for path in sorted(folder.glob("*.json")):
+        if path.name.endswith(".partial.json") and (folder / path.name.replace(".partial.json", ".json")).exists():
+            continue
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

@@ -30,7 +30,7 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
         except ValueError:
             raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is needed, "
                                              f"got {text!r}") from None
-        ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
+        ok = (kind is int or math.isfinite(value)) and (low is None or (value > low if above else value >= low)) \
             and (high is None or value <= high)
         if not ok:
             shown = (lambda v: str(v)) if kind is int else (lambda v: f"{v:g}")

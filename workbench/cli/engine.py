@@ -266,8 +266,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     if args.policy and args.steps is not None:  # refused, not silently ignored
         raise UserError(f"--steps is for presets; {args.policy} carries its own step count (change it with "
                         f"`python -m workbench policy remap {args.policy} --steps S --out P.json`)")
+    seeds = parse_seeds(args.seeds)  # before the model loads: a bad list costs nothing
     pipe = load_model(args)
-    seeds = parse_seeds(args.seeds)
     classes = [s % pipe.num_classes for s in seeds] if hasattr(pipe, "num_classes") else None
     labels, options = conditions_for(args, pipe, len(seeds), classes)
     if args.policy:

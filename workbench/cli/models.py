@@ -95,7 +95,8 @@ def cmd_sample(args: argparse.Namespace) -> dict:
 
 def trained_files(folder: Path) -> list[str]:
     """What of a trained model ``folder`` holds (a pipeline's model_index.json, a model's config.json and weights,
-    training.json): the files a training run into it would replace."""
+    training.json): the files a training run into it would replace. The folder a model is written to is ``--out``
+    itself for tiny-sd and the scene judge, ``--out/<model>`` for the others."""
     if not folder.is_dir():
         return []
     names = ("model_index.json", "training.json", "config.json")
@@ -122,9 +123,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
         raise UserError(f"--init-from {args.init_from} is not a tiny-sd folder (no model_index.json in it)")
     folder_out(args.out)
     out = Path(args.out)
-    held = trained_files(out)
+    target = out / args.model if args.model in ("tiny-unet", "tiny-dit", "shape-classifier") else out
+    held = trained_files(target)
     if held and not args.overwrite:  # before any training: its first checkpoint would replace them
-        raise UserError(f"--out {out} already holds a trained model ({', '.join(held[:3])}); train into a new "
+        raise UserError(f"{target} already holds a trained model ({', '.join(held[:3])}); train into a new "
                         f"folder, or pass --overwrite to replace it (checkpoints are written there as training goes)")
     from tqdm.auto import tqdm
 

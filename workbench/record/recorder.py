@@ -317,10 +317,11 @@ def record_run(pipe, model_id: str, out_dir: str | Path, labels: list[int] | Non
                               overwrite=overwrite)
     target = Path(out_dir)
     earlier = check_out_dir(target, overwrite)  # before the model runs: a refusal costs nothing
-    # overwriting: this run is recorded beside the earlier one, which it replaces only once complete (an interrupted
-    # or failed run leaves the earlier one as it was); a rank's part of a sharded run replaces its part in place
+    # overwriting: this run is recorded inside the earlier one's folder (the same file system), which it replaces
+    # only once complete, by renames (an interrupted or failed run leaves the earlier one as it was); a rank's part of
+    # a sharded run replaces its part in place
     swap = earlier and part is None
-    out = target.parent / f".{target.name}.new-{os.getpid()}" if swap else target
+    out = target / f".new-{os.getpid()}" if swap else target
     with scheduler_swapped(pipe, scheduler):
         check_steps(pipe.scheduler, steps)
         if guidance_scale is None:

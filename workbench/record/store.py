@@ -310,8 +310,26 @@ def _run_paths(directory: Path, keep_parts: Iterable[str]) -> list[Path]:
     keep = set(keep_parts)
     paths = [p for p in _run_parts(directory) if p.name not in keep]
     paths += [directory / ARRAYS] if (directory / ARRAYS).exists() else []
-    paths += [e for e in directory.iterdir() if _TEMPORARY.fullmatch(e.name)]
+    paths += [e for e in directory.iterdir() if _TEMPORARY.fullmatch(e.name) or _stale_swap(e)]
     return paths + ([directory / MANIFEST] if (directory / MANIFEST).exists() else [])
+
+
+_SWAP = re.compile(r"\.(new|old)-(\d+)")  # record --overwrite's folders inside the run it replaces
+
+
+def _stale_swap(path: Path) -> bool:
+    """A ``.new-PID`` / ``.old-PID`` folder that ``record --overwrite`` left inside a run when its process was killed
+    (the run's own, removed with it); one whose process still runs is another overwrite in progress."""
+    match = _SWAP.fullmatch(path.name)
+    if not match or not path.is_dir():
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return int(match.group(2)) == os.getpid()
 
 
 def remove_run_files(directory: str | Path, keep_parts: Iterable[str] = ()) -> None:
@@ -330,14 +348,29 @@ def remove_run_files(directory: str | Path, keep_parts: Iterable[str] = ()) -> N
 
 
 def replace_run(new: str | Path, target: str | Path) -> None:
-    """Move the complete run recorded in ``new`` over the earlier run in ``target`` (``record --overwrite``): the
-    earlier run's own files go (``remove_run_files``; other files stay), the new run's arrays move in, its manifest
-    last (a reader finds the new run whole or no run), and ``new`` is removed."""
+    """Move the complete run recorded in ``new`` (a folder inside ``target``: the same file system) over the earlier
+    run in ``target`` (``record --overwrite``). The earlier manifest and arrays are renamed aside, the new arrays and
+    then the new manifest renamed in — renames only, so the moment without a whole run is that short — and only then
+    is the earlier run deleted (its part folders as ``remove_run_files`` does: other files stay)."""
     new, target = Path(new), Path(target)
-    remove_run_files(target)
-    for entry in sorted(new.iterdir(), key=lambda p: p.name == MANIFEST):
+    parts = [p for p in _run_parts(target)]
+    trash = target / f".old-{os.getpid()}"
+    leftovers = [e for e in target.iterdir()
+                 if _TEMPORARY.fullmatch(e.name) or (_stale_swap(e) and e not in (new, trash))]
+    trash.mkdir(exist_ok=True)
+    for name in (MANIFEST, ARRAYS):
+        if (target / name).exists():
+            os.replace(target / name, trash / name)
+    for entry in sorted(new.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
         os.replace(entry, target / entry.name)
     new.rmdir()
+    for part in parts:
+        remove_run_files(part)
+        with contextlib.suppress(OSError):  # other files are left in it
+            part.rmdir()
+    for path in leftovers:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ---- reading --------------------------------------------------------------------------------------------------------
@@ -630,6 +663,8 @@ def list_runs(root: str | Path) -> list[dict]:
     rows = []
     for path in sorted(Path(root).glob(f"**/{MANIFEST}")):
         if ARRAYS in path.parts or _is_part_of_a_run(path):  # a part is listed as its sharded run
+            continue
+        if any(_SWAP.fullmatch(name) for name in path.relative_to(root).parts[:-1]):  # an overwrite in progress
             continue
         row = dict(path=str(path.parent), model=None, scheduler=None, steps=None, steps_done=None, blocks=None,
                    reduction=None, created=None, status="broken", reason=None)
