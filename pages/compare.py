@@ -74,12 +74,14 @@ if use_current and current is not None and current.steps != steps:
     st.warning(f"The builder's policy is for {current.steps} steps; here it will be remapped to {steps} "
                f"(keyframe fraction kept: {remapped.denoiser_calls()} denoiser calls instead of "
                f"{current.denoiser_calls()} of {current.steps}). Set Steps to {current.steps} to run it as built.")
-    st.button(f"Use {current.steps} steps", key="compare_use_policy_steps",
-              on_click=lambda n=current.steps: st.session_state.__setitem__("compare_steps", n))
+    if current.steps <= 1000:  # the Steps box's range
+        st.button(f"Use {current.steps} steps", key="compare_use_policy_steps",
+                  on_click=lambda n=current.steps: st.session_state.__setitem__("compare_steps", n))
 
 if st.button("Run", type="primary", key="compare_run"):
     with readable_errors("Setting up the variants"):
         variants: list[Variant] = []
+        paths: list[str | None] = []  # each variant's library file, if it has one
         notes = []
         if use_current and current is not None:
             p, note = app_runs.fit_steps(current, steps)
@@ -90,8 +92,12 @@ if st.button("Run", type="primary", key="compare_run"):
                 p, note = app_runs.fit_steps(Policy.load(r["path"]), steps)
                 variants.append(Variant(r["name"], p))
                 notes += [f"{r['name']}: {note}"] if note else []
+        paths = [None] * (1 if use_current and current is not None else 0) + \
+            [r["path"] for r in library if r["name"] in chosen_lib]
         variants += app_runs.preset_variants(pipe, chosen_presets, steps)
         variants += [app_runs.fewer_steps(n) for n in app_runs.parse_steps_list(fewer)]
+        paths += [None] * (len(variants) - len(paths))
+        variants = app_runs.unique_variants(variants)  # results are keyed by name
         if not variants:
             raise ValueError("choose at least one variant")
         if class_model:
@@ -111,7 +117,7 @@ if st.button("Run", type="primary", key="compare_run"):
             progress=lambda info: bar.progress(info["done"] / info["total"], text=f"{info['variant']} done"))
     bar.empty()
     result["policies"] = {v.name: v.policy for v in variants if v.policy is not None}
-    result["library_paths"] = {r["name"]: r["path"] for r in library if r["name"] in chosen_lib}
+    result["library_paths"] = {v.name: path for v, path in zip(variants, paths, strict=True) if path}
     result["setup"] = {"model": source, "steps": steps, "scheduler": scheduler, "labels": labels, "seeds": seeds,
                        "selection": selection, "options": options}
     st.session_state["comparison"] = result

@@ -176,12 +176,11 @@ st.subheader("Save and share")
 v1, v2, v3 = st.columns([2, 1, 1])
 # a new starting policy gets a name of its own
 name = v1.text_input("Name", app_policy.default_name(base), key=f"builder_name_{rev}")
-overwrite = v2.checkbox("Overwrite", key="builder_overwrite")
+overwrite = v2.checkbox("Overwrite", key=f"builder_overwrite_{rev}")  # a new starting policy: unticked again
 if v3.button("Save to library", type="primary", key="builder_save", disabled=bool(problems)):
-    with readable_errors("Saving"):
-        saved = policy
-        saved.provenance = {**saved.provenance, "saved": dt.datetime.now().isoformat(timespec="seconds"),
-                            "model_source": source}
+    with readable_errors("Saving"):  # a copy: a refused save leaves the policy being edited as it was
+        saved = policy.replaced(provenance={**policy.provenance, "model_source": source,
+                                            "saved": dt.datetime.now().isoformat(timespec="seconds")})
         path = app_policy.save_policy(saved, policy_library(), name, overwrite=overwrite)
     st.success(f"Saved {path}")
 st.download_button("Download JSON", app_policy.policy_json(policy), file_name=f"{name or 'policy'}.json",

@@ -46,15 +46,22 @@ def test_summary_and_problems(policy, random_unet_pipe):
 def test_library_save_list_metrics_delete(policy, tmp_path):
     path = app_policy.save_policy(policy, tmp_path, "my policy/../x")
     assert path == tmp_path / "my-policy-..-x.json"
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ValueError, match="already in the library; pick another name or tick 'overwrite'"):
         app_policy.save_policy(policy, tmp_path, "my policy/../x")
     (tmp_path / "junk.json").write_text('{"format": "nope"}')
+    for overwrite in (False, True):  # a file that is not a policy is never replaced
+        with pytest.raises(ValueError, match="junk.json in the library is not a policy file; pick another name"):
+            app_policy.save_policy(policy, tmp_path, "junk", overwrite=overwrite)
+    assert (tmp_path / "junk.json").read_text() == '{"format": "nope"}'
     rows = {r["name"]: r for r in app_policy.list_policies(tmp_path)}
     good = rows[path.stem]
     assert (good["steps"], good["made_by"], good["preset"], good["denoiser_calls"]) == (6, "preset", "uniform", 6)
     assert "not an FRDiff policy" in rows["junk"]["problems"]
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, "my_note": "keep me"}))  # a key this version does not know
     app_policy.store_metrics(path, {"psnr": 31.5, "speedup": 1.4, "images": "dropped"})
-    assert json.loads(path.read_text())["provenance"]["metrics"] == {"psnr": 31.5, "speedup": 1.4}
+    stored = json.loads(path.read_text())
+    assert stored["provenance"]["metrics"] == {"psnr": 31.5, "speedup": 1.4} and stored["my_note"] == "keep me"
     app_policy.delete_policy(tmp_path, path.stem)
     assert not path.exists()
     with pytest.raises(ValueError):
@@ -176,3 +183,25 @@ def test_tables_have_readable_headers_units_and_no_none():
     note = runs.speedup_note(result["variants"][0])
     assert note.startswith("M=2: measured 2.00× is above the 1.60× FLOPs predict")
     assert runs.speedup_note({**result["variants"][0], "speedup": 1.65}) is None
+
+
+def test_a_policy_for_another_model_has_counts_but_no_prediction(policy, random_unet_pipe):
+    """The builder and Auto-FR pages summarise a policy against the current model's FLOP shares: one made for
+    another model (opened from the library, sent from Auto-FR) gets its counts and no prediction, not a KeyError."""
+    from workbench.app.runs import savings_of
+
+    savings = savings_of(random_unet_pipe)
+    assert "predicted_speedup" in app_policy.summary(policy, savings)
+    other = policy.replaced(blocks=[f"elsewhere.{b}" for b in policy.blocks])
+    summary = app_policy.summary(other, savings)
+    assert "predicted_speedup" not in summary and "cache_bytes" not in summary
+    assert summary["denoiser_calls"] == other.denoiser_calls()
+
+
+def test_comparison_variant_names_are_unique_and_never_reference():
+    from workbench.app.runs import unique_variants
+    from workbench.compare import Variant
+
+    names = [v.name for v in unique_variants([Variant("reference"), Variant("2 steps", steps=2), Variant("a"),
+                                              Variant("2 steps", steps=2), Variant("a")])]
+    assert names == ["reference (2)", "2 steps", "a", "2 steps (2)", "a (2)"]

@@ -199,6 +199,18 @@ def test_builder_preset_edit_save_download_and_upload(folders):
     assert not at.exception
     assert "not an FRDiff policy" in at.error[0].value
 
+    # a policy made for another model (tiny-dit's, the builder on tiny-unet): its counts and the problems, no
+    # prediction and no traceback (a KeyError in the cache-memory prediction broke the page on every rerun)
+    import frdiff
+    from workbench.models.zoo import load_pipeline
+
+    dit = frdiff.make_preset("uniform", load_pipeline("tiny-dit").transformer, 6)
+    at.file_uploader(key="builder_upload").set_value(("dit.json", dit.to_json().encode(), "application/json")).run()
+    assert not at.exception and at.session_state["policy"].blocks == dit.blocks
+    assert next(m for m in at.metric if m.label == "Predicted speedup").value == "–"
+    assert next(m for m in at.metric if m.label == "Denoiser calls").value == "6 / 6"
+    assert at.warning
+
 
 def test_compare_runs_presets_baselines_and_attribution():
     at = open_page("compare")

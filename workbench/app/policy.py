@@ -126,7 +126,9 @@ def summary(policy: Policy, savings: dict | None = None) -> dict:
            "denoiser_calls": policy.denoiser_calls(), "full_steps": kinds.count("full"),
            "fr_steps": kinds.count("fr"), "skipped_steps": kinds.count("skip")}
     out["reuse"] = policy.reuse_summary()
-    if savings is not None:
+    known = all(b in savings.get(g, {}) for b, g in zip(policy.blocks, policy.granularity, strict=True)) \
+        if savings is not None else False
+    if known:  # a policy made for another model has no prediction here (its blocks are not this model's)
         out["predicted_speedup"] = frdiff.predicted_speedup(policy, savings)
         if "cached_numel" in savings:  # the caches of one image's run (its CFG batch)
             out["cache_bytes"] = frdiff.cache_bytes(policy, savings)
@@ -158,11 +160,16 @@ def safe_name(name: str) -> str:
 
 
 def save_policy(policy: Policy, root: str | Path, name: str, overwrite: bool = False) -> Path:
-    """Save ``policy`` as ``root/<name>.json``; refuses to overwrite unless asked."""
+    """Save ``policy`` as ``root/<name>.json``; refuses to overwrite unless asked, and a file there that is not a
+    policy (notes someone dropped in the folder) always."""
+    from workbench.files import is_policy_file
+
     path = Path(root) / f"{safe_name(name)}.json"
+    if path.exists() and not is_policy_file(path):
+        raise ValueError(f"{path.name} in the library is not a policy file; pick another name (nothing was saved)")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"a policy named {path.stem!r} is already in the library; pick another name or "
-                              "tick 'overwrite'")
+        raise ValueError(f"a policy named {path.stem!r} is already in the library; pick another name or tick "
+                         "'overwrite'")
     return policy.save(path)
 
 
@@ -216,13 +223,21 @@ def delete_policy(root: str | Path, name: str) -> None:
 
 
 def store_metrics(path: str | Path, metrics: dict) -> None:
-    """Write measured metrics into a library policy's provenance (``provenance.metrics``)."""
-    policy = Policy.load(path)
+    """Write measured metrics into a library policy's provenance (``provenance.metrics``): the file must still load
+    as a policy, and everything else in it stays as it was (keys this version does not know included — a load and
+    save would drop them)."""
+    import json
+
+    from workbench.files import write_text
+
+    Policy.load(path)  # refuses a file that no longer is a valid policy, before anything is written
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
     keep = ("psnr", "ssim", "speedup", "predicted_speedup", "latency_s", "class_accuracy", "fd_shapes", "n",
             "model", "measured_at_steps")
-    policy.provenance = {**policy.provenance,
+    provenance = raw.get("provenance") if isinstance(raw.get("provenance"), dict) else {}
+    raw["provenance"] = {**provenance,
                          "metrics": {k: metrics[k] for k in keep if k in metrics and metrics[k] is not None}}
-    policy.save(path)
+    write_text(path, json.dumps(raw, indent=1) + "\n")
 
 
 def policy_json(policy: Policy) -> str:

@@ -287,6 +287,21 @@ def tour_reading(result: dict) -> list[str]:
     return lines
 
 
+def unique_variants(variants: list[Variant]) -> list[Variant]:
+    """``variants`` with names made unique, and none called ``reference`` (the comparison's own): results are keyed
+    by name, so a library policy named ``reference`` or ``2 steps`` would have replaced another's images."""
+    import dataclasses
+
+    seen, out = {"reference"}, []
+    for v in variants:
+        name, k = v.name, 2
+        while name in seen:
+            name, k = f"{v.name} ({k})", k + 1
+        seen.add(name)
+        out.append(v if name == v.name else dataclasses.replace(v, name=name))
+    return out
+
+
 SPEED_REPEATS = 3  # interleaved timing rounds of a comparison: the speedup shown is their median, with the spread
 
 
