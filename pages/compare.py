@@ -81,7 +81,6 @@ if use_current and current is not None and current.steps != steps:
 if st.button("Run", type="primary", key="compare_run"):
     with readable_errors("Setting up the variants"):
         variants: list[Variant] = []
-        paths: list[str | None] = []  # each variant's library file, if it has one
         notes = []
         if use_current and current is not None:
             p, note = app_runs.fit_steps(current, steps)
@@ -92,8 +91,8 @@ if st.button("Run", type="primary", key="compare_run"):
                 p, note = app_runs.fit_steps(Policy.load(r["path"]), steps)
                 variants.append(Variant(r["name"], p))
                 notes += [f"{r['name']}: {note}"] if note else []
-        paths = [None] * (1 if use_current and current is not None else 0) + \
-            [r["path"] for r in library if r["name"] in chosen_lib]
+        paths: list[str | None] = [None] * (1 if use_current and current is not None else 0) + \
+            [r["path"] for r in library if r["name"] in chosen_lib]  # each variant's library file, if it has one
         variants += app_runs.preset_variants(pipe, chosen_presets, steps)
         variants += [app_runs.fewer_steps(n) for n in app_runs.parse_steps_list(fewer)]
         paths += [None] * (len(variants) - len(paths))
