@@ -78,9 +78,14 @@ paths = [r["path"] for r in runs]
 current = st.session_state.get("run_dir")
 picked = st.selectbox("Run", paths, index=paths.index(current) if current in paths else 0, key="record_pick")
 b1, b2, b3 = st.columns([1, 1, 3])
+status = next(r for r in runs if r["path"] == picked)
 if b1.button("Open", key="record_open"):
-    st.session_state["run_dir"] = picked
-    st.success(f"Opened {picked}: the Similarity and Frequency pages now show it.")
+    if status["status"] in ("complete", "incomplete"):  # what the Similarity and Frequency pages can read
+        st.session_state["run_dir"] = picked
+        st.success(f"Opened {picked}: the Similarity and Frequency pages now show it.")
+    else:
+        st.error(f"{picked} is {status['status']} ({status['reason'] or 'unreadable'}): the Similarity and "
+                 f"Frequency pages cannot show it; record it again or delete it")
 with b2.popover("Delete…"):
     st.write(f"Delete **{picked}** and all its arrays?")
     if st.button("Yes, delete", type="primary", key="record_delete"):

@@ -344,3 +344,17 @@ def test_an_unknown_model_is_a_readable_message():
     at.text_input(key="record_model_source").set_value("/no/such/folder").run()
     assert not at.exception
     assert "unknown model '/no/such/folder'" in at.error[0].value
+
+
+def test_a_broken_run_is_not_opened(folders):
+    """The Record page's Open on a run the Similarity and Frequency pages cannot read says so, and opens nothing
+    (it said "Opened" next to the error, and those pages then showed another run)."""
+    broken = folders / "runs" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("[1]")
+    at = open_page("record")
+    at.selectbox(key="record_pick").set_value(str(broken))
+    at.button(key="record_open").click().run()
+    assert not at.exception and "run_dir" not in at.session_state
+    assert any(f"{broken} is broken (" in e.value and "cannot show it" in e.value for e in at.error)
+    assert not at.success
