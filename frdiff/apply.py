@@ -159,6 +159,7 @@ class _StepHook(ModelHook):
         self.runners: StepRunners | None = None  # compile="full": one compiled graph of the call per configuration
         self.static_batch: int | None = None  # static caches: the batch of the run's first call
         self.captures_at_start = 0
+        self.schedule = None  # the scheduler's timesteps when this run began
 
     def reset_state(self, module):
         self.calls = 0
@@ -176,6 +177,7 @@ class _StepHook(ModelHook):
             raise PolicyError([f"the policy is for {self.policy.steps} steps but the pipeline runs {n}; remap it "
                                f"(`python -m workbench policy remap P.json --steps {n}`) or make one for {n} steps"])
         self.calls = 0
+        self.schedule = getattr(scheduler, "timesteps", None)  # a new pipeline call sets new ones: a new run
         if self.count_graphs:
             self.graphs_at_start = graphs_compiled()
         self._set_eps(None)  # the last run's ε history: its bytes no longer held
@@ -193,6 +195,14 @@ class _StepHook(ModelHook):
         self.report.step_kinds, self.report.lambdas, self.report.timesteps = [], [], []
         self.report.denoiser_calls = self.report.block_reuses = 0
         self.state.reused = 0
+
+    def _new_schedule(self) -> bool:
+        """Whether the pipeline set new timesteps since this run began: a pipeline call starts with
+        ``set_timesteps``, so a run broken off (an exception caught inside ``apply``) does not leave the next call
+        mid-run, on the broken run's caches. An identity check: no sync, no copy."""
+        scheduler = getattr(self.pipe, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
+        return timesteps is not None and timesteps is not self.schedule
 
     def _check_static_batch(self, s: int, args: tuple, kwargs: dict) -> None:
         """Static caches (step graphs, compile="full"): the call's batch — its first tensor of one dimension or more —
@@ -270,7 +280,7 @@ class _StepHook(ModelHook):
         if threading.get_ident() != self.owner:
             raise RuntimeError("this denoiser has an FRDiff policy applied in another thread; run shared pipelines "
                                "inside frdiff.apply(...) or frdiff.exclusive(...) so runs take turns")
-        if self.calls == 0 or self.calls >= self.policy.steps:
+        if self.calls == 0 or self.calls >= self.policy.steps or self._new_schedule():
             self._start_run()
         s = self.calls
         self.calls += 1
@@ -303,6 +313,9 @@ class _StepHook(ModelHook):
             out = self.step_graphs(phases, fn, args, kwargs)
             self.report.block_reuses += phases.count(False)  # a replay runs no Python: counted from the phases
         else:
+            if self.count_graphs:  # regional: the reuse runs inside compiled graphs, which would broadcast a cache
+                # of another batch silently; the eager hooks check it per block
+                self._check_static_batch(s, args, kwargs)
             out = self.fn_ref.original_forward(*args, **kwargs)
             self.report.block_reuses += self.state.reused - before
         self.report.denoiser_calls += 1
@@ -384,6 +397,9 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     ``{"cpp_wrapper": True}``: the graphs launch their kernels from C++ instead of Python, for steps whose cost is
     their kernel launches (compiled without CUDA graphs, at small batches). Graphs are kept per set of options.
     """
+    if not isinstance(policy, Policy):
+        raise TypeError(f"apply takes an frdiff.Policy (Policy.load(path) reads a policy file), got "
+                        f"{type(policy).__name__}")
     graph_mode = check_compile(compile, cuda_graphs)
     compile_options = check_compile_options(compile, backend, compile_options)
     denoiser = denoiser_of(pipe)
@@ -395,8 +411,14 @@ def apply(pipe, policy: Policy, *, check_model: bool = True, timeout: float | No
     limits = {"train_timesteps": int(train)} if isinstance(train, int) else {}
     if check_model:
         policy.check(model_blocks=dict(find_blocks(denoiser)), fingerprint=model_fingerprint(denoiser), **limits)
-    else:
+    else:  # no fingerprint check; the blocks must still be there
         policy.check(**limits)
+        names = {name for name, _ in denoiser.named_modules()}
+        missing = [b for b in policy.blocks if b not in names]
+        if missing:
+            raise PolicyError([f"the policy names blocks this {type(denoiser).__name__} does not have: "
+                               f"{', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                                              else "") + "; it is for another model"])
     if policy.skip_space == "data" and policy.uses_eps_key():
         check_scheduler(getattr(pipe, "scheduler", None))  # refused now, not at the first step
     lock = _lock_of(denoiser)

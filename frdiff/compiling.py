@@ -71,6 +71,9 @@ def check_compile_options(compile: str, backend: str, options: dict | None) -> d
     inductor does not know, or options without a compile mode or with another backend, get one message."""
     if not options:
         return None
+    if not isinstance(options, dict):
+        raise TypeError(f"compile_options is a dict of inductor's options, e.g. {{'cpp_wrapper': True}}; got "
+                        f"{type(options).__name__}")
     if compile == "off":
         raise ValueError("compile_options tune inductor's code: they need compile='regional' or 'full'")
     if backend != "inductor":

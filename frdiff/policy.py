@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -164,8 +165,10 @@ class Policy:
 
     def __post_init__(self):
         mask = torch.as_tensor(self.keyframes, dtype=torch.bool)
-        if isinstance(self.steps, int) and self.steps >= 0 and mask.numel() == len(self.blocks) * self.steps:
-            mask = mask.reshape(len(self.blocks), self.steps)  # else problems() reports the shape
+        if mask.ndim == 1 and isinstance(self.steps, int) and self.steps >= 0 \
+                and mask.numel() == len(self.blocks) * self.steps:  # a flat mask, block after block
+            mask = mask.reshape(len(self.blocks), self.steps)  # a 2-D one keeps its shape: problems() checks it
+        self.blocks = list(self.blocks)  # the caller's list is not the policy's
         self.keyframes = mask.clone()
         if self.granularity is None:
             kinds = self.kinds or ["resnet"] * len(self.blocks)
@@ -233,8 +236,10 @@ class Policy:
         """
         out: list[str] = []
         nb = len(self.blocks)
-        if self.steps < 1:
-            out.append(f"steps must be ≥ 1, got {self.steps}")
+        if not isinstance(self.steps, numbers.Integral) or isinstance(self.steps, bool):
+            return [f"steps must be a whole number, got {self.steps!r}"]
+        if not 1 <= self.steps <= MAX_STEPS:
+            out.append(f"steps must lie in 1..{MAX_STEPS}, got {self.steps}")
         if train_timesteps is not None and self.steps > train_timesteps:
             out.append(f"the policy has {self.steps} steps but the scheduler has {train_timesteps} training "
                        f"timesteps; a schedule has at most that many steps (remap it: `python -m workbench policy "
@@ -326,6 +331,7 @@ class Policy:
         path = Path(path)
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
+        self.check()  # a file that load() would refuse is not written
         path.parent.mkdir(parents=True, exist_ok=True)
         # mkstemp makes a file its owner alone may read: give it open()'s mode (or the replaced file's)
         mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
@@ -434,6 +440,10 @@ class Policy:
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
+        if isinstance(text, (bytes, bytearray)):
+            return cls.from_bytes(bytes(text))
+        if not isinstance(text, str):
+            raise TypeError(f"Policy.from_json takes the file's text, got {type(text).__name__}")
         if _text_depth(text) > MAX_DEPTH:  # before parsing: how deep the parser recurses depends on the process
             raise PolicyError([f"the file nests JSON more than {MAX_DEPTH} levels deep; a policy does not"])
         try:
@@ -450,6 +460,8 @@ class Policy:
     def from_bytes(cls, data: bytes) -> Policy:
         """A policy file's bytes (an upload, a file read) → validated policy; every failure is a
         :class:`PolicyError` (size, encoding, JSON, content)."""
+        if isinstance(data, str):
+            return cls.from_json(data)
         if len(data) > MAX_FILE_BYTES:
             raise PolicyError([f"the file is {len(data) / 2**20:.1f} MiB; a policy file is at most "
                                f"{MAX_FILE_BYTES // 2**20} MiB"])
@@ -494,8 +506,9 @@ class Policy:
         A is a step function. To keep an interval M at a new step count, make the preset again (``policy make``).
         Mixing is defined on r = step / steps and carries over unchanged.
         """
-        if steps < 1:
-            raise PolicyError([f"steps must be ≥ 1, got {steps}"])
+        if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+            raise PolicyError([f"steps must be a whole number in 1..{MAX_STEPS}, got {steps!r}"])
+        self.check()  # remapping an invalid policy would fail somewhere inside
         old = self.steps
         cum = torch.cat([torch.zeros(len(self.blocks), 1), self.keyframes.float().cumsum(1)], 1)  # A at integers
         x = (torch.arange(1, steps + 1, dtype=torch.float64) * old / steps).clamp(max=old)
@@ -576,7 +589,11 @@ def _depth(value, limit: int = MAX_DEPTH) -> int:
 
 def _number(raw: dict, key: str, default: float, problems: list[str]) -> float:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:  # an integer literal beyond a float's range (10**400) is not finite either
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
         problems.append(f"mixing.{key} must be a finite number, got {_short(value)}")
         return default
     return float(value)

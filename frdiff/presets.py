@@ -6,6 +6,8 @@ Each builder takes the denoiser (for its blocks and fingerprint) and the schedul
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -27,15 +29,21 @@ def keyframe_pattern(steps: int, interval: int, warmup: int = 0, last: bool = Fa
     return mask
 
 
+def _whole(value) -> bool:
+    """An integer (numpy's too; not a bool, not 2.0): a count of steps."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def uniform_mask(n_blocks: int, steps: int, interval: int, warmup: int = 0, last: bool = False) -> torch.Tensor:
     """Keyframes at steps 0, M, 2M, … for every block (the paper's uniform policy); with ``warmup`` W the first W
     steps are keyframes and the grid starts at step W; with ``last`` the grid is counted back from the last step,
     which is then a keyframe (:func:`keyframe_pattern`; W = 2 with ``last`` at M = 2 is
     TaylorSeer's schedule)."""
-    if interval < 1:
-        raise ValueError(f"interval must be ≥ 1, got {interval}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be ≥ 0, got {warmup}")
+    for name, value, low in (("interval", interval, 1), ("warmup", warmup, 0)):
+        if not _whole(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be ≥ {low}, got {value}")
     return keyframe_pattern(steps, interval, warmup, last).unsqueeze(0).repeat(n_blocks, 1)
 
 
@@ -89,8 +97,12 @@ def make_preset(name: str, denoiser: nn.Module, steps: int, scheduler: str = "dd
     ``warmup`` and ``last`` place the keyframes of ``uniform``, ``reduced-nfe`` and ``deepcache`` as in
     :func:`uniform_mask` (the defaults are the paper's grid; provenance names them only when set).
     """
+    if not _whole(steps):
+        raise ValueError(f"steps must be a whole number, got {steps!r}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if not isinstance(denoiser, nn.Module):
+        raise TypeError(f"make_preset takes the denoiser (frdiff.denoiser_of(pipe)), got {type(denoiser).__name__}")
     blocks = find_blocks(denoiser)
     nb = len(blocks)
     settings = reuse_settings(reuse, skip_reuse, forecast_axis, cache_dtype, skip_space)
@@ -141,9 +153,16 @@ def threshold_keyframes(rel_l1: torch.Tensor, delta: float) -> torch.Tensor:
     adjacent steps in between, exceeds ``delta``; step 0 always is. (The loop is over steps only — each step's
     decision depends on the previous keyframe — and runs on all blocks at once.)
     """
-    if delta < 0:
-        raise ValueError(f"threshold must be ≥ 0, got {delta}")
-    rel = torch.nan_to_num(torch.as_tensor(rel_l1, dtype=torch.float64), nan=0.0)
+    if not delta >= 0:  # NaN too
+        raise ValueError(f"threshold must be a number ≥ 0, got {delta}")
+    rel = torch.as_tensor(rel_l1, dtype=torch.float64)
+    if rel.ndim != 2 or rel.shape[1] < 1:
+        raise ValueError(f"rel_l1 must be [blocks, steps] with at least one step, got shape {tuple(rel.shape)}")
+    changes = rel[:, 1:]  # column 0 has no previous step (NaN in a recording's statistics)
+    if bool(changes.isnan().any()) or bool((changes < 0).any()):
+        raise ValueError("rel_l1 must hold relative changes ≥ 0 after step 0; it has NaN or negative values (a "
+                         "recording of non-finite features?)")
+    rel = torch.nan_to_num(rel, nan=0.0)
     nb, steps = rel.shape
     mask = torch.zeros(nb, steps, dtype=torch.bool)
     mask[:, 0] = True

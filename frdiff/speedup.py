@@ -31,6 +31,8 @@ def measure_savings(denoiser: nn.Module, granularity: str | None, *args, **kwarg
     Pass one real call's inputs (``args``/``kwargs``). Returns ``{"total_flops": F, "feature": {block: share},
     "block": {block: share}}``; ``granularity`` limits the result to one of the two.
     """
+    if granularity not in (None, "feature", "block"):
+        raise ValueError(f"granularity must be 'feature', 'block' or None (both), got {granularity!r}")
     blocks = find_blocks(denoiser)
     modules = dict(denoiser.named_modules())
     grans = ("feature", "block") if granularity is None else (granularity,)
@@ -64,11 +66,26 @@ def measure_savings(denoiser: nn.Module, granularity: str | None, *args, **kwarg
     return out
 
 
+def _check_savings(policy: Policy, savings: dict, table: str | None = None) -> None:
+    """A ``ValueError`` naming what ``savings`` lacks for ``policy``: a granularity it was not measured for, or
+    blocks of another model (read as 0 they would predict a speedup of 1 silently)."""
+    for b, g in zip(policy.blocks, policy.granularity, strict=True):
+        shares = (savings.get(table) or {}).get(g) if table else savings.get(g)
+        if shares is None:
+            raise ValueError(f"the savings were not measured for granularity {g!r} (block {b}); measure both: "
+                             f"measure_savings(denoiser, None, ...)")
+        if b not in shares:
+            raise ValueError(f"the savings have no share for block {b}: measured on another model?")
+
+
 def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
     """Bytes the caches of ``policy`` hold at most during a run of ``batch`` denoiser samples (the CFG batch;
     default: the batch ``savings`` was measured with). See the module docstring; equals the run's
     :attr:`frdiff.RunReport.cache_bytes`."""
+    _check_savings(policy, savings, "cached_numel")
     batch = savings["batch"] if batch is None else batch
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a whole number ≥ 1, got {batch!r}")
     elem = getattr(torch, policy.cache_dtype).itemsize if policy.cache_dtype else savings["element_bytes"]
     total = 0
     for i, (name, gran, reusing) in enumerate(zip(policy.blocks, policy.granularity, policy.reusing_blocks(),
@@ -83,9 +100,10 @@ def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
 
 def step_costs(policy: Policy, savings: dict) -> list[float]:
     """Relative cost of each step (1 = a full denoiser call) under ``policy``."""
+    _check_savings(policy, savings)
     kinds = policy.step_kinds()
     rows = policy.keyframes.tolist()
-    saved = [float(savings[g].get(b, 0.0)) for b, g in zip(policy.blocks, policy.granularity, strict=True)]
+    saved = [float(savings[g][b]) for b, g in zip(policy.blocks, policy.granularity, strict=True)]
     # The shares of the blocks reusing at step s, summed in block order in plain Python floats: the same number
     # wherever it is computed (workbench.quickpolicy computes it without torch; a BLAS matrix product may order the
     # sum differently from one machine to the next).

@@ -358,3 +358,127 @@ def test_concurrent_runs_of_one_pipeline_take_turns_and_stay_correct(unet_pipe):
     assert all(torch.equal(results[("none", i)], ref_none) for i in range(2))
     assert all(torch.equal(results[("uni", i)], ref_uni) for i in range(2))
     assert not torch.equal(ref_none, ref_uni)
+
+
+# ---- bad input to the API (an audit of frdiff's public names, session 13) ---------------------------------------
+def test_a_run_broken_off_inside_apply_does_not_leave_the_next_call_mid_run(random_dit_pipe, monkeypatch):
+    """An exception inside a pipeline call, caught inside ``apply``: the next call starts at step 0 (the
+    pipeline set new timesteps), not at the broken run's step 1 on its caches (it did, silently: up to 1.0 off)."""
+    pipe = random_dit_pipe
+    policy = make_preset("uniform", frdiff.denoiser_of(pipe), 4, interval=3)
+    with frdiff.apply(pipe, policy):
+        fresh = _run(pipe, steps=4)
+    step = type(pipe.scheduler).step
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a broken step")
+        return step(self, *args, **kwargs)
+
+    with frdiff.apply(pipe, policy) as run:
+        monkeypatch.setattr(type(pipe.scheduler), "step", failing)
+        with pytest.raises(RuntimeError, match="a broken step"):
+            _run(pipe, steps=4)
+        again = _run(pipe, steps=4)
+        monkeypatch.undo()
+    assert torch.equal(again, fresh)
+    assert run.report().step_kinds == policy.step_kinds()
+
+
+def test_policy_fields_are_checked_not_reinterpreted():
+    """A 2-D mask of the wrong orientation is reported, not reshaped; steps must be a whole number in range; a
+    policy that would not load is not saved; the caller's blocks list is the caller's."""
+    blocks = ["a", "b", "c"]
+    transposed = Policy(blocks=blocks, keyframes=torch.ones(4, 3, dtype=torch.bool), steps=4)
+    assert any("keyframes has shape (4, 3), expected (3 blocks, 4 steps)" in p for p in transposed.problems())
+    flat = Policy(blocks=blocks, keyframes=torch.ones(12, dtype=torch.bool), steps=4)
+    assert flat.problems() == [] and flat.keyframes.shape == (3, 4)
+    blocks.append("d")
+    assert flat.blocks == ["a", "b", "c"]
+    assert Policy(blocks=["a"], keyframes=torch.ones(1, 2, dtype=torch.bool), steps=2.0).problems() == [
+        "steps must be a whole number, got 2.0"]
+    huge = Policy(blocks=["a"], keyframes=torch.ones(1, 10_001, dtype=torch.bool), steps=10_001)
+    assert "steps must lie in 1..10000, got 10001" in huge.problems()
+    with pytest.raises(frdiff.PolicyError, match="steps must lie in 1..10000"):
+        huge.save("never-written.json")
+    for bad in (2.5, True, 0, 10_001, "20"):
+        with pytest.raises(frdiff.PolicyError, match="steps must be a whole number in 1..10000"):
+            flat.remap(bad)
+
+
+def test_odd_policy_json_is_one_policy_error():
+    good = Policy(blocks=["a"], keyframes=torch.ones(1, 2, dtype=torch.bool), steps=2).to_json()
+    with pytest.raises(frdiff.PolicyError, match="mixing.slope must be a finite number"):
+        Policy.from_json(good.replace('"slope": 30.0', '"slope": 1' + "0" * 400))
+    assert Policy.from_json(good.encode()).steps == 2 and Policy.from_bytes(good).steps == 2  # either form
+
+
+def test_threshold_and_preset_inputs_are_checked(random_unet_pipe):
+    den = frdiff.denoiser_of(random_unet_pipe)
+    for bad_delta in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="threshold must be a number ≥ 0"):
+            frdiff.threshold_keyframes(torch.ones(2, 5), bad_delta)
+    for rel in ([[0.0, float("nan"), 1.0]], [[0.0, -float("inf"), 5.0]]):
+        with pytest.raises(ValueError, match="NaN or negative values"):
+            frdiff.threshold_keyframes(torch.tensor(rel), 0.1)
+    assert frdiff.threshold_keyframes(torch.tensor([[float("nan"), 0.2, 0.2]]), 0.1).tolist() == [[True] * 3]
+    with pytest.raises(ValueError, match=r"rel_l1 must be \[blocks, steps\]"):
+        frdiff.threshold_keyframes(torch.ones(5), 0.1)
+    for kwargs, message in [({"interval": 2.5}, "interval must be a whole number, got 2.5"),
+                            ({"interval": float("nan")}, "interval must be a whole number, got nan"),
+                            ({"warmup": 1.5}, "warmup must be a whole number, got 1.5")]:
+        with pytest.raises(ValueError, match=message):
+            make_preset("uniform", den, 6, **kwargs)
+    with pytest.raises(ValueError, match="steps must be a whole number, got 2.5"):
+        make_preset("uniform", den, 2.5)
+    with pytest.raises(TypeError, match=r"make_preset takes the denoiser \(frdiff.denoiser_of\(pipe\)\)"):
+        make_preset("uniform", random_unet_pipe, 6)
+
+
+def test_regional_graphs_refuse_a_batch_change_inside_a_run(random_dit_pipe):
+    """The eager hooks refuse a call whose batch differs from the run's (a cache would not fit it); in regional mode
+    the reuse runs inside compiled graphs, which broadcast a batch-1 cache onto batch 2 silently: refused before the
+    call, as compile="full" does."""
+    den = frdiff.denoiser_of(random_dit_pipe)
+    policy = make_preset("uniform", den, 4, interval=2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), frdiff.apply(den, policy, check_model=False, compile="regional", backend="eager"):
+        den(x[:1], timestep=torch.tensor([999]), class_labels=torch.tensor([0]))
+        with pytest.raises(frdiff.PolicyError, match="batch changed from 1 at the run's first step to 2 at step 1"):
+            den(x, timestep=torch.tensor([899, 899]), class_labels=torch.tensor([0, 1]))
+    assert frdiff.attached_hooks(den) == []
+
+
+def test_apply_refuses_what_is_not_a_policy_for_this_model(random_unet_pipe, random_dit_pipe):
+    """One readable error, nothing attached: a DiT policy on the UNet without the fingerprint check (a KeyError
+    before), something that is not a Policy, compile_options that are not a dict."""
+    dit_policy = make_preset("uniform", frdiff.denoiser_of(random_dit_pipe), 4)
+    with pytest.raises(frdiff.PolicyError, match="names blocks this UNet2DConditionModel does not have: transformer"):
+        with frdiff.apply(random_unet_pipe, dit_policy, check_model=False):
+            pass
+    with pytest.raises(TypeError, match=r"apply takes an frdiff.Policy \(Policy.load\(path\) reads"):
+        with frdiff.apply(random_unet_pipe, "policy.json"):
+            pass
+    unet_policy = make_preset("uniform", frdiff.denoiser_of(random_unet_pipe), 4)
+    with pytest.raises(TypeError, match="compile_options is a dict of inductor's options"):
+        with frdiff.apply(random_unet_pipe, unet_policy, compile="full", compile_options="cpp_wrapper"):
+            pass
+    assert frdiff.attached_hooks(random_unet_pipe) == []
+
+
+def test_predictions_refuse_savings_of_another_model(random_unet_pipe, random_dit_pipe):
+    """FLOP shares measured on another model used to predict 1× silently (step_costs read a missing block as 0) and
+    raised a KeyError in cache_bytes: both now say what is missing."""
+    from workbench.app.runs import savings_of
+
+    unet_policy = make_preset("uniform", frdiff.denoiser_of(random_unet_pipe), 6)
+    dit_savings = savings_of(random_dit_pipe)
+    for predict in (frdiff.predicted_speedup, frdiff.step_costs, frdiff.cache_bytes):
+        with pytest.raises(ValueError, match="the savings have no share for block down_blocks"):
+            predict(unet_policy, dit_savings)
+    own = savings_of(random_unet_pipe)
+    assert frdiff.predicted_speedup(unet_policy, own) > 1
+    with pytest.raises(ValueError, match="batch must be a whole number ≥ 1, got -2"):
+        frdiff.cache_bytes(unet_policy, own, batch=-2)
