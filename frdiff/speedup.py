@@ -16,6 +16,8 @@ call (per sample, scaled to the run's batch), in the policy's cache dtype or the
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -84,7 +86,7 @@ def cache_bytes(policy: Policy, savings: dict, batch: int | None = None) -> int:
     :attr:`frdiff.RunReport.cache_bytes`."""
     _check_savings(policy, savings, "cached_numel")
     batch = savings["batch"] if batch is None else batch
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ValueError(f"batch must be a whole number ≥ 1, got {batch!r}")
     elem = getattr(torch, policy.cache_dtype).itemsize if policy.cache_dtype else savings["element_bytes"]
     total = 0
