@@ -46,7 +46,7 @@ import math
 import numbers
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,13 +333,13 @@ class Policy:
             raise IsADirectoryError(f"{path} is a folder; give the policy a file name, e.g. {path / 'policy.json'}")
         self.check()  # a file that load() would refuse is not written
         path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp makes a file its owner alone may read: give it open()'s mode (or the replaced file's)
-        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a new name opened exclusively, as open() makes files (mkstemp's would be owner-only)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with open(tmp, "x", encoding="utf-8") as f:
                 f.write(self.to_json())
-            os.chmod(tmp, mode)
+            if path.is_file():  # a replaced file keeps its mode
+                os.chmod(tmp, path.stat().st_mode & 0o777)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -531,19 +531,6 @@ class Policy:
                       skip_reuse=self.skip_reuse, skip_space=self.skip_space, forecast_axis=self.forecast_axis,
                       cache_dtype=self.cache_dtype)
         return Policy(**{**fields, **changes})
-
-
-def _umask() -> int:
-    """The process's umask, read from /proc where there is one (setting it to read it races with other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _json_type(value) -> str:

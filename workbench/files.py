@@ -1,7 +1,8 @@
 """Writing result files so that a failed or interrupted write loses nothing: each file is written beside its target
 under a temporary name and moved over it with ``os.replace`` (a reader, and the user, sees the old file or the new
 one, never half of one: a full disk used to leave a truncated PNG in place of the earlier image), with the mode a
-plain ``open`` would give it (``tempfile.mkstemp`` makes files readable by their owner only).
+plain ``open`` gives a new file (``tempfile.mkstemp`` would make it readable by its owner only) or the replaced
+file's own.
 
 And the checks an output path gets before any work is done (``writable_parent``): a refusal after minutes of
 sampling or training wastes them; one before costs nothing.
@@ -12,24 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
-
-
-def _umask() -> int:
-    """The process's umask, read from /proc where there is one (setting it to read it would race with other
-    threads creating files)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: reading it means setting it; put it straight back
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
@@ -41,14 +28,15 @@ def replacing(path: str | Path, binary: bool = False) -> Iterator[IO]:
     if path.is_symlink():  # write what the link points to, and keep the link
         path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a new name opened exclusively, as open() makes files (the umask's mode; mkstemp's would be owner-only)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        if path.is_file():  # a replaced file keeps its mode
+            os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

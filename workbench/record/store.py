@@ -328,15 +328,19 @@ def _stale_swap(path: Path) -> bool:
     except ProcessLookupError:
         return True
     except (PermissionError, OverflowError):
-        return False
-    return int(match.group(2)) == os.getpid()
+        pass
+    return False
 
 
 def remove_run_files(directory: str | Path, keep_parts: Iterable[str] = ()) -> None:
     """Delete what a recording wrote into ``directory`` -- ``arrays.zarr``, the ``part-*`` folders of a sharded run
     (but ``keep_parts``), manifest temporaries and, last, ``manifest.json`` -- and nothing else: other files stay."""
-    directory = Path(directory)
-    for path in _run_paths(directory, keep_parts):
+    _remove(_run_paths(Path(directory), keep_parts))
+
+
+def _remove(paths: list[Path]) -> None:
+    """Delete ``paths`` (a run's own, from ``_run_paths``): a part folder keeps other files, the rest goes whole."""
+    for path in paths:
         if path.is_dir() and PART.fullmatch(path.name):
             remove_run_files(path)
             with contextlib.suppress(OSError):  # other files are left in it
@@ -353,10 +357,8 @@ def replace_run(new: str | Path, target: str | Path) -> None:
     then the new manifest renamed in — renames only, so the moment without a whole run is that short — and only then
     is the earlier run deleted (its part folders as ``remove_run_files`` does: other files stay)."""
     new, target = Path(new), Path(target)
-    parts = [p for p in _run_parts(target)]
+    rest = [p for p in _run_paths(target, ()) if p.name not in (MANIFEST, ARRAYS)]  # parts, temporaries, leftovers
     trash = target / f".old-{os.getpid()}"
-    leftovers = [e for e in target.iterdir()
-                 if _TEMPORARY.fullmatch(e.name) or (_stale_swap(e) and e not in (new, trash))]
     trash.mkdir(exist_ok=True)
     for name in (MANIFEST, ARRAYS):
         if (target / name).exists():
@@ -364,12 +366,7 @@ def replace_run(new: str | Path, target: str | Path) -> None:
     for entry in sorted(new.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
         os.replace(entry, target / entry.name)
     new.rmdir()
-    for part in parts:
-        remove_run_files(part)
-        with contextlib.suppress(OSError):  # other files are left in it
-            part.rmdir()
-    for path in leftovers:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    _remove(rest)
     shutil.rmtree(trash, ignore_errors=True)
 
 
