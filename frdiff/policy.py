@@ -132,6 +132,13 @@ class Mixing:
 
     def problems(self) -> list[str]:
         out = []
+        if not isinstance(self.enabled, bool):
+            out.append(f"mixing.enabled must be True or False, got {_short(self.enabled)}")
+        bad = [k for k in ("center", "slope", "value") if not _finite(getattr(self, k))]
+        out += [f"mixing.{k} must be a finite number, got {_short(getattr(self, k))}" for k in bad]
+        if not isinstance(self.schedule, str) or bad:  # the range checks below need numbers (and a hashable name)
+            return out + ([f"mixing.schedule must be a string, got {_short(self.schedule)}"]
+                          if not isinstance(self.schedule, str) else [])
         if self.schedule not in MIX_SCHEDULES:
             out.append(f"mixing.schedule is {self.schedule!r}; use one of {', '.join(MIX_SCHEDULES)}")
         if not 0.0 <= self.center <= 1.0:
@@ -274,11 +281,20 @@ class Policy:
             out.append(f"forecast_axis {_short(self.forecast_axis)} is not one of {', '.join(FORECAST_AXES)}")
         if self.cache_dtype is not None and self.cache_dtype not in CACHE_DTYPES:
             out.append(f"cache_dtype {_short(self.cache_dtype)} is not one of {', '.join(CACHE_DTYPES)} (or null)")
-        out += self.mixing.problems()
+        for name in ("model", "provenance"):
+            if not isinstance(getattr(self, name), dict):
+                out.append(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.scheduler, str):
+            out.append(f"scheduler must be a string, got {_short(self.scheduler)}")
+        if isinstance(self.mixing, Mixing):
+            out += self.mixing.problems()
+        else:
+            out.append(f"mixing must be a frdiff.Mixing, got {type(self.mixing).__name__}")
         if steps is not None and steps != self.steps:
             out.append(f"the policy is for {self.steps} steps but the run has {steps}; remap it "
                        f"(`python -m workbench policy remap P.json --steps {steps}`)")
-        if fingerprint is not None and self.model.get("fingerprint") not in (None, fingerprint):
+        if fingerprint is not None and isinstance(self.model, dict) \
+                and self.model.get("fingerprint") not in (None, fingerprint):
             out.append(f"the policy was made for another model (fingerprint {self.model.get('fingerprint')}, "
                        f"{self.model.get('architecture', '?')}); this model's is {fingerprint}")
         if model_blocks is not None:
@@ -574,13 +590,17 @@ def _depth(value, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+def _finite(value) -> bool:
+    """A real number (not a bool) with a finite float value."""
+    try:  # an integer literal beyond a float's range (10**400) is not finite either
+        return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _number(raw: dict, key: str, default: float, problems: list[str]) -> float:
     value = raw.get(key, default)
-    try:  # an integer literal beyond a float's range (10**400) is not finite either
-        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
-    except OverflowError:
-        finite = False
-    if not finite:
+    if not _finite(value):
         problems.append(f"mixing.{key} must be a finite number, got {_short(value)}")
         return default
     return float(value)
@@ -610,6 +630,8 @@ def _mixing_from(raw, problems: list[str], notes: list[str]) -> Mixing:
 
 def model_fingerprint(model) -> str:
     """Short hash of a denoiser's class and config: equal for the same architecture and sizes, not the weights."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model_fingerprint takes a denoiser (a torch.nn.Module), got {type(model).__name__}")
     config = {k: v for k, v in dict(getattr(model, "config", {}) or {}).items() if not str(k).startswith("_")}
     text = json.dumps({"class": type(model).__name__, "config": config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -123,3 +123,22 @@ def test_remap(rows, steps, expected):
     assert ["".join("1" if v else "0" for v in r) for r in q.keyframes.tolist()] == expected
     assert q.steps == steps and q.mixing.enabled and q.provenance["from_steps"] == len(rows[0])
     q.check()
+
+
+def test_a_policy_built_by_hand_with_wrong_types_gets_one_line_each(unet_pipe):
+    mask = [[True, False, True, False]]
+    bad = Policy(blocks=["b0"], keyframes=mask, steps=4, mixing=Mixing(enabled="no", center="x", slope=float("nan")))
+    assert bad.problems() == ["mixing.enabled must be True or False, got 'no'",
+                              "mixing.center must be a finite number, got 'x'",
+                              "mixing.slope must be a finite number, got nan"]
+    worse = Policy(blocks=["b0"], keyframes=mask, steps=4, mixing={"enabled": True}, model="m", scheduler=None)
+    assert worse.problems() == ["model must be a dict, got str", "scheduler must be a string, got None",
+                                "mixing must be a frdiff.Mixing, got dict"]
+    assert Policy(blocks=["b0"], keyframes=mask, steps=4, mixing=Mixing(schedule=["linear"])).problems() == \
+        ["mixing.schedule must be a string, got ['linear']"]
+    with pytest.raises(PolicyError, match="mixing.enabled must be True or False"):
+        with frdiff.apply(unet_pipe, make_preset("uniform", unet_pipe.unet, 4, mixing=Mixing(enabled=1))):
+            pass
+    assert frdiff.attached_hooks(unet_pipe) == []
+    with pytest.raises(TypeError, match="takes a denoiser"):
+        frdiff.model_fingerprint(unet_pipe)  # the pipeline, not its denoiser
