@@ -10,7 +10,7 @@
 #   --inductor-option cpp_wrapper=true --inductor-option freezing=true and the file name
 #   gpu-speed-dit-xl-2-1-cpp_wrapper-freezing.json), so one call can compare sets of options part by part.
 # With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py and tests/test_pipeline.py (TESTS_LIMIT
-# seconds, default 300; TESTS_K: a pytest -k expression, default "cuda or never_waits"); EXTRA:
+# seconds, default 300; the tests marked gpu, i.e. every test skipped without CUDA: tests/conftest.py); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
 # call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
@@ -28,8 +28,8 @@ mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
 [ -f .work/inductor-cache.tgz ] && tar -xzf .work/inductor-cache.tgz -C "$TORCHINDUCTOR_CACHE_DIR" \
   && echo "inductor cache: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) from .work/inductor-cache.tgz"
 if [ -n "${TESTS:-}" ]; then
-  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_compiling.py tests/test_pipeline.py \
-    -k "${TESTS_K:-cuda or never_waits}" -rs \
+  timeout "${TESTS_LIMIT:-300}" python3 -m pytest -q -p no:cacheprovider tests \
+    -m gpu -rs \
     >"$OUT/cuda-tests.log" 2>&1
   echo "cuda tests exit $? at $(( $(date +%s) - start )) s"; tail -n 15 "$OUT/cuda-tests.log"
 fi

@@ -6,6 +6,14 @@ from workbench.models.zoo import build_pipeline, embedded_path, load_pipeline
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that is skipped without CUDA (its skipif reason names CUDA) is marked ``gpu``, so the GPU machine
+    runs them all with ``pytest -m gpu`` (``scripts/device_issue19.sh``), not those a name filter happens to catch."""
+    for item in items:
+        if any("CUDA" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture(scope="session")
 def random_unet_pipe():
     """A randomly initialised tiny-unet pipeline (architecture only, no trained weights)."""
