@@ -24,6 +24,8 @@ from another thread while a policy is applied raises instead of silently mixing 
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 import weakref
@@ -73,13 +75,21 @@ class _PipelineLock:
         return self.owner == threading.get_ident()
 
     def acquire(self, timeout: float | None, what: str) -> None:
-        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+        _check_timeout(timeout, what)
+        wait = -1 if timeout is None or math.isinf(timeout) else float(timeout)  # threading's -1: no limit
+        if not self.lock.acquire(timeout=wait):
             raise RuntimeError(f"the pipeline is busy with another run; {what} waited {timeout} s")
         self.owner = threading.get_ident()
 
     def release(self) -> None:
         self.owner = None
         self.lock.release()
+
+
+def _check_timeout(timeout, what: str) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                or math.isnan(timeout) or timeout < 0):
+        raise ValueError(f"{what}: timeout must be None (wait) or a number of seconds >= 0, got {timeout!r}")
 
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, _PipelineLock] = weakref.WeakKeyDictionary()
@@ -101,6 +111,7 @@ def exclusive(pipe, timeout: float | None = None):
 
     Inside :func:`apply` or another ``exclusive`` of the same thread it does nothing (the thread already holds it).
     """
+    _check_timeout(timeout, "frdiff.exclusive")  # also where the thread holds the pipeline already
     lock = _lock_of(denoiser_of(pipe))
     if lock.held_here():
         yield

@@ -333,6 +333,24 @@ def test_another_thread_cannot_use_a_pipeline_while_a_policy_is_applied(unet_pip
         with frdiff.exclusive(unet_pipe):  # same thread: already held, no deadlock
             pass
     assert "another thread" in errors[0] and "busy" in errors[1]
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "5", True])
+def test_a_bad_timeout_is_one_message_and_holds_nothing(unet_pipe, timeout):
+    policy = make_preset("uniform", unet_pipe.unet, 4, interval=2)
+    with pytest.raises(ValueError, match="frdiff.apply: timeout must be None"):
+        with frdiff.apply(unet_pipe, policy, timeout=timeout):
+            pass
+    with pytest.raises(ValueError, match="frdiff.exclusive: timeout must be None"):
+        with frdiff.exclusive(unet_pipe, timeout=timeout):
+            pass
+    assert frdiff.attached_hooks(unet_pipe) == []
+    with frdiff.exclusive(unet_pipe, timeout=float("inf")):  # infinity waits, as None does (threading's -1)
+        with pytest.raises(ValueError, match="timeout must be None"):  # held here already: still checked
+            with frdiff.exclusive(unet_pipe, timeout=timeout):
+                pass
+    with frdiff.apply(unet_pipe, policy, timeout=0):  # nothing held: the lock is free at once
+        pass
     assert frdiff.attached_hooks(unet_pipe) == []
 
 
