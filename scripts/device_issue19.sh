@@ -9,8 +9,8 @@
 #   options for that part only, comma-separated (dit-xl-2:1:200:cpp_wrapper=true,freezing=true gives
 #   --inductor-option cpp_wrapper=true --inductor-option freezing=true and the file name
 #   gpu-speed-dit-xl-2-1-cpp_wrapper-freezing.json), so one call can compare sets of options part by part.
-# With TESTS=1 it first runs the CUDA tests of tests/test_compiling.py and tests/test_pipeline.py (TESTS_LIMIT
-# seconds, default 300; the tests marked gpu, i.e. every test skipped without CUDA: tests/conftest.py); EXTRA:
+# With TESTS=1 it first runs the CUDA tests (`pytest tests -m gpu`: every test skipped without CUDA is marked gpu
+# by tests/conftest.py; TESTS_LIMIT seconds, default 300); EXTRA:
 # more gpu-speed options (e.g. --no-peers). Each part also profiles a full and a reuse
 # call by kind of op (--profile).
 # Wheels: .whl/ as in scripts/device_bench.sh (diffusers, DeepCache).
