@@ -261,3 +261,38 @@ def test_report_marks_gpu_runs_timed_before_the_sync_free_loop():
     assert "earlier timing" not in section(device="NVIDIA H200", timing=TIMING)
     r = bench_gpu_speed(repeats=1, small=True, models=("dit-xl-2",), steps=2, peers=False, forecasts=False)
     assert r["timing"] == TIMING
+
+
+def test_report_tables_fr_in_each_execution_mode_over_every_gpu_file():
+    """The summary's cross-file table: one row per card, model, image count and mode, stock's median with its speedup
+    over eager stock, each core FR variant's speedup over stock in the same mode and its share of the FLOP prediction
+    (rounded to whole percent), how many are ≥ 90 %, and the file (marked where timed the earlier way); peers, small
+    CPU runs and rows without a timing are left out."""
+    from workbench.bench.report import execution_modes_table
+
+    def row(mode, variant, latency, speedup, pred, vs_eager=1.0, **extra):
+        return {"model": "dit-xl-2", "images": 8, "mode": mode, "variant": variant, "latency_s": latency,
+                "speedup_vs_stock_same_mode": speedup, "speedup_vs_eager_stock": vs_eager,
+                "predicted_speedup": pred, **extra}
+
+    rows = [row("full-step-graphs", "none", 0.48, 1.0, 1.0, vs_eager=3.27),
+            row("full-step-graphs", "uniform M=2", 0.39, 1.2, 1.2),  # 100 %
+            row("full-step-graphs", "uniform M=3 + mixing", 0.3, 1.53, 1.7),  # 90 %: counted
+            row("full-step-graphs", "uniform M=2 + mixing", 0.4, 1.3, 1.47),  # 88 %
+            row("full-step-graphs", "uniform M=3", 0.4, 0.8995, 1.0),  # 89.95 %: not counted, not shown as 90 %
+            row("full-step-graphs", "DeepCache N=2", 0.2, 2.4, None, peer=True),
+            {"model": "dit-xl-2", "images": 8, "mode": "full-step-graphs", "variant": "taylor2", "error": "OOM"},
+            row("eager", "none", 1.57, 1.0, 1.0)]
+    reports = [("g.json", {"suite": "gpu-speed", "device": "NVIDIA H100 80GB HBM3", "timing": {}, "rows": rows}),
+               ("old.json", {"suite": "gpu-speed", "device": "NVIDIA H200", "rows": [row("eager", "none", 2, 1, 1)]}),
+               ("small.json", {"suite": "gpu-speed", "device": "cpu", "small": True, "rows": rows}),
+               ("q.json", {"suite": "quality-vs-latency", "models": {}})]
+    text = "\n".join(execution_modes_table(reports))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| NVIDIA")]
+    assert lines == [
+        "| NVIDIA H100 80GB HBM3 | dit-xl-2 | 8 | eager | 1.570 s | – | – | – | – | – | `g.json` |",
+        "| NVIDIA H100 80GB HBM3 | dit-xl-2 | 8 | full-step-graphs | 0.480 s (3.3× eager) | 1.20× (100 %) "
+        "| 1.30× (88 %) | 0.90× (89.9 %) | 1.53× (90 %) | 2 of 4 | `g.json` |",
+        "| NVIDIA H200 | dit-xl-2 | 8 | eager | 2.000 s | – | – | – | – | – | `old.json` (earlier timing) |"]
+    assert "DeepCache" not in text and "cpu" not in text
+    assert execution_modes_table([("q.json", {"suite": "quality-vs-latency", "models": {}})]) == []
