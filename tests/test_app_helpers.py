@@ -66,6 +66,10 @@ def test_library_save_list_metrics_delete(policy, tmp_path):
     assert not path.exists()
     with pytest.raises(ValueError):
         app_policy.safe_name("  /// ")
+    # letters of any script stay (they were dropped: "café" saved as "caf", "вариант" refused); separators do not
+    assert app_policy.safe_name("café 2") == "café-2" and app_policy.safe_name("вариант") == "вариант"
+    assert app_policy.safe_name("cafe\u0301") == "caf\u00e9"  # a combining accent, normalised
+    assert app_policy.safe_name("../a/b\\c:d") == "a-b-c-d"
 
 
 def test_upload_errors_are_listed(policy):

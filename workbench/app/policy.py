@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +149,14 @@ def threshold_from_store(denoiser, store, delta: float, mix: bool = False) -> Po
 
 
 # ---- the library ---------------------------------------------------------------------------------------------------
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[^\w.-]+")  # \w: letters and digits of any script, and _
 
 
 def safe_name(name: str) -> str:
-    """A file name from a user's policy name: letters, digits, ``.``, ``_``, ``-``; never empty or a path."""
-    out = _SAFE.sub("-", name.strip()).strip(".-")
+    """A file name from a user's policy name: letters and digits of any script (``café``, ``вариант``), ``.``,
+    ``_``, ``-`` (NFC-normalised, so an accent typed as a combining mark stays a letter); anything else (spaces,
+    slashes) becomes ``-``; never empty or a path."""
+    out = _SAFE.sub("-", unicodedata.normalize("NFC", name).strip()).strip(".-")
     if not out:
         raise ValueError("give the policy a name (letters, digits, '.', '_' or '-')")
     return out[:80]
