@@ -209,3 +209,16 @@ def test_comparison_variant_names_are_unique_and_never_reference():
     names = [v.name for v in unique_variants([Variant("reference"), Variant("2 steps", steps=2), Variant("a"),
                                               Variant("2 steps", steps=2), Variant("a")])]
     assert names == ["reference (2)", "2 steps", "a", "2 steps (2)", "a (2)"]
+
+
+def test_a_stopped_auto_fr_mask_shown_against_another_model_says_so(unet_pipe, dit_pipe):
+    """Auto-FR's best mask is kept across a switch of model; rebuilt against the other model it names that, instead
+    of a keyframes-shape message about block counts."""
+    from workbench.app import autofr as app_autofr
+
+    blocks = len(frdiff.find_blocks(dit_pipe.transformer))
+    mask = torch.ones(blocks, 6, dtype=torch.bool)
+    assert app_autofr.policy_from_mask(dit_pipe, mask, 6).keyframes.shape == (blocks, 6)
+    message = f"learned on another model \\({blocks} blocks; this UNet2DConditionModel has 18\\)"
+    with pytest.raises(ValueError, match=message):
+        app_autofr.policy_from_mask(unet_pipe, mask, 6)

@@ -53,6 +53,10 @@ def policy_from_mask(pipe, mask: torch.Tensor, steps: int, granularity: str = "f
     """A policy (mixing off) from a learned ``[blocks, steps]`` mask, e.g. the best one of a stopped run."""
     den = frdiff.denoiser_of(pipe)
     blocks = frdiff.find_blocks(den)
+    if mask.ndim != 2 or mask.shape[0] != len(blocks):
+        raise ValueError(f"this mask was learned on another model ({mask.shape[0] if mask.ndim else 0} blocks; this "
+                         f"{type(den).__name__} has {len(blocks)}): switch back to the model it was learned on to see "
+                         "it, or learn again on this one")
     kinds = [k for _, k in blocks]
     policy = Policy(blocks=[b for b, _ in blocks], keyframes=mask, steps=steps, scheduler=scheduler,
                     granularity=["block" if k == "generic" else granularity for k in kinds], kinds=kinds,
