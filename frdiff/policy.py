@@ -136,9 +136,10 @@ class Mixing:
             out.append(f"mixing.enabled must be True or False, got {_short(self.enabled)}")
         bad = [k for k in ("center", "slope", "value") if not _finite(getattr(self, k))]
         out += [f"mixing.{k} must be a finite number, got {_short(getattr(self, k))}" for k in bad]
-        if not isinstance(self.schedule, str) or bad:  # the range checks below need numbers (and a hashable name)
-            return out + ([f"mixing.schedule must be a string, got {_short(self.schedule)}"]
-                          if not isinstance(self.schedule, str) else [])
+        if not isinstance(self.schedule, str):
+            out.append(f"mixing.schedule must be a string, got {_short(self.schedule)}")
+        if bad or not isinstance(self.schedule, str):  # the range checks below need numbers (and a hashable name)
+            return out
         if self.schedule not in MIX_SCHEDULES:
             out.append(f"mixing.schedule is {self.schedule!r}; use one of {', '.join(MIX_SCHEDULES)}")
         if not 0.0 <= self.center <= 1.0:
